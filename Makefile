@@ -1,0 +1,65 @@
+# reditus-refunds: the two commands are `make run` and `make test`.
+SHELL := /bin/bash
+PYTHON ?= python3.11
+VENV := .venv
+BIN := $(VENV)/bin
+CHECKOV_VENV := .tools/checkov
+STAMP := $(VENV)/.installed
+BROWSER_STAMP := .tools/.browser-installed
+
+.PHONY: install run test lint typecheck unit checks browser bench soak clean help
+
+help:
+	@echo "make run    - start the whole local system (moto, Reditus simulator, worker, console)"
+	@echo "make test   - install everything, then ruff, mypy, template checks and pytest"
+	@echo "make bench  - speed and cost figures into bench/results.json"
+	@echo "make soak   - long fault-injection runs into soak-report.json"
+
+$(STAMP): pyproject.toml
+	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -e '.[console,dev]'
+	@touch $(STAMP)
+
+$(CHECKOV_VENV)/.installed: infra/checkov-requirements.txt
+	@test -x $(CHECKOV_VENV)/bin/python || $(PYTHON) -m venv $(CHECKOV_VENV)
+	$(CHECKOV_VENV)/bin/python -m pip install --quiet --upgrade pip
+	$(CHECKOV_VENV)/bin/python -m pip install --quiet -r infra/checkov-requirements.txt
+	@touch $@
+
+$(BROWSER_STAMP): infra/install-browser.sh
+	bash infra/install-browser.sh
+	@mkdir -p .tools && touch $@
+
+install: $(STAMP) $(CHECKOV_VENV)/.installed
+
+browser: $(BROWSER_STAMP)
+
+lint: $(STAMP)
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+
+typecheck: $(STAMP)
+	$(BIN)/mypy
+
+checks: install
+	$(BIN)/cfn-lint template.yaml
+	$(CHECKOV_VENV)/bin/checkov --quiet --compact --skip-download --framework cloudformation -f template.yaml
+
+unit: $(STAMP)
+	$(BIN)/pytest -q
+
+test: install browser lint typecheck checks
+	$(BIN)/pytest -q
+
+run: $(STAMP)
+	$(BIN)/reditus-refunds local up $(ARGS)
+
+bench: $(STAMP)
+	$(BIN)/python -m bench.run
+
+soak: $(STAMP)
+	$(BIN)/pytest -q -m soak -p no:cacheprovider tests/test_soak.py
+
+clean:
+	rm -rf $(VENV) .tools .mypy_cache .ruff_cache .pytest_cache

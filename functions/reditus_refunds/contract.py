@@ -100,7 +100,8 @@ def _refund_id(value: Any, name: str) -> str:
         raise ContractError(f"{name} must be a string, not {_describe(value)}")
     if not REFUND_ID_PATTERN.fullmatch(value):
         raise ContractError(
-            f"{name} must be 1-128 characters of letters, digits, '.', '_', ':' or '-', starting with a letter or digit"
+            f"{name} must be 1-128 characters of letters, digits, '.', '_', ':' or '-', "
+            "starting with a letter or digit"
         )
     return value
 
@@ -117,7 +118,9 @@ def validate(data: Any, default_refund_id: str | None = None) -> RefundRequest:
         unknown = sorted(set(data) - set(FIELDS))
         if unknown:
             shown = ", ".join(repr(k[:40]) for k in unknown[:5])
-            raise ContractError(f"unknown field(s) {shown}: a refund request carries only {', '.join(FIELDS)}")
+            raise ContractError(
+                f"unknown field(s) {shown}: a refund request carries only {', '.join(FIELDS)}"
+            )
         if "payment_id" not in data or data["payment_id"] is None:
             raise ContractError("payment_id is required")
         raw = data["payment_id"]
@@ -127,7 +130,9 @@ def validate(data: Any, default_refund_id: str | None = None) -> RefundRequest:
         if not payment_id:
             raise ContractError("payment_id is blank")
         if len(payment_id) > MAX_PAYMENT_ID:
-            raise ContractError(f"payment_id is {len(payment_id)} characters long; the limit is {MAX_PAYMENT_ID}")
+            raise ContractError(
+                f"payment_id is {len(payment_id)} characters long; the limit is {MAX_PAYMENT_ID}"
+            )
         bad = _bad_chars(payment_id)
         if bad:
             raise ContractError(f"payment_id contains {bad}")
@@ -175,7 +180,9 @@ def parse_body(body: str | bytes | None, default_refund_id: str | None = None) -
     try:
         data = json.loads(body)
     except (json.JSONDecodeError, RecursionError) as err:
-        raise ContractError(f"the message body is not JSON ({err.msg if hasattr(err, 'msg') else err})") from None
+        raise ContractError(
+            f"the message body is not JSON ({err.msg if hasattr(err, 'msg') else err})"
+        ) from None
     return validate(data, default_refund_id=default_refund_id)
 
 

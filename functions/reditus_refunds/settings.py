@@ -7,8 +7,8 @@ reference); tests check that template.yaml sets the ones the Lambda needs.
 from __future__ import annotations
 
 import os
+from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Mapping
 
 DEFAULT_REDITUS_API_BASE_URL = "https://api.getreditus.com/api"
 
@@ -93,7 +93,9 @@ class Settings:
             max_receive_count=_int(env, "MAX_RECEIVE_COUNT", 5, 1),
         )
         if not settings.reditus_api_key_secret and not settings.reditus_api_key:
-            raise SettingsError("set REDITUS_API_KEY_SECRET (Secrets Manager) or REDITUS_API_KEY (local runs)")
+            raise SettingsError(
+                "set REDITUS_API_KEY_SECRET (Secrets Manager) or REDITUS_API_KEY (local runs)"
+            )
         if settings.not_found_grace_seconds and not settings.refund_queue_url:
             raise SettingsError("REFUND_QUEUE_URL is needed to re-check payments within the 404 grace window")
         if settings.not_found_recheck_delay_seconds > 900:

@@ -1,0 +1,186 @@
+"""Composition root: builds the adapters and the submitter from Settings.
+
+Every adapter can be handed in, so tests pass moto-backed clients or fakes.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import TYPE_CHECKING, Any
+
+import boto3
+from botocore.config import Config
+
+from .producer import RefundProducer
+from .records import Outcome, iso
+from .reditus import RateLimiter, ReditusAnswer, ReditusClient
+from .settings import Settings
+from .store import HistoryStore
+from .submitter import InboundMessage, Ledger, RefundSubmitter, SubmitterConfig, Telemetry
+
+if TYPE_CHECKING:
+    from aws_lambda_powertools import Metrics
+
+# Standard retry mode: botocore backs off on throttling and transient AWS errors.
+AWS_CONFIG = Config(retries={"mode": "standard", "max_attempts": 5}, max_pool_connections=32)
+
+
+class SecretKeyProvider:
+    """The Reditus API key from Secrets Manager through Powertools Parameters, cached."""
+
+    def __init__(self, secret_id: str, client: Any, max_age: int):
+        from aws_lambda_powertools.utilities.parameters import SecretsProvider
+
+        self._provider = SecretsProvider(boto3_client=client)
+        self._secret_id = secret_id
+        self._max_age = max_age
+
+    def __call__(self, force_refresh: bool = False) -> str:
+        value = self._provider.get(self._secret_id, max_age=self._max_age, force_fetch=force_refresh)
+        text = value.decode() if isinstance(value, bytes) else str(value)
+        return text.strip()
+
+
+class StaticKeyProvider:
+    def __init__(self, key: str):
+        self._key = key
+
+    def __call__(self, force_refresh: bool = False) -> str:
+        return self._key
+
+    def __repr__(self) -> str:
+        return "StaticKeyProvider(<redacted>)"
+
+
+class PowertoolsTelemetry:
+    """Metrics for the domain's events (a lock: records are handled on several threads)."""
+
+    def __init__(self, metrics: Metrics):
+        from aws_lambda_powertools.metrics import MetricUnit
+
+        self._metrics = metrics
+        self._unit = MetricUnit
+        self._lock = threading.Lock()
+
+    def outcome(self, outcome: Outcome) -> None:
+        with self._lock:
+            self._metrics.add_metric(name=f"Outcome_{outcome.value}", unit=self._unit.Count, value=1)
+
+    def reditus_call(self, answer: ReditusAnswer) -> None:
+        with self._lock:
+            self._metrics.add_metric(
+                name="ReditusLatency", unit=self._unit.Milliseconds, value=answer.latency_ms
+            )
+            if answer.attempts > 1:
+                self._metrics.add_metric(
+                    name="ReditusRetries", unit=self._unit.Count, value=answer.attempts - 1
+                )
+
+    def auth_error(self) -> None:
+        with self._lock:
+            self._metrics.add_metric(name="ReditusAuthError", unit=self._unit.Count, value=1)
+
+    def unidentified_invalid(self) -> None:
+        with self._lock:
+            self._metrics.add_metric(name="UnrecordedInvalidMessage", unit=self._unit.Count, value=1)
+
+
+@dataclass
+class Invocation:
+    deadline: float
+    ledger: Ledger = field(default_factory=Ledger)
+
+
+class SubmitterService:
+    """The long-lived pieces of the Lambda (built once per execution environment)."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        *,
+        dynamodb: Any = None,
+        sqs: Any = None,
+        secrets: Any = None,
+        telemetry: Telemetry | None = None,
+        reditus: Any = None,
+    ):
+        self.settings = settings
+        session = boto3.session.Session()
+        self.dynamodb = dynamodb or session.client("dynamodb", config=AWS_CONFIG)
+        self.sqs = sqs or session.client("sqs", config=AWS_CONFIG)
+        if settings.reditus_api_key_secret:
+            secrets = secrets or session.client("secretsmanager", config=AWS_CONFIG)
+            key_provider: Any = SecretKeyProvider(
+                settings.reditus_api_key_secret, secrets, settings.api_key_cache_seconds
+            )
+        else:
+            key_provider = StaticKeyProvider(settings.reditus_api_key)
+        self.store = HistoryStore(settings.history_table_name, self.dynamodb)
+        self.reditus = reditus or ReditusClient(
+            settings.reditus_api_base_url,
+            key_provider,
+            connect_timeout=settings.connect_timeout,
+            read_timeout=settings.read_timeout,
+            max_attempts=settings.max_attempts,
+            backoff_base=settings.backoff_base,
+            backoff_cap=settings.backoff_cap,
+            pool_size=settings.max_concurrency,
+            rate_limiter=RateLimiter(settings.max_requests_per_second),
+        )
+        requeue = RefundProducer(self.sqs, settings.refund_queue_url) if settings.refund_queue_url else None
+        self.submitter = RefundSubmitter(
+            self.store,
+            self.reditus,
+            requeue,
+            SubmitterConfig(
+                not_found_grace_seconds=settings.not_found_grace_seconds,
+                not_found_recheck_delay_seconds=settings.not_found_recheck_delay_seconds,
+                max_receive_count=settings.max_receive_count,
+            ),
+            telemetry=telemetry,
+        )
+        self.executor = ThreadPoolExecutor(max_workers=settings.max_concurrency, thread_name_prefix="refund")
+        self.current: Invocation | None = None
+
+    @contextmanager
+    def invocation(self, remaining_ms: int) -> Iterator[Invocation]:
+        """One Lambda invocation: its deadline, and the counter settlement at its end."""
+        current = Invocation(deadline=time.monotonic() + remaining_ms / 1000.0)
+        self.current = current
+        try:
+            yield current
+        finally:
+            self.current = None
+        # Only after every record ran: one transaction moves the day counters.
+        self.store.settle(current.ledger.drain())
+
+    def handle(self, message: InboundMessage) -> Outcome:
+        current = self.current
+        if current is None:
+            raise RuntimeError("handle() called outside an invocation")
+        return self.submitter.process(message, current.deadline, current.ledger)
+
+
+def inbound_from_record(record: dict[str, Any]) -> InboundMessage:
+    """Translate a Lambda SQS record (a dict, as in the event) into the domain's message."""
+    attributes = record.get("attributes") or {}
+    sent_at = None
+    sent = attributes.get("SentTimestamp")
+    if sent:
+        sent_at = iso(datetime.fromtimestamp(int(sent) / 1000, tz=UTC))
+    try:
+        receive_count = int(attributes.get("ApproximateReceiveCount", "1"))
+    except ValueError:
+        receive_count = 1
+    return InboundMessage(
+        message_id=str(record.get("messageId")),
+        body=record.get("body"),
+        receive_count=receive_count,
+        sent_at=sent_at,
+    )

@@ -1,0 +1,51 @@
+"""The SQS-triggered Lambda: Powertools wiring only; the work is in submitter.py."""
+
+from __future__ import annotations
+
+import asyncio
+import contextvars
+from typing import Any
+
+from aws_lambda_powertools import Logger, Metrics, Tracer
+from aws_lambda_powertools.utilities.batch import (
+    AsyncBatchProcessor,
+    EventType,
+    async_process_partial_response,
+)
+from aws_lambda_powertools.utilities.batch.types import PartialItemFailureResponse
+from aws_lambda_powertools.utilities.data_classes.sqs_event import SQSRecord
+from aws_lambda_powertools.utilities.typing import LambdaContext
+
+from .app import PowertoolsTelemetry, SubmitterService, inbound_from_record
+from .settings import Settings
+
+logger = Logger()
+tracer = Tracer()
+metrics = Metrics()
+processor = AsyncBatchProcessor(event_type=EventType.SQS)
+service = SubmitterService(Settings.from_env(), telemetry=PowertoolsTelemetry(metrics))
+
+
+@tracer.capture_method
+def process_record(record: SQSRecord) -> str:
+    """Raises for retryable failures; returns the recorded outcome for the rest."""
+    return service.handle(inbound_from_record(record.raw_event)).value
+
+
+async def record_handler(record: SQSRecord) -> str:
+    # Records of a batch run concurrently on the service's bounded thread pool; each gets
+    # its own copy of the context so its log keys stay its own.
+    loop = asyncio.get_running_loop()
+    return await loop.run_in_executor(
+        service.executor, contextvars.copy_context().run, process_record, record
+    )
+
+
+@logger.inject_lambda_context(clear_state=True)
+@tracer.capture_lambda_handler
+@metrics.log_metrics(capture_cold_start_metric=True)
+def lambda_handler(event: dict[str, Any], context: LambdaContext) -> PartialItemFailureResponse:
+    with service.invocation(context.get_remaining_time_in_millis()):
+        return async_process_partial_response(
+            event=event, record_handler=record_handler, processor=processor, context=context
+        )

@@ -1,0 +1,100 @@
+"""RefundProducer: puts refund requests on the queue (console, CLI, CSV) and records them pending."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+from botocore.exceptions import BotoCoreError, ClientError
+
+from .contract import RefundRequest
+from .records import iso, utc_now
+from .store import HistoryStore
+
+if TYPE_CHECKING:
+    from mypy_boto3_sqs import SQSClient
+else:
+    SQSClient = Any
+
+SQS_BATCH = 10
+
+
+class QueueError(RuntimeError):
+    """The queue could not be reached or refused the messages (the text says what to check)."""
+
+
+@dataclass
+class SendReport:
+    sent: list[RefundRequest] = field(default_factory=list)
+    failed: list[tuple[RefundRequest, str]] = field(default_factory=list)
+    send_calls: int = 0
+
+
+def queue_error(err: Exception, queue_url: str) -> QueueError:
+    if isinstance(err, ClientError):
+        code = err.response.get("Error", {}).get("Code", "Unknown")
+        if "NonExistentQueue" in code or code == "QueueDoesNotExist":
+            return QueueError(
+                f"the queue {queue_url!r} does not exist (check REFUND_QUEUE_URL or the stack name)"
+            )
+        if code in ("ExpiredToken", "ExpiredTokenException"):
+            return QueueError("the AWS credentials have expired")
+        if code in ("AccessDenied", "AccessDeniedException"):
+            return QueueError(f"sending to {queue_url!r} is not allowed for these credentials")
+        return QueueError(f"SQS answered {code}: {err.response.get('Error', {}).get('Message', '')[:200]}")
+    return QueueError(f"SQS is unreachable ({type(err).__name__}); check AWS_ENDPOINT_URL and the network")
+
+
+class RefundProducer:
+    def __init__(
+        self,
+        sqs: SQSClient,
+        queue_url: str,
+        store: HistoryStore | None = None,
+        clock: Callable[[], Any] = utc_now,
+    ):
+        self.sqs = sqs
+        self.queue_url = queue_url
+        self.store = store
+        self.clock = clock
+
+    def send(self, request: RefundRequest, delay_seconds: int = 0) -> str:
+        """Queue one request; returns the SQS message id."""
+        try:
+            response = self.sqs.send_message(
+                QueueUrl=self.queue_url, MessageBody=request.to_body(), DelaySeconds=delay_seconds
+            )
+        except (ClientError, BotoCoreError) as err:
+            raise queue_error(err, self.queue_url) from None
+        message_id = response["MessageId"]
+        if self.store is not None and delay_seconds == 0:
+            self.store.record_pending([(request, message_id, iso(self.clock()))])
+        return message_id
+
+    def send_many(
+        self, requests: Sequence[RefundRequest], progress: Callable[[int, int], None] | None = None
+    ) -> SendReport:
+        """Queue many requests, ten per SQS call, recording each accepted one as pending."""
+        report = SendReport()
+        for start in range(0, len(requests), SQS_BATCH):
+            chunk = requests[start : start + SQS_BATCH]
+            entries = [{"Id": str(i), "MessageBody": r.to_body()} for i, r in enumerate(chunk)]
+            try:
+                response = self.sqs.send_message_batch(QueueUrl=self.queue_url, Entries=entries)  # type: ignore[arg-type]
+            except (ClientError, BotoCoreError) as err:
+                raise queue_error(err, self.queue_url) from None
+            report.send_calls += 1
+            accepted = []
+            now = iso(self.clock())
+            for ok in response.get("Successful", []):
+                request = chunk[int(ok["Id"])]
+                accepted.append((request, ok["MessageId"], now))
+                report.sent.append(request)
+            for bad in response.get("Failed", []):
+                report.failed.append((chunk[int(bad["Id"])], f"{bad.get('Code')}: {bad.get('Message', '')}"))
+            if self.store is not None and accepted:
+                self.store.record_pending(accepted)
+            if progress:
+                progress(min(start + SQS_BATCH, len(requests)), len(requests))
+        return report

@@ -1,0 +1,85 @@
+"""Shared fixtures: moto for AWS, the Reditus simulator on 127.0.0.1 for Reditus."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Any
+
+import boto3
+import pytest
+
+# Never reach AWS from a test: fake credentials, a fixed region, tracing off.
+os.environ.update(
+    {
+        "AWS_ACCESS_KEY_ID": "testing",
+        "AWS_SECRET_ACCESS_KEY": "testing",
+        "AWS_SESSION_TOKEN": "testing",
+        "AWS_DEFAULT_REGION": "us-east-1",
+        "AWS_REGION": "us-east-1",
+        "POWERTOOLS_TRACE_DISABLED": "1",
+        "POWERTOOLS_SERVICE_NAME": "reditus-refunds",
+        "POWERTOOLS_METRICS_NAMESPACE": "ReditusRefundsTest",
+    }
+)
+for name in ("AWS_PROFILE", "AWS_ENDPOINT_URL", "REDITUS_API_BASE_URL", "REDITUS_API_KEY", "REDITUS_API_KEY_SECRET"):
+    os.environ.pop(name, None)
+
+from moto import mock_aws  # noqa: E402
+
+from reditus_refunds.records import HASH_KEY, INDEXES  # noqa: E402
+
+API_KEY = "sk_test_7f3a9c2e1b8d4f6a0c5e9b2d7a1f3c8e"
+TABLE = "history-test"
+
+
+def create_history_table(client: Any, name: str = TABLE) -> None:
+    attributes = {HASH_KEY} | {a for pair in INDEXES.values() for a in pair}
+    client.create_table(
+        TableName=name,
+        BillingMode="PAY_PER_REQUEST",
+        KeySchema=[{"AttributeName": HASH_KEY, "KeyType": "HASH"}],
+        AttributeDefinitions=[{"AttributeName": a, "AttributeType": "S"} for a in sorted(attributes)],
+        GlobalSecondaryIndexes=[
+            {
+                "IndexName": index,
+                "KeySchema": [
+                    {"AttributeName": hash_key, "KeyType": "HASH"},
+                    {"AttributeName": range_key, "KeyType": "RANGE"},
+                ],
+                "Projection": {"ProjectionType": "ALL"},
+            }
+            for index, (hash_key, range_key) in INDEXES.items()
+        ],
+    )
+
+
+@dataclass
+class AwsFixture:
+    dynamodb: Any
+    sqs: Any
+    secrets: Any
+    table: str
+    queue_url: str
+    dlq_url: str
+
+
+@pytest.fixture
+def aws() -> Iterator[AwsFixture]:
+    with mock_aws():
+        session = boto3.session.Session(region_name="us-east-1")
+        dynamodb = session.client("dynamodb")
+        sqs = session.client("sqs")
+        secrets = session.client("secretsmanager")
+        create_history_table(dynamodb)
+        dlq_url = sqs.create_queue(QueueName="refunds-dlq")["QueueUrl"]
+        dlq_arn = sqs.get_queue_attributes(QueueUrl=dlq_url, AttributeNames=["QueueArn"])["Attributes"]["QueueArn"]
+        queue_url = sqs.create_queue(
+            QueueName="refunds",
+            Attributes={
+                "VisibilityTimeout": "360",
+                "RedrivePolicy": f'{{"deadLetterTargetArn":"{dlq_arn}","maxReceiveCount":"5"}}',
+            },
+        )["QueueUrl"]
+        yield AwsFixture(dynamodb, sqs, secrets, TABLE, queue_url, dlq_url)

@@ -23,7 +23,13 @@ os.environ.update(
         "POWERTOOLS_METRICS_NAMESPACE": "ReditusRefundsTest",
     }
 )
-for name in ("AWS_PROFILE", "AWS_ENDPOINT_URL", "REDITUS_API_BASE_URL", "REDITUS_API_KEY", "REDITUS_API_KEY_SECRET"):
+for name in (
+    "AWS_PROFILE",
+    "AWS_ENDPOINT_URL",
+    "REDITUS_API_BASE_URL",
+    "REDITUS_API_KEY",
+    "REDITUS_API_KEY_SECRET",
+):
     os.environ.pop(name, None)
 
 from moto import mock_aws  # noqa: E402
@@ -74,7 +80,9 @@ def aws() -> Iterator[AwsFixture]:
         secrets = session.client("secretsmanager")
         create_history_table(dynamodb)
         dlq_url = sqs.create_queue(QueueName="refunds-dlq")["QueueUrl"]
-        dlq_arn = sqs.get_queue_attributes(QueueUrl=dlq_url, AttributeNames=["QueueArn"])["Attributes"]["QueueArn"]
+        dlq_arn = sqs.get_queue_attributes(QueueUrl=dlq_url, AttributeNames=["QueueArn"])["Attributes"][
+            "QueueArn"
+        ]
         queue_url = sqs.create_queue(
             QueueName="refunds",
             Attributes={

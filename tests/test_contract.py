@@ -12,7 +12,12 @@ from reditus_refunds.contract import ContractError, RefundRequest, json_schema, 
 GOOD = [
     {"payment_id": "pay_1"},
     {"payment_id": "  pay_2  ", "refund_id": "5f0c1a9e-3c1b-4f1e-9a7d-2b9f8e0d1c11"},
-    {"payment_id": "in_1Nv", "note": "line one\nline two", "requested_by": "ops@example.com", "source": "csv"},
+    {
+        "payment_id": "in_1Nv",
+        "note": "line one\nline two",
+        "requested_by": "ops@example.com",
+        "source": "csv",
+    },
     {"payment_id": "x" * 255, "force": True},
     {"payment_id": "ch_1", "requeue_of": "abc-123", "force": False, "note": None},
 ]
@@ -87,7 +92,9 @@ def test_invalid_message_keeps_what_identifies_it() -> None:
 
 def test_refund_id_defaults_to_the_message_id() -> None:
     assert parse_body('{"payment_id": "p"}', default_refund_id="msg-1").refund_id == "msg-1"
-    assert parse_body('{"payment_id": "p", "refund_id": "mine"}', default_refund_id="msg-1").refund_id == "mine"
+    assert (
+        parse_body('{"payment_id": "p", "refund_id": "mine"}', default_refund_id="msg-1").refund_id == "mine"
+    )
 
 
 def test_round_trip_through_the_message_body() -> None:

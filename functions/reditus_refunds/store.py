@@ -253,13 +253,16 @@ class HistoryStore:
             "last_attempt_at = :now",
             "attempts = if_not_exists(attempts, :zero) + :one",
         ]
+        names: dict[str, str] = {}
         for name in ("requested_by", "note", "source", "requeue_of"):
             value = getattr(request, name)
             if value is not None:
-                sets.append(f"{name} = if_not_exists({name}, :{name})")
+                sets.append(f"#{name} = if_not_exists(#{name}, :{name})")
+                names[f"#{name}"] = name
                 values[f":{name}"] = value
         if request.force:
-            sets.append("force = :force")
+            sets.append("#force = :force")
+            names["#force"] = "force"
             values[":force"] = True
         if view.item is None:
             condition = "attribute_not_exists(refund_id)"
@@ -279,6 +282,7 @@ class HistoryStore:
                     "UpdateExpression": "SET " + ", ".join(sets),
                     "ConditionExpression": condition,
                     "ExpressionAttributeValues": {k: to_attr(v) for k, v in values.items()},
+                    **({"ExpressionAttributeNames": names} if names else {}),
                 }
             },
             {
@@ -413,7 +417,8 @@ class HistoryStore:
                 force=request.force or None,
                 requeue_of=request.requeue_of,
             )
-        sets = [f"{name} = :{name}" for name, value in data.items() if value is not None]
+        sets = [f"#{name} = :{name}" for name, value in data.items() if value is not None]
+        names = {f"#{name}": name for name, value in data.items() if value is not None}
         values = {f":{name}": to_attr(value) for name, value in data.items() if value is not None}
         sets += [
             "queued_at = if_not_exists(queued_at, :queued_at)",
@@ -433,6 +438,7 @@ class HistoryStore:
                 "Key": self._key(refund_id),
                 "UpdateExpression": "SET " + ", ".join(sets) + " ADD attempts :one",
                 "ConditionExpression": condition,
+                "ExpressionAttributeNames": names,
                 "ExpressionAttributeValues": {**values, ":one": to_attr(1)},
             }
         )

@@ -23,7 +23,7 @@ from .records import CLAIMABLE, Attempt, ErrorKind, Outcome, iso, parse_iso, utc
 from .reditus import ReditusAnswer, Verdict
 from .store import ClaimView, ConditionFailed, HistoryStore, Settlement, StoreError
 
-logger = Logger(child=True)
+logger = Logger()  # same service name as the handler's: one underlying logger
 
 # Time kept back from the invocation's deadline to record the result after the call.
 WRITE_MARGIN_SECONDS = 2.0

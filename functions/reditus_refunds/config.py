@@ -1,0 +1,143 @@
+"""Where the console and the CLI find the system: a deployed stack, explicit settings, or the local stack.
+
+Resolution order: `--stack-name` (CloudFormation outputs) > environment variables >
+the running local stack's state file (written by `reditus-refunds local up`).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import boto3
+from botocore.config import Config
+from botocore.exceptions import BotoCoreError, ClientError
+
+DEFAULT_DATA_DIR = Path(".local-data")
+STATE_FILE_NAME = "stack.json"
+CLIENT_CONFIG = Config(retries={"mode": "standard", "max_attempts": 4}, connect_timeout=5, read_timeout=20)
+
+# CloudFormation outputs (template.yaml) the console and CLI need.
+STACK_OUTPUTS = ("HistoryTableName", "RefundQueueUrl", "DeadLetterQueueUrl")
+
+
+class ConfigError(RuntimeError):
+    """The system could not be located; the text says what to set."""
+
+
+@dataclass(frozen=True)
+class SystemConfig:
+    table_name: str
+    queue_url: str
+    dlq_url: str
+    region: str
+    endpoint_url: str | None = None  # moto server for the local stack; None for AWS
+    origin: str = "environment"  # "stack NAME", "environment" or "local stack"
+    local: bool = False
+
+    def client(self, service: str) -> Any:
+        session = boto3.session.Session(region_name=self.region)
+        return session.client(service, endpoint_url=self.endpoint_url, config=CLIENT_CONFIG)  # type: ignore[call-overload]
+
+    def export_lines(self) -> list[str]:
+        lines = [f"export AWS_REGION={self.region}", f"export AWS_DEFAULT_REGION={self.region}"]
+        if self.endpoint_url:
+            lines += [
+                f"export AWS_ENDPOINT_URL={self.endpoint_url}",
+                "export AWS_ACCESS_KEY_ID=testing",
+                "export AWS_SECRET_ACCESS_KEY=testing",
+            ]
+        lines += [
+            f"export HISTORY_TABLE_NAME={self.table_name}",
+            f"export REFUND_QUEUE_URL={self.queue_url}",
+            f"export DEAD_LETTER_QUEUE_URL={self.dlq_url}",
+        ]
+        return lines
+
+
+def data_dir(env: Mapping[str, str] | None = None) -> Path:
+    env = os.environ if env is None else env
+    return Path(env.get("REDITUS_LOCAL_DATA_DIR") or DEFAULT_DATA_DIR)
+
+
+def write_local_state(config: SystemConfig, directory: Path, extra: dict[str, Any] | None = None) -> Path:
+    directory.mkdir(parents=True, exist_ok=True)
+    path = directory / STATE_FILE_NAME
+    path.write_text(json.dumps({**asdict(config), **(extra or {})}, indent=2))
+    return path
+
+
+def read_local_state(directory: Path) -> dict[str, Any] | None:
+    path = directory / STATE_FILE_NAME
+    if not path.is_file():
+        return None
+    try:
+        data: dict[str, Any] = json.loads(path.read_text())
+    except ValueError:
+        return None
+    return data
+
+
+def from_stack(stack_name: str, region: str | None = None, endpoint_url: str | None = None) -> SystemConfig:
+    region = region or os.environ.get("AWS_REGION") or os.environ.get("AWS_DEFAULT_REGION") or "us-east-1"
+    session = boto3.session.Session(region_name=region)
+    cfn = session.client("cloudformation", endpoint_url=endpoint_url, config=CLIENT_CONFIG)
+    try:
+        stacks = cfn.describe_stacks(StackName=stack_name)["Stacks"]
+    except ClientError as err:
+        raise ConfigError(
+            f"stack {stack_name!r} not found in {region}: {err.response['Error'].get('Message')}"
+        ) from None
+    except BotoCoreError as err:
+        raise ConfigError(f"could not reach CloudFormation in {region}: {err}") from None
+    outputs = {o["OutputKey"]: o["OutputValue"] for o in stacks[0].get("Outputs", [])}
+    missing = [name for name in STACK_OUTPUTS if name not in outputs]
+    if missing:
+        raise ConfigError(
+            f"stack {stack_name!r} lacks the outputs {', '.join(missing)}; is it a reditus-refunds stack?"
+        )
+    return SystemConfig(
+        table_name=outputs["HistoryTableName"],
+        queue_url=outputs["RefundQueueUrl"],
+        dlq_url=outputs["DeadLetterQueueUrl"],
+        region=region,
+        endpoint_url=endpoint_url,
+        origin=f"stack {stack_name}",
+    )
+
+
+def resolve(stack_name: str | None = None, env: Mapping[str, str] | None = None) -> SystemConfig:
+    env = os.environ if env is None else env
+    endpoint = env.get("AWS_ENDPOINT_URL") or None
+    region = env.get("AWS_REGION") or env.get("AWS_DEFAULT_REGION") or "us-east-1"
+    if stack_name:
+        return from_stack(stack_name, region, endpoint)
+    table, queue = env.get("HISTORY_TABLE_NAME"), env.get("REFUND_QUEUE_URL")
+    if table and queue:
+        return SystemConfig(
+            table_name=table,
+            queue_url=queue,
+            dlq_url=env.get("DEAD_LETTER_QUEUE_URL", ""),
+            region=region,
+            endpoint_url=endpoint,
+            origin="environment",
+        )
+    state = read_local_state(data_dir(env))
+    if state:
+        return SystemConfig(
+            table_name=state["table_name"],
+            queue_url=state["queue_url"],
+            dlq_url=state["dlq_url"],
+            region=state.get("region", "us-east-1"),
+            endpoint_url=state.get("endpoint_url"),
+            origin="local stack",
+            local=True,
+        )
+    raise ConfigError(
+        "no system to talk to: start the local stack with `make run`, pass --stack-name NAME for a deployed "
+        "stack, or set HISTORY_TABLE_NAME and REFUND_QUEUE_URL"
+    )

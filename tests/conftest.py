@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import functools
+import io
+import logging
 import os
+import threading
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
@@ -61,6 +65,30 @@ def create_history_table(client: Any, name: str = TABLE) -> None:
     )
 
 
+class SerialisedClient:
+    """moto's in-process DynamoDB is not thread-safe; the Lambda calls it from several threads.
+
+    Real DynamoDB needs no such thing; the local stack's moto server does the same with a lock
+    (reditus_refunds.local.motoserver).
+    """
+
+    def __init__(self, client: Any):
+        self._client = client
+        self._lock = threading.Lock()
+
+    def __getattr__(self, name: str) -> Any:
+        attr = getattr(self._client, name)
+        if name.startswith("_") or not callable(attr):
+            return attr
+
+        @functools.wraps(attr)
+        def locked(*args: Any, **kwargs: Any) -> Any:
+            with self._lock:
+                return attr(*args, **kwargs)
+
+        return locked
+
+
 @dataclass
 class AwsFixture:
     dynamodb: Any
@@ -75,7 +103,7 @@ class AwsFixture:
 def aws() -> Iterator[AwsFixture]:
     with mock_aws():
         session = boto3.session.Session(region_name="us-east-1")
-        dynamodb = session.client("dynamodb")
+        dynamodb = SerialisedClient(session.client("dynamodb"))
         sqs = session.client("sqs")
         secrets = session.client("secretsmanager")
         create_history_table(dynamodb)
@@ -91,3 +119,20 @@ def aws() -> Iterator[AwsFixture]:
             },
         )["QueueUrl"]
         yield AwsFixture(dynamodb, sqs, secrets, TABLE, queue_url, dlq_url)
+
+
+@pytest.fixture
+def captured_logs() -> Iterator[io.StringIO]:
+    """What the Powertools logger writes, formatted as in Lambda (JSON lines)."""
+    from aws_lambda_powertools import Logger
+
+    powertools = Logger()
+    stream = io.StringIO()
+    handler = logging.StreamHandler(stream)
+    handler.setFormatter(powertools.registered_formatter)
+    target = logging.getLogger(powertools.name)
+    target.addHandler(handler)
+    try:
+        yield stream
+    finally:
+        target.removeHandler(handler)

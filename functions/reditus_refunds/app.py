@@ -157,8 +157,8 @@ class SubmitterService:
             yield current
         finally:
             self.current = None
-        # Only after every record ran: one transaction moves the day counters.
-        self.store.settle(current.ledger.drain())
+            # After every record ran, whatever happened: one transaction moves the day counters.
+            self.store.settle(current.ledger.drain())
 
     def handle(self, message: InboundMessage) -> Outcome:
         current = self.current

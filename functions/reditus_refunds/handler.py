@@ -22,7 +22,8 @@ from .settings import Settings
 logger = Logger()
 tracer = Tracer()
 metrics = Metrics()
-processor = AsyncBatchProcessor(event_type=EventType.SQS)
+# A batch where every record must be retried is still a partial response, not a function error.
+processor = AsyncBatchProcessor(event_type=EventType.SQS, raise_on_entire_batch_failure=False)
 service = SubmitterService(Settings.from_env(), telemetry=PowertoolsTelemetry(metrics))
 
 

@@ -11,7 +11,8 @@ import json
 import threading
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Protocol
@@ -24,6 +25,18 @@ from .reditus import ReditusAnswer, Verdict
 from .store import ClaimView, ConditionFailed, HistoryStore, Settlement, StoreError
 
 logger = Logger()  # same service name as the handler's: one underlying logger
+
+
+@contextmanager
+def record_log_keys(**keys: str | None) -> Iterator[None]:
+    """Keys on every log line of one record. Records run on several threads at once, so the
+    keys live in the record's own context (Powertools' thread-safe keys), not on the logger."""
+    logger.thread_safe_append_keys(**keys)
+    try:
+        yield
+    finally:
+        logger.thread_safe_remove_keys(keys)
+
 
 # Time kept back from the invocation's deadline to record the result after the call.
 WRITE_MARGIN_SECONDS = 2.0
@@ -136,7 +149,7 @@ class RefundSubmitter:
             request = parse_body(message.body, default_refund_id=message.message_id)
         except ContractError as err:
             return self._invalid(message, err, queued_at, ledger)
-        with logger.append_context_keys(refund_id=request.refund_id, payment_id=request.payment_id):
+        with record_log_keys(refund_id=request.refund_id, payment_id=request.payment_id):
             try:
                 outcome = self._process_valid(request, message, queued_at, deadline, ledger)
             except StoreError as err:
@@ -327,7 +340,7 @@ class RefundSubmitter:
         force_message_key: bool = False,
     ) -> Outcome:
         refund_id = message.message_id if force_message_key else (err.refund_id or message.message_id)
-        with logger.append_context_keys(refund_id=refund_id, payment_id=err.payment_id):
+        with record_log_keys(refund_id=refund_id, payment_id=err.payment_id):
             logger.warning("invalid refund request; not sent to Reditus", extra={"reason": err.reason})
             for key in dict.fromkeys([refund_id, message.message_id]):
                 try:

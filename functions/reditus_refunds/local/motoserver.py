@@ -1,0 +1,97 @@
+"""A moto server for the local stack, with DynamoDB requests serialised.
+
+moto's DynamoDB backend is not thread-safe (TransactWriteItems deep-copies tables while
+other requests mutate them), and its threaded server runs requests concurrently. Real
+DynamoDB has no such limit; here one lock around DynamoDB requests keeps moto correct,
+while SQS long polls and everything else stay concurrent.
+"""
+
+from __future__ import annotations
+
+import argparse
+import signal
+import sys
+import threading
+from collections.abc import Callable, Iterable
+from types import FrameType
+from typing import Any
+
+from moto.moto_server.werkzeug_app import DomainDispatcherApplication, MotoRequestHandler, create_backend_app
+from werkzeug.serving import BaseWSGIServer, make_server
+
+WsgiApp = Callable[[dict[str, Any], Callable[..., Any]], Iterable[bytes]]
+
+
+class SerialisedDynamoDB:
+    """WSGI middleware: one DynamoDB request at a time."""
+
+    def __init__(self, app: WsgiApp):
+        self.app = app
+        self.lock = threading.Lock()
+
+    def __call__(self, environ: dict[str, Any], start_response: Callable[..., Any]) -> Iterable[bytes]:
+        if environ.get("HTTP_X_AMZ_TARGET", "").startswith("DynamoDB"):
+            with self.lock:
+                # Materialise the body inside the lock: the backend work happens while iterating.
+                return list(self.app(environ, start_response))
+        return self.app(environ, start_response)
+
+
+def build_server(host: str = "127.0.0.1", port: int = 0) -> BaseWSGIServer:
+    app = SerialisedDynamoDB(DomainDispatcherApplication(create_backend_app))
+    return make_server(host, port, app, threaded=True, request_handler=MotoRequestHandler)
+
+
+class MotoServer:
+    """In a thread of this process (tests) or, through main(), as its own process (make run)."""
+
+    def __init__(self, host: str = "127.0.0.1", port: int = 0):
+        self._server = build_server(host, port)
+        self._thread: threading.Thread | None = None
+
+    @property
+    def endpoint_url(self) -> str:
+        return f"http://{self._server.host}:{self._server.port}"
+
+    def start(self) -> MotoServer:
+        self._thread = threading.Thread(target=self._server.serve_forever, name="moto", daemon=True)
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        self._server.shutdown()
+        self._server.server_close()
+        if self._thread:
+            self._thread.join(10)
+
+    def __enter__(self) -> MotoServer:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description="moto server for the reditus-refunds local stack")
+    parser.add_argument("--host", default="127.0.0.1")
+    parser.add_argument("--port", type=int, default=4566)
+    args = parser.parse_args(argv)
+    try:
+        server = build_server(args.host, args.port)
+    except OSError as err:
+        print(f"moto server: cannot listen on {args.host}:{args.port}: {err.strerror}", file=sys.stderr)
+        return 2
+
+    def stop(signum: int, frame: FrameType | None) -> None:
+        threading.Thread(target=server.shutdown, daemon=True).start()
+
+    signal.signal(signal.SIGTERM, stop)
+    signal.signal(signal.SIGINT, stop)
+    print(f"moto server ready: http://{server.host}:{server.port}", flush=True)
+    server.serve_forever()
+    server.server_close()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,324 @@
+"""The real Lambda handler, with moto for AWS and the Reditus simulator on 127.0.0.1."""
+
+from __future__ import annotations
+
+import json
+import socket
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Any
+
+import pytest
+
+from reditus_refunds.app import PowertoolsTelemetry, SubmitterService
+from reditus_refunds.local.simulator import DEMO_INVALID, DEMO_REFUNDABLE, ReditusSimulator
+from reditus_refunds.records import Outcome
+from reditus_refunds.settings import Settings
+
+from .conftest import API_KEY, AwsFixture
+
+
+class LambdaContext:
+    function_name = "refund-submitter"
+    memory_limit_in_mb = 256
+    invoked_function_arn = "arn:aws:lambda:us-east-1:123456789012:function:refund-submitter"
+    aws_request_id = "req-1"
+
+    def __init__(self, remaining_ms: int = 60_000):
+        self.remaining_ms = remaining_ms
+
+    def get_remaining_time_in_millis(self) -> int:
+        return self.remaining_ms
+
+
+@dataclass
+class Lambda:
+    aws: AwsFixture
+    sim: ReditusSimulator
+    handler: Any
+    service: SubmitterService
+
+    def send(self, *bodies: Any) -> None:
+        for body in bodies:
+            text = body if isinstance(body, str) else json.dumps(body)
+            self.aws.sqs.send_message(QueueUrl=self.aws.queue_url, MessageBody=text)
+
+    def receive_event(self) -> dict[str, Any]:
+        messages: list[dict[str, Any]] = []
+        while True:
+            got = self.aws.sqs.receive_message(
+                QueueUrl=self.aws.queue_url, MaxNumberOfMessages=10, AttributeNames=["All"], WaitTimeSeconds=0
+            ).get("Messages", [])
+            if not got:
+                break
+            messages += got
+        return {
+            "Records": [
+                {
+                    "messageId": m["MessageId"],
+                    "receiptHandle": m["ReceiptHandle"],
+                    "body": m["Body"],
+                    "attributes": m["Attributes"],
+                    "messageAttributes": {},
+                    "md5OfBody": m["MD5OfBody"],
+                    "eventSource": "aws:sqs",
+                    "eventSourceARN": "arn:aws:sqs:us-east-1:123456789012:refunds",
+                    "awsRegion": "us-east-1",
+                }
+                for m in messages
+            ]
+        }
+
+    def run(self, *bodies: Any, remaining_ms: int = 60_000) -> tuple[dict[str, Any], set[str]]:
+        """Send, deliver as one event, return (event, ids reported as failures)."""
+        self.send(*bodies)
+        event = self.receive_event()
+        response = self.handler.lambda_handler(event, LambdaContext(remaining_ms))
+        return event, {f["itemIdentifier"] for f in response["batchItemFailures"]}
+
+    def record(self, refund_id: str) -> Any:
+        return self.service.store.get(refund_id)
+
+    def items(self) -> list[dict[str, Any]]:
+        return self.aws.dynamodb.scan(TableName=self.aws.table)["Items"]
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@pytest.fixture
+def simulator() -> Iterator[ReditusSimulator]:
+    with ReditusSimulator(API_KEY, late={"pay_late": 3600}) as sim:
+        yield sim
+
+
+def make_lambda(
+    aws: AwsFixture, sim: ReditusSimulator, monkeypatch: pytest.MonkeyPatch, **env: str
+) -> Lambda:
+    secret_arn = aws.secrets.create_secret(Name=f"reditus-key-{uuid.uuid4().hex[:6]}", SecretString=API_KEY)[
+        "ARN"
+    ]
+    values = {
+        "HISTORY_TABLE_NAME": aws.table,
+        "REFUND_QUEUE_URL": aws.queue_url,
+        "REDITUS_API_BASE_URL": sim.base_url,
+        "REDITUS_API_KEY_SECRET": secret_arn,
+        "NOT_FOUND_GRACE_SECONDS": "0",
+        "REDITUS_BACKOFF_BASE": "0.01",
+        "REDITUS_BACKOFF_CAP": "0.05",
+        **env,
+    }
+    for name, value in values.items():
+        monkeypatch.setenv(name, value)
+    import reditus_refunds.handler as handler
+
+    service = SubmitterService(
+        Settings.from_env(),
+        dynamodb=aws.dynamodb,
+        sqs=aws.sqs,
+        secrets=aws.secrets,
+        telemetry=PowertoolsTelemetry(handler.metrics),
+    )
+    monkeypatch.setattr(handler, "service", service)
+    return Lambda(aws, sim, handler, service)
+
+
+@pytest.fixture
+def lam(aws: AwsFixture, simulator: ReditusSimulator, monkeypatch: pytest.MonkeyPatch) -> Lambda:
+    return make_lambda(aws, simulator, monkeypatch)
+
+
+def test_refunded_rejected_and_not_found(lam: Lambda) -> None:
+    _, failures = lam.run(
+        {"payment_id": DEMO_REFUNDABLE[0], "refund_id": "ok-1"},
+        {"payment_id": DEMO_INVALID[0], "refund_id": "bad-1"},
+        {"payment_id": "pay_nobody_knows", "refund_id": "nf-1"},
+    )
+    assert failures == set()
+    ok, bad, nf = lam.record("ok-1"), lam.record("bad-1"), lam.record("nf-1")
+    assert (ok.outcome, ok.http_status, ok.detail) == (Outcome.REFUNDED, 200, "ok")
+    assert (bad.outcome, bad.http_status) == (Outcome.REJECTED, 400)
+    assert "Validation failed" in bad.detail
+    assert (nf.outcome, nf.http_status, nf.detail) == (Outcome.NOT_FOUND, 404, "Payment not found")
+    assert ok.latency_ms is not None and ok.completed_at and ok.attempt_log[0].http_status == 200
+
+
+def test_not_found_inside_the_grace_window_is_rechecked_with_a_delay(aws, simulator, monkeypatch) -> None:
+    lam = make_lambda(
+        aws, simulator, monkeypatch, NOT_FOUND_GRACE_SECONDS="600", NOT_FOUND_RECHECK_DELAY_SECONDS="30"
+    )
+    _, failures = lam.run({"payment_id": "pay_late", "refund_id": "late-1"})
+    assert failures == set()  # the original is done with; a delayed copy re-checks
+    record = lam.record("late-1")
+    assert record.outcome is Outcome.RETRYING and record.error_kind == "awaiting_payment"
+    attrs = aws.sqs.get_queue_attributes(QueueUrl=aws.queue_url, AttributeNames=["All"])["Attributes"]
+    assert attrs["ApproximateNumberOfMessagesDelayed"] == "1"
+    assert len(simulator.records()) == 1  # no busy retries
+
+
+def test_wrong_key_is_a_configuration_error_never_a_verdict(
+    aws, simulator, monkeypatch, capfd, captured_logs
+) -> None:
+    lam = make_lambda(aws, simulator, monkeypatch)
+    wrong = "sk_wrong_0123456789abcdef"
+    aws.secrets.update_secret(SecretId=lam.service.settings.reditus_api_key_secret, SecretString=wrong)
+    lam.service.reditus._api_key(True)  # the cache would otherwise keep the right key for 5 minutes
+    event, failures = lam.run({"payment_id": DEMO_REFUNDABLE[0], "refund_id": "auth-1"})
+    assert failures == {event["Records"][0]["messageId"]}
+    record = lam.record("auth-1")
+    assert (
+        record.outcome is Outcome.RETRYING and record.error_kind == "auth_error" and record.http_status == 401
+    )
+    out = capfd.readouterr()
+    logs = captured_logs.getvalue()
+    assert "Reditus refused the API key" in logs and '"refund_id":"auth-1"' in logs
+    assert "ReditusAuthError" in out.out  # the metric
+    for text in (out.out, out.err, logs, json.dumps(lam.items())):
+        assert wrong not in text and API_KEY not in text
+
+
+@pytest.mark.parametrize("fault", ["429", "500", "503"])
+def test_transient_answers_are_retried_then_reported_as_failures(lam: Lambda, fault: str) -> None:
+    lam.sim.configure(fault_rate=1.0, faults=(fault,), retry_after=0)
+    event, failures = lam.run({"payment_id": DEMO_REFUNDABLE[1], "refund_id": f"t-{fault}"})
+    assert failures == {event["Records"][0]["messageId"]}
+    record = lam.record(f"t-{fault}")
+    assert record.outcome is Outcome.RETRYING and record.error_kind == "transient"
+    assert record.http_status == int(fault)
+    assert len(lam.sim.records()) == 4  # REDITUS_MAX_ATTEMPTS inside one invocation
+    lam.sim.configure(fault_rate=0.0)
+    # SQS delivers it again (here: straight away) and it now succeeds.
+    lam.aws.sqs.change_message_visibility(
+        QueueUrl=lam.aws.queue_url, ReceiptHandle=event["Records"][0]["receiptHandle"], VisibilityTimeout=0
+    )
+    _, failures = lam.run()
+    assert failures == set() and lam.record(f"t-{fault}").outcome is Outcome.REFUNDED
+
+
+def test_retry_after_is_honoured(lam: Lambda) -> None:
+    lam.sim.configure(fault_rate=1.0, faults=("429",), retry_after=1)
+    lam.service.reditus.max_attempts = 2
+    lam.run({"payment_id": DEMO_REFUNDABLE[1], "refund_id": "ra-1"})
+    first, second = lam.sim.records()
+    assert second.at - first.at >= 1.0
+
+
+def test_retries_never_run_past_the_invocation(lam: Lambda) -> None:
+    lam.sim.configure(fault_rate=1.0, faults=("429",), retry_after=30)
+    event, failures = lam.run({"payment_id": DEMO_REFUNDABLE[1], "refund_id": "dl-1"}, remaining_ms=10_000)
+    assert failures == {event["Records"][0]["messageId"]}
+    assert len(lam.sim.records()) == 1  # waiting 30 s would pass the deadline: give it back to SQS
+
+
+def test_read_timeout_is_transient(aws, simulator, monkeypatch) -> None:
+    lam = make_lambda(aws, simulator, monkeypatch, REDITUS_READ_TIMEOUT="0.3", REDITUS_MAX_ATTEMPTS="1")
+    simulator.configure(fault_rate=1.0, faults=("slow",), slow_seconds=2.0)
+    event, failures = lam.run({"payment_id": DEMO_REFUNDABLE[2], "refund_id": "slow-1"})
+    assert failures == {event["Records"][0]["messageId"]}
+    record = lam.record("slow-1")
+    assert record.outcome is Outcome.RETRYING and record.detail == "Reditus did not answer in time"
+
+
+def test_connection_refused_is_transient(aws, simulator, monkeypatch) -> None:
+    lam = make_lambda(
+        aws,
+        simulator,
+        monkeypatch,
+        REDITUS_API_BASE_URL=f"http://127.0.0.1:{free_port()}",
+        REDITUS_MAX_ATTEMPTS="2",
+    )
+    event, failures = lam.run({"payment_id": DEMO_REFUNDABLE[2], "refund_id": "cr-1"})
+    assert failures == {event["Records"][0]["messageId"]}
+    assert "connection to Reditus failed" in lam.record("cr-1").detail
+
+
+def test_dropped_connection_is_transient(lam: Lambda) -> None:
+    lam.sim.configure(fault_rate=1.0, faults=("drop",))
+    lam.service.reditus.max_attempts = 1
+    event, failures = lam.run({"payment_id": DEMO_REFUNDABLE[2], "refund_id": "drop-1"})
+    assert failures == {event["Records"][0]["messageId"]}
+    assert lam.record("drop-1").outcome is Outcome.RETRYING
+
+
+def test_duplicate_delivery_and_the_same_refund_id_queued_twice(lam: Lambda) -> None:
+    body = {"payment_id": DEMO_REFUNDABLE[3], "refund_id": "twice-1"}
+    _, failures = lam.run(body)
+    assert failures == set()
+    # The same message again (SQS at-least-once) and the same refund_id in a new message.
+    lam.send(body)
+    _, failures = lam.run(body)
+    assert failures == set()
+    assert lam.sim.applied_count(DEMO_REFUNDABLE[3]) == 1
+    assert lam.record("twice-1").outcome is Outcome.REFUNDED
+
+
+def test_already_refunded_payment_with_and_without_force(lam: Lambda) -> None:
+    lam.run({"payment_id": DEMO_REFUNDABLE[4], "refund_id": "first"})
+    lam.run({"payment_id": DEMO_REFUNDABLE[4], "refund_id": "again"})
+    again = lam.record("again")
+    assert again.outcome is Outcome.DUPLICATE and again.duplicate_of == "first"
+    assert lam.sim.applied_count(DEMO_REFUNDABLE[4]) == 1
+    lam.run({"payment_id": DEMO_REFUNDABLE[4], "refund_id": "forced", "force": True})
+    assert lam.record("forced").outcome is Outcome.REFUNDED
+    assert lam.sim.applied_count(DEMO_REFUNDABLE[4]) == 2
+
+
+BAD_BODIES = [
+    "not json",
+    "",
+    "[]",
+    "42",
+    "null",
+    '"pay"',
+    "{}",
+    '{"payment_id": ""}',
+    '{"payment_id": "   "}',
+    '{"payment_id": 5}',
+    '{"payment_id": null}',
+    '{"payment_id": {"a": 1}}',
+    '{"payment_id": "x", "amount": 10}',
+    '{"payment_id": "' + "x" * 10_000 + '"}',
+    '{"payment_id": "a\\u0007b"}',
+    '{"payment_id": "\\ud83d"}',
+    '{"payment_id": "p", "note": 5}',
+    '{"payment_id": "p", "force": "true"}',
+]
+
+
+def test_a_batch_mixing_good_and_every_kind_of_bad_input(lam: Lambda) -> None:
+    good = [{"payment_id": p, "refund_id": f"good-{i}"} for i, p in enumerate(DEMO_REFUNDABLE[:2])]
+    _, failures = lam.run(*good, *BAD_BODIES[:8])
+    assert failures == set()
+    _, failures2 = lam.run(*BAD_BODIES[8:])
+    assert failures2 == set()
+    assert all(lam.record(f"good-{i}").outcome is Outcome.REFUNDED for i in range(2))
+    invalid = [i for i in lam.items() if i.get("outcome", {}).get("S") == "invalid"]
+    assert len(invalid) == len(BAD_BODIES)
+    assert all(i["detail"]["S"] for i in invalid)
+    assert len(lam.sim.records()) == 2  # only the good ones reached Reditus
+
+
+def test_batch_calls_to_reditus_overlap(lam: Lambda) -> None:
+    lam.sim.configure(latency=0.5)
+    payments = [f"pay_batch_{i}" for i in range(10)]
+    for p in payments:
+        lam.sim.add_payment(p)
+    _, failures = lam.run(*({"payment_id": p, "refund_id": f"b-{p}"} for p in payments))
+    assert failures == set()
+    arrivals = sorted(r.at for r in lam.sim.records())
+    # All ten arrived before the first answer could have left: they ran concurrently.
+    assert arrivals[-1] - arrivals[0] < 0.5
+
+
+def test_the_key_never_appears_in_logs_or_items(lam: Lambda, capfd, captured_logs) -> None:
+    lam.sim.configure(fault_rate=0.5, retry_after=0, faults=("429", "500", "503"))
+    lam.run(*({"payment_id": p} for p in DEMO_REFUNDABLE), "not json", {"payment_id": "unknown"})
+    out = capfd.readouterr()
+    assert API_KEY not in out.out + out.err + captured_logs.getvalue()
+    assert '"payment_id":"pay_demo_1001"' in captured_logs.getvalue()
+    assert API_KEY not in json.dumps(lam.items())
+    assert API_KEY not in repr(lam.service.reditus.__dict__)

@@ -485,7 +485,12 @@ def test_alarms(template: dict[str, Any]) -> None:
         p["Properties"]["MetricName"]: p["Properties"]
         for p in resources_of(template, "AWS::CloudWatch::Alarm").values()
     }
-    assert set(alarms) == {"ApproximateNumberOfMessagesVisible", "Errors", "ApproximateAgeOfOldestMessage"}
+    assert set(alarms) == {
+        "ApproximateNumberOfMessagesVisible",
+        "Errors",
+        "ApproximateAgeOfOldestMessage",
+        "ReditusAuthError",
+    }
     dlq = alarms["ApproximateNumberOfMessagesVisible"]
     assert dlq["Dimensions"] == [
         {"Name": "QueueName", "Value": {"Fn::GetAtt": ["DeadLetterQueue", "QueueName"]}}

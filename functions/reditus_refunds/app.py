@@ -58,6 +58,9 @@ class StaticKeyProvider:
         return "StaticKeyProvider(<redacted>)"
 
 
+AUTH_ERROR_METRIC = "ReditusAuthError"  # template.yaml's ReditusAuthErrorAlarm watches it
+
+
 class PowertoolsTelemetry:
     """Metrics for the domain's events (a lock: records are handled on several threads)."""
 
@@ -84,7 +87,7 @@ class PowertoolsTelemetry:
 
     def auth_error(self) -> None:
         with self._lock:
-            self._metrics.add_metric(name="ReditusAuthError", unit=self._unit.Count, value=1)
+            self._metrics.add_metric(name=AUTH_ERROR_METRIC, unit=self._unit.Count, value=1)
 
     def unidentified_invalid(self) -> None:
         with self._lock:

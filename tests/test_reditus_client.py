@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import random
 import time
 
@@ -13,6 +14,8 @@ from reditus_refunds.reditus import RateLimiter, ReditusClient, Verdict, classif
 
 from .conftest import API_KEY
 
+BLANK = "Validation failed: payment_id can't be blank"
+
 
 @pytest.mark.parametrize(
     ("status", "body", "verdict", "detail"),
@@ -21,9 +24,9 @@ from .conftest import API_KEY
         (200, "<html>", Verdict.REFUNDED, "unexpected body: <html>"),
         (
             400,
-            '{"errors": [{"title": "Bad Request", "details": "Validation failed: payment_id can\'t be blank"}]}',
+            json.dumps({"errors": [{"title": "Bad Request", "details": BLANK}]}),
             Verdict.REJECTED,
-            "Validation failed: payment_id can't be blank",
+            BLANK,
         ),
         (
             404,

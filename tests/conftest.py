@@ -40,6 +40,9 @@ from moto import mock_aws  # noqa: E402
 
 from reditus_refunds.records import HASH_KEY, INDEXES  # noqa: E402
 
+# The Lambda rig's fixtures (lam, simulator) for every test module.
+pytest_plugins = ("tests.lambda_rig",)
+
 API_KEY = "sk_test_7f3a9c2e1b8d4f6a0c5e9b2d7a1f3c8e"
 TABLE = "history-test"
 

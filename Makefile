@@ -38,6 +38,7 @@ browser: $(BROWSER_STAMP)
 lint: $(STAMP)
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
+	$(BIN)/bandit -q -r functions ui -ll  # medium and high findings fail the build
 
 typecheck: $(STAMP)
 	$(BIN)/mypy

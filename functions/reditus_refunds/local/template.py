@@ -119,7 +119,7 @@ _TemplateLoader.add_multi_constructor("!", _unknown_tag)
 def loads_template(text: str) -> dict[str, Any]:
     """Parse template text; the top level must be a mapping."""
     try:
-        data = yaml.load(text, Loader=_TemplateLoader)  # noqa: S506 - a SafeLoader subclass
+        data = yaml.load(text, Loader=_TemplateLoader)  # noqa: S506  # nosec B506 - a SafeLoader subclass
     except yaml.YAMLError as exc:
         raise TemplateError(f"invalid template YAML: {exc}") from exc
     if not isinstance(data, dict):

@@ -18,6 +18,7 @@ else:
     SQSClient = Any
 
 SQS_BATCH = 10
+PENDING_BATCH = 90  # items per pending-record transaction (DynamoDB allows 100 actions)
 
 
 class QueueError(RuntimeError):
@@ -75,17 +76,22 @@ class RefundProducer:
     def send_many(
         self, requests: Sequence[RefundRequest], progress: Callable[[int, int], None] | None = None
     ) -> SendReport:
-        """Queue many requests, ten per SQS call, recording each accepted one as pending."""
+        """Queue many requests, ten per SQS call, recording the accepted ones as pending.
+
+        Pending records are written in transactions of up to PENDING_BATCH items, so a large
+        upload costs about one DynamoDB call per nine SQS calls.
+        """
         report = SendReport()
+        accepted: list[tuple[RefundRequest, str, str]] = []
         for start in range(0, len(requests), SQS_BATCH):
             chunk = requests[start : start + SQS_BATCH]
             entries = [{"Id": str(i), "MessageBody": r.to_body()} for i, r in enumerate(chunk)]
             try:
                 response = self.sqs.send_message_batch(QueueUrl=self.queue_url, Entries=entries)  # type: ignore[arg-type]
             except (ClientError, BotoCoreError) as err:
+                self._record(accepted)
                 raise queue_error(err, self.queue_url) from None
             report.send_calls += 1
-            accepted = []
             now = iso(self.clock())
             for ok in response.get("Successful", []):
                 request = chunk[int(ok["Id"])]
@@ -93,8 +99,14 @@ class RefundProducer:
                 report.sent.append(request)
             for bad in response.get("Failed", []):
                 report.failed.append((chunk[int(bad["Id"])], f"{bad.get('Code')}: {bad.get('Message', '')}"))
-            if self.store is not None and accepted:
-                self.store.record_pending(accepted)
+            if len(accepted) >= PENDING_BATCH:
+                self._record(accepted)
+                accepted = []
             if progress:
                 progress(min(start + SQS_BATCH, len(requests)), len(requests))
+        self._record(accepted)
         return report
+
+    def _record(self, accepted: Sequence[tuple[RefundRequest, str, str]]) -> None:
+        if self.store is not None and accepted:
+            self.store.record_pending(accepted)

@@ -1,0 +1,90 @@
+"""RefundProducer and the dead-letter queue adapter against moto."""
+
+from __future__ import annotations
+
+import json
+from datetime import timedelta
+
+import pytest
+
+from reditus_refunds.contract import RefundRequest
+from reditus_refunds.dlq import DeadLetterQueue
+from reditus_refunds.producer import QueueError, RefundProducer
+from reditus_refunds.records import Outcome, utc_now
+from reditus_refunds.store import HistoryStore
+
+
+def test_send_many_sends_tens_and_records_pending(aws) -> None:
+    store = HistoryStore(aws.table, aws.dynamodb)
+    producer = RefundProducer(aws.sqs, aws.queue_url, store)
+    requests = [RefundRequest(payment_id=f"pay_{i}", refund_id=f"r-{i}", source="csv") for i in range(205)]
+    seen: list[tuple[int, int]] = []
+    report = producer.send_many(requests, progress=lambda done, total: seen.append((done, total)))
+    assert report.send_calls == 21 and len(report.sent) == 205 and report.failed == []
+    assert seen[-1] == (205, 205)
+    assert all(store.get(f"r-{i}").outcome is Outcome.PENDING for i in (0, 99, 204))  # type: ignore[union-attr]
+    today = utc_now().date()
+    assert store.daily_counts(today, today)[today.isoformat()] == {"pending": 205}
+    attrs = aws.sqs.get_queue_attributes(
+        QueueUrl=aws.queue_url, AttributeNames=["ApproximateNumberOfMessages"]
+    )
+    assert attrs["Attributes"]["ApproximateNumberOfMessages"] == "205"
+    body = json.loads(aws.sqs.receive_message(QueueUrl=aws.queue_url)["Messages"][0]["Body"])
+    assert set(body) <= {"refund_id", "payment_id", "source"}
+
+
+def test_a_missing_queue_is_a_clear_error(aws) -> None:
+    producer = RefundProducer(aws.sqs, aws.queue_url + "-gone")
+    with pytest.raises(QueueError, match="does not exist"):
+        producer.send(RefundRequest(payment_id="p", refund_id="r"))
+
+
+def test_dead_letters_peek_redrive_and_delete(aws) -> None:
+    for i in range(3):
+        aws.sqs.send_message(
+            QueueUrl=aws.dlq_url, MessageBody=json.dumps({"payment_id": f"p{i}", "refund_id": f"r{i}"})
+        )
+    aws.sqs.send_message(QueueUrl=aws.dlq_url, MessageBody="not json")
+    dlq = DeadLetterQueue(aws.sqs, aws.dlq_url, aws.queue_url)
+    letters = dlq.peek()
+    assert sorted(str(letter.payment_id) for letter in letters) == ["None", "p0", "p1", "p2"]
+    assert dlq.count() == 4  # peeking leaves them where they are
+    by_payment = {letter.payment_id: letter.message_id for letter in letters}
+    assert dlq.redrive([by_payment["p1"]]) == [by_payment["p1"]]
+    assert dlq.delete([by_payment[None]]) == [by_payment[None]]
+    assert sorted(str(letter.payment_id) for letter in dlq.peek()) == ["p0", "p2"]
+    assert len(dlq.redrive()) == 2 and dlq.count() == 0
+    moved = aws.sqs.receive_message(QueueUrl=aws.queue_url, MaxNumberOfMessages=10)["Messages"]
+    assert sorted(json.loads(m["Body"])["payment_id"] for m in moved) == ["p0", "p1", "p2"]
+
+
+def test_history_pages_newest_first_without_scan(aws) -> None:
+    store = HistoryStore(aws.table, aws.dynamodb)
+    now = utc_now()
+    entries = [
+        (
+            RefundRequest(
+                payment_id=f"pay_{i}", refund_id=f"r-{i:03d}", requested_by="ops" if i % 2 else "bot"
+            ),
+            f"m-{i}",
+            (now - timedelta(hours=i * 7)).isoformat().replace("+00:00", "Z")[:23] + "Z",
+        )
+        for i in range(40)
+    ]
+    store.record_pending(entries)
+    seen: list[str] = []
+    cursor = None
+    while True:
+        page = store.query(limit=15, cursor=cursor, since=now - timedelta(days=30), until=now)
+        seen += [r.refund_id for r in page.records]
+        cursor = page.cursor
+        if not cursor:
+            break
+    assert seen == [f"r-{i:03d}" for i in range(40)]
+    mine = store.query(requested_by="ops", limit=100, since=now - timedelta(days=30), until=now)
+    assert {r.requested_by for r in mine.records} == {"ops"} and len(mine.records) == 20
+    pending = store.query(outcome=Outcome.PENDING, limit=5, since=now - timedelta(days=30), until=now)
+    assert [r.refund_id for r in pending.records] == [f"r-{i:03d}" for i in range(5)]
+    assert pending.items_read == 5
+    one = store.query(payment_id="pay_7", since=now - timedelta(days=30), until=now)
+    assert [r.refund_id for r in one.records] == ["r-007"]

@@ -40,7 +40,15 @@ class SystemConfig:
     local: bool = False
 
     def client(self, service: str) -> Any:
-        session = boto3.session.Session(region_name=self.region)
+        if self.local:
+            # moto takes any credentials; a newcomer's machine may have none at all.
+            session = boto3.session.Session(
+                region_name=self.region,
+                aws_access_key_id="testing",
+                aws_secret_access_key="testing",  # noqa: S106
+            )
+        else:
+            session = boto3.session.Session(region_name=self.region)
         return session.client(service, endpoint_url=self.endpoint_url, config=CLIENT_CONFIG)  # type: ignore[call-overload]
 
     def export_lines(self) -> list[str]:

@@ -1,0 +1,599 @@
+"""`reditus-refunds`: queue refunds, read the history, work the dead-letter queue, run the stack.
+
+Without options it talks to the running local stack (`make run`); with `--stack-name NAME` to a
+deployed stack, found through its CloudFormation outputs with the usual AWS settings
+(AWS_PROFILE, AWS_REGION, AWS_ENDPOINT_URL); HISTORY_TABLE_NAME and REFUND_QUEUE_URL (and
+DEAD_LETTER_QUEUE_URL) name a system directly. Bad input and unreachable systems give one line
+on stderr and a non-zero exit (2: bad input, 1: anything else), never a traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import getpass
+import json
+import os
+import re
+import subprocess
+import sys
+from collections.abc import Sequence
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any, NoReturn
+
+from botocore.exceptions import (
+    BotoCoreError,
+    ClientError,
+    EndpointConnectionError,
+    NoCredentialsError,
+    PartialCredentialsError,
+)
+
+from .config import ConfigError, SystemConfig, data_dir, read_local_state, resolve
+from .contract import ContractError
+from .csv_import import CsvError, parse_csv
+from .dlq import DeadLetterQueue
+from .operations import build_request, dedupe_against_history, payment_status
+from .producer import QueueError, RefundProducer
+from .records import HistoryRecord, Outcome
+from .settings import SettingsError
+from .store import HistoryStore, StoreError
+
+PROG = "reditus-refunds"
+EPOCH = datetime(2000, 1, 1, tzinfo=UTC)
+DETAIL_WIDTH = 60
+
+
+class CliError(Exception):
+    """A one-line error for the user; code 2 for bad input, 1 otherwise."""
+
+    def __init__(self, message: str, code: int = 1):
+        super().__init__(message)
+        self.code = code
+
+
+class OneLineParser(argparse.ArgumentParser):
+    """argparse, but a usage error is one line (the usage itself is in --help)."""
+
+    def error(self, message: str) -> NoReturn:
+        raise CliError(f"{self.prog}: error: {message} (see --help)", 2)
+
+
+def _eprint(text: str) -> None:
+    print(text, file=sys.stderr, flush=True)
+
+
+def _one_line(text: str) -> str:
+    return " ".join(str(text).split())
+
+
+# ---- finding the system ---------------------------------------------------------------------------
+
+
+def _data_dir(args: argparse.Namespace) -> Path:
+    return Path(args.data_dir) if getattr(args, "data_dir", None) else data_dir()
+
+
+def _local_state(args: argparse.Namespace) -> dict[str, Any]:
+    directory = _data_dir(args)
+    state = read_local_state(directory)
+    if state is None:
+        raise ConfigError(
+            f"no local stack is running from {directory}: start it with `make run` (or pass --data-dir)"
+        )
+    pid = state.get("pid")
+    if isinstance(pid, int) and not _alive(pid):
+        raise ConfigError(
+            f"the local stack of {directory} is not running (it stopped without cleaning up): "
+            "start it again with `make run`"
+        )
+    return state
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def system(args: argparse.Namespace) -> SystemConfig:
+    env = dict(os.environ)
+    if getattr(args, "data_dir", None):
+        env["REDITUS_LOCAL_DATA_DIR"] = str(args.data_dir)
+    config = resolve(args.stack_name, env)
+    if config.local:
+        _local_state(args)  # says so plainly when the stack is not running
+    return config
+
+
+def _store(config: SystemConfig) -> HistoryStore:
+    return HistoryStore(config.table_name, config.client("dynamodb"))
+
+
+def _default_requester() -> str | None:
+    try:
+        return getpass.getuser()
+    except (KeyError, OSError):
+        return None
+
+
+# ---- enqueue ----------------------------------------------------------------------------------------
+
+
+def cmd_enqueue(args: argparse.Namespace) -> int:
+    if (args.payment_id is None) == (args.csv is None):
+        raise CliError("give one PAYMENT_ID or --csv FILE", 2)
+    requested_by = args.requested_by or _default_requester()
+    if args.csv:
+        return _enqueue_csv(args, requested_by)
+    try:
+        request = build_request(
+            args.payment_id, note=args.note, requested_by=requested_by, source="cli", force=args.force
+        )
+    except ContractError as err:
+        raise CliError(err.reason, 2) from None
+    config = system(args)
+    store = _store(config)
+    warning = payment_status(store, request.payment_id).warning()
+    if warning and not args.force:
+        raise CliError(f"{warning}; not queued (--force queues it anyway)")
+    if warning:
+        _eprint(f"warning: {warning}; queued anyway (--force)")
+    RefundProducer(config.client("sqs"), config.queue_url, store).send(request)
+    print(request.refund_id, flush=True)
+    _eprint(f"queued payment {request.payment_id} as refund {request.refund_id} ({config.origin})")
+    return 0
+
+
+def _enqueue_csv(args: argparse.Namespace, requested_by: str | None) -> int:
+    path = Path(args.csv)
+    try:
+        data = path.read_bytes()
+    except OSError as err:
+        raise CliError(f"cannot read {path}: {err.strerror}", 2) from None
+    try:
+        report = parse_csv(data, requested_by=requested_by, source="cli", force=args.force)
+    except CsvError as err:
+        raise CliError(f"{path}: {err}", 2) from None
+    for problem in report.invalid:
+        shown = f" (payment_id {problem.payment_id!r})" if problem.payment_id else ""
+        _eprint(f"line {problem.line}: {problem.reason}{shown}")
+    for duplicate in report.duplicates:
+        _eprint(f"line {duplicate.line}: skipped, {duplicate.reason}")
+    if report.invalid and not args.skip_invalid:
+        raise CliError(
+            f"{len(report.invalid)} invalid row(s) in {path}; nothing was queued "
+            "(fix them, or pass --skip-invalid to queue the valid rows)",
+            2,
+        )
+    requests = report.requests
+    config = system(args)
+    store = _store(config)
+    held_back = 0
+    if args.check_history and requests:
+        found = dedupe_against_history(store, requests)
+        for payment_id, status in found.items():
+            action = "queued anyway (--force)" if args.force else "skipped"
+            _eprint(f"{payment_id}: {status.warning()}; {action}")
+        if not args.force:
+            requests = [r for r in requests if r.payment_id not in found]
+            held_back = len(found)
+    skipped = (
+        f"{len(report.duplicates)} duplicate row(s), {len(report.invalid)} invalid row(s)"
+        + (f", {held_back} already refunded or in flight" if args.check_history else "")
+        + " skipped"
+    )
+    if args.dry_run or not requests:
+        verb = "would queue" if args.dry_run else "queued"
+        print(f"{verb} {len(requests)} refund(s); {skipped}", flush=True)
+        return 0
+
+    def progress(done: int, total: int) -> None:
+        print(f"\r{done}/{total}", end="", file=sys.stderr, flush=True)
+
+    show = sys.stderr.isatty() and len(requests) > 100
+    producer = RefundProducer(config.client("sqs"), config.queue_url, store)
+    sent = producer.send_many(requests, progress if show else None)
+    if show:
+        _eprint("")
+    for request, why in sent.failed:
+        _eprint(f"{request.payment_id}: not queued: {why}")
+    print(
+        f"queued {len(sent.sent)} of {len(requests)} refund(s) in {sent.send_calls} SQS call(s); {skipped}",
+        flush=True,
+    )
+    return 1 if sent.failed else 0
+
+
+# ---- history -----------------------------------------------------------------------------------------
+
+_RELATIVE = re.compile(r"(\d+)\s*([smhdw])")
+_UNITS = {"s": "seconds", "m": "minutes", "h": "hours", "d": "days", "w": "weeks"}
+
+
+def parse_time(text: str, now: datetime | None = None) -> datetime:
+    """`30m`, `2h`, `7d` ago; a date (midnight UTC); or an ISO 8601 time (UTC unless it says)."""
+    value = text.strip()
+    match = _RELATIVE.fullmatch(value.lower())
+    if match:
+        return (now or datetime.now(UTC)) - timedelta(**{_UNITS[match.group(2)]: int(match.group(1))})
+    try:
+        parsed = datetime.fromisoformat(value.replace("Z", "+00:00"))
+    except ValueError:
+        raise ValueError(f"expected 30m, 2h, 7d, 2026-11-01 or 2026-11-01T09:30, got {text!r}") from None
+    return parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)
+
+
+def _table(headers: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
+    widths = [max(len(h), *(len(r[i]) for r in rows)) for i, h in enumerate(headers)]
+    lines = ["  ".join(h.ljust(w) for h, w in zip(headers, widths, strict=True)).rstrip()]
+    lines += ["  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip() for row in rows]
+    return "\n".join(lines)
+
+
+def _history_row(record: HistoryRecord) -> list[str]:
+    detail = " ".join(record.detail.split())
+    if len(detail) > DETAIL_WIDTH:
+        detail = detail[: DETAIL_WIDTH - 3] + "..."
+    return [
+        record.queued_at.replace("T", " ")[:19],
+        record.refund_id,
+        record.payment_id or "-",
+        record.outcome.value,
+        str(record.http_status or "-"),
+        str(record.attempts),
+        record.requested_by or "-",
+        detail,
+    ]
+
+
+def cmd_history(args: argparse.Namespace) -> int:
+    try:
+        outcome = Outcome.parse(args.outcome) if args.outcome else None
+        since = parse_time(args.since) if args.since else None
+        until = parse_time(args.until) if args.until else None
+    except ValueError as err:
+        raise CliError(str(err), 2) from None
+    if args.limit < 1:
+        raise CliError("--limit must be at least 1", 2)
+    store = _store(system(args))
+    if args.refund_id:
+        found = store.get(args.refund_id)
+        records = [found] if found else []
+    else:
+        if since is None and args.payment_id:
+            since = EPOCH  # a payment's whole story, not just the last 30 days
+        records = store.query(
+            outcome=outcome,
+            payment_id=args.payment_id,
+            requested_by=args.requested_by,
+            since=since,
+            until=until,
+            limit=args.limit,
+        ).records
+    if args.json:
+        for record in records:
+            print(json.dumps(record.to_dict(), default=str, ensure_ascii=False))
+        sys.stdout.flush()
+        return 0
+    if not records:
+        _eprint("no refunds match (the default window is the last 30 days; see --since)")
+        return 0
+    headers = ["QUEUED (UTC)", "REFUND_ID", "PAYMENT_ID", "OUTCOME", "HTTP", "TRIES", "BY", "DETAIL"]
+    print(_table(headers, [_history_row(r) for r in records]), flush=True)
+    return 0
+
+
+# ---- dead-letter queue --------------------------------------------------------------------------------
+
+
+def _dlq(args: argparse.Namespace) -> DeadLetterQueue:
+    config = system(args)
+    if not config.dlq_url:
+        raise ConfigError("no dead-letter queue known: set DEAD_LETTER_QUEUE_URL or pass --stack-name")
+    return DeadLetterQueue(config.client("sqs"), config.dlq_url, config.queue_url)
+
+
+def cmd_dlq_list(args: argparse.Namespace) -> int:
+    letters = _dlq(args).peek()
+    if args.json:
+        for letter in letters:
+            print(
+                json.dumps(
+                    {
+                        "message_id": letter.message_id,
+                        "payment_id": letter.payment_id,
+                        "refund_id": letter.refund_id,
+                        "receive_count": letter.receive_count,
+                        "sent_at": _ms_iso(letter.sent_at_ms),
+                        "body": letter.body,
+                    },
+                    ensure_ascii=False,
+                )
+            )
+        sys.stdout.flush()
+        return 0
+    if not letters:
+        _eprint("the dead-letter queue is empty")
+        return 0
+    rows = [
+        [
+            letter.message_id,
+            letter.payment_id or "-",
+            letter.refund_id or "-",
+            str(letter.receive_count),
+            _ms_iso(letter.sent_at_ms),
+        ]
+        for letter in letters
+    ]
+    print(_table(["MESSAGE_ID", "PAYMENT_ID", "REFUND_ID", "RECEIVES", "SENT (UTC)"], rows), flush=True)
+    _eprint(f"{len(letters)} message(s); `{PROG} dlq redrive --all` (or MESSAGE_IDs) sends them back")
+    return 0
+
+
+def _ms_iso(ms: int) -> str:
+    if not ms:
+        return "-"
+    return datetime.fromtimestamp(ms / 1000, tz=UTC).strftime("%Y-%m-%d %H:%M:%S")
+
+
+def cmd_dlq_redrive(args: argparse.Namespace) -> int:
+    if args.all == bool(args.message_ids):
+        raise CliError("give --all or the MESSAGE_IDs to send back (see `dlq list`)", 2)
+    moved = _dlq(args).redrive(None if args.all else args.message_ids)
+    for message_id in moved:
+        print(message_id)
+    sys.stdout.flush()
+    sent = f"sent {len(moved)} message(s) back to the refund queue"
+    missing = [] if args.all else [m for m in args.message_ids if m not in moved]
+    if missing:
+        raise CliError(f"{sent}; not in the dead-letter queue: {', '.join(missing)}")
+    _eprint(sent)
+    return 0
+
+
+# ---- console and local stack ---------------------------------------------------------------------------
+
+
+def cmd_console(args: argparse.Namespace) -> int:
+    from .local.stack import CONSOLE_APP, PROJECT_ROOT, console_argv, port_from_env, port_is_free, system_env
+
+    if not CONSOLE_APP.is_file():
+        raise CliError(f"the console app {CONSOLE_APP} does not exist")
+    config = system(args)
+    port = args.port or port_from_env("console")
+    if not port_is_free(port):
+        raise CliError(f"port {port} is taken; choose another with --port or REDITUS_LOCAL_CONSOLE_PORT")
+    env = {**os.environ, **system_env(config)}
+    if config.local:
+        env.update({"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing"})
+        env.pop("AWS_PROFILE", None)
+        env.pop("AWS_SESSION_TOKEN", None)
+    _eprint(f"console for {config.origin}: http://127.0.0.1:{port} (Ctrl-C stops it)")
+    argv = [sys.executable, "-m", *console_argv(port)]
+    try:
+        return subprocess.call(argv, env=env, cwd=PROJECT_ROOT)  # noqa: S603 - our own argv, no shell
+    except KeyboardInterrupt:
+        return 130
+
+
+def cmd_local_up(args: argparse.Namespace) -> int:
+    from .local.resources import DEFAULT_TEMPLATE, parse_parameter
+    from .local.stack import StackError, StackOptions, port_from_env, real_reditus_from_env, up
+
+    try:
+        parameters = dict(parse_parameter(p) for p in args.parameter)
+    except ValueError as err:
+        raise CliError(f"--parameter: {err}", 2) from None
+    if not 0 <= args.fault_rate <= 1:
+        raise CliError("--fault-rate must be between 0 and 1", 2)
+    for name in ("visibility_timeout", "max_receive_count"):
+        value = getattr(args, name)
+        if value is not None and value < (0 if name == "visibility_timeout" else 1):
+            raise CliError(f"--{name.replace('_', '-')} is too small: {value}", 2)
+    try:
+        base_url, key = real_reditus_from_env()
+    except StackError as err:
+        raise CliError(str(err), 2) from None
+    options = StackOptions(
+        data_dir=_data_dir(args),
+        moto_port=args.moto_port or port_from_env("moto"),
+        simulator_port=args.simulator_port or port_from_env("simulator"),
+        console_port=args.console_port or port_from_env("console"),
+        fresh=args.fresh,
+        console=not args.no_console,
+        fault_rate=args.fault_rate,
+        visibility_timeout=args.visibility_timeout,
+        max_receive_count=args.max_receive_count,
+        parameters=parameters,
+        template=Path(args.template) if args.template else DEFAULT_TEMPLATE,
+        verbose=args.verbose,
+        reditus_base_url=base_url,
+        reditus_api_key=key,
+    )
+    try:
+        return up(options)
+    except StackError as err:
+        raise CliError(str(err)) from None
+
+
+def cmd_local_env(args: argparse.Namespace) -> int:
+    state = _local_state(args)
+    config = SystemConfig(
+        table_name=state["table_name"],
+        queue_url=state["queue_url"],
+        dlq_url=state["dlq_url"],
+        region=state.get("region", "us-east-1"),
+        endpoint_url=state.get("endpoint_url"),
+        origin="local stack",
+        local=True,
+    )
+    lines = config.export_lines()
+    lines.append(f"export REDITUS_LOCAL_DATA_DIR={state.get('data_dir') or _data_dir(args).resolve()}")
+    print("\n".join(lines), flush=True)
+    return 0
+
+
+# ---- the parser ------------------------------------------------------------------------------------------
+
+
+def build_parser() -> OneLineParser:
+    parser = OneLineParser(
+        prog=PROG,
+        description="Refunds to Reditus: queue them, follow them, and run the whole system locally.",
+    )
+    parser.add_argument(
+        "--stack-name", help="a deployed stack (CloudFormation outputs); default: the local stack"
+    )
+    parser.add_argument(
+        "--data-dir", help="the local stack's data folder (default $REDITUS_LOCAL_DATA_DIR or .local-data)"
+    )
+    # The same two options after the command too (SUPPRESS: given there, they win; absent, no override).
+    common = OneLineParser(add_help=False)
+    common.add_argument("--stack-name", default=argparse.SUPPRESS, help=argparse.SUPPRESS)
+    common.add_argument("--data-dir", default=argparse.SUPPRESS, help=argparse.SUPPRESS)
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+
+    enqueue = commands.add_parser(
+        "enqueue", parents=[common], help="queue one refund (prints its refund_id) or a CSV of them"
+    )
+    enqueue.add_argument("payment_id", nargs="?", metavar="PAYMENT_ID")
+    enqueue.add_argument("--csv", metavar="FILE", help="a CSV with a payment_id column (and optionally note)")
+    enqueue.add_argument("--note", help="free text kept with the refund")
+    enqueue.add_argument("--requested-by", help="who asks (default: your user name)")
+    enqueue.add_argument("--force", action="store_true", help="queue even if already refunded or in flight")
+    enqueue.add_argument(
+        "--skip-invalid", action="store_true", help="CSV: queue the valid rows despite bad ones"
+    )
+    enqueue.add_argument(
+        "--check-history", action="store_true", help="CSV: skip payments already refunded or in flight"
+    )
+    enqueue.add_argument("--dry-run", action="store_true", help="CSV: check the file, queue nothing")
+    enqueue.set_defaults(func=cmd_enqueue)
+
+    history = commands.add_parser(
+        "history", parents=[common], help="refunds and their outcomes, newest first"
+    )
+    history.add_argument(
+        "--outcome",
+        help="200, 400, 404 or an outcome name: refunded, rejected, not_found, "
+        "invalid, pending, retrying, duplicate, failed, dead_lettered",
+    )
+    history.add_argument("--payment-id", help="one payment's refunds (all time unless --since)")
+    history.add_argument("--refund-id", help="one refund")
+    history.add_argument("--requested-by", help="only refunds asked for by this person")
+    history.add_argument("--since", help="30m, 2h, 7d, a date or an ISO time (default: 30 days ago)")
+    history.add_argument("--until", help="as --since (default: now)")
+    history.add_argument("--limit", type=int, default=50, help="at most this many (default 50)")
+    history.add_argument("--json", action="store_true", help="one JSON object per line")
+    history.set_defaults(func=cmd_history)
+
+    dlq = commands.add_parser("dlq", help="the dead-letter queue: list, redrive")
+    dlq_commands = dlq.add_subparsers(dest="dlq_command", metavar="ACTION", required=True)
+    dlq_list = dlq_commands.add_parser("list", parents=[common], help="the messages SQS gave up on")
+    dlq_list.add_argument("--json", action="store_true", help="one JSON object per line")
+    dlq_list.set_defaults(func=cmd_dlq_list)
+    redrive = dlq_commands.add_parser("redrive", parents=[common], help="send dead letters back to the queue")
+    redrive.add_argument("message_ids", nargs="*", metavar="MESSAGE_ID")
+    redrive.add_argument("--all", action="store_true", help="every message in the dead-letter queue")
+    redrive.set_defaults(func=cmd_dlq_redrive)
+
+    console = commands.add_parser("console", parents=[common], help="the Streamlit console on its own")
+    console.add_argument("--port", type=int, help="default $REDITUS_LOCAL_CONSOLE_PORT or 8501")
+    console.set_defaults(func=cmd_console)
+
+    local = commands.add_parser("local", help="the whole system on this machine")
+    local_commands = local.add_subparsers(dest="local_command", metavar="ACTION", required=True)
+    local_up = local_commands.add_parser(
+        "up", parents=[common], help="start moto, the Reditus simulator, the worker and the console"
+    )
+    local_up.add_argument(
+        "--fresh", action="store_true", help="start empty instead of restoring the saved state"
+    )
+    local_up.add_argument("--no-console", action="store_true", help="do not start the console")
+    local_up.add_argument("--moto-port", type=int, help="default $REDITUS_LOCAL_MOTO_PORT or 5005")
+    local_up.add_argument("--simulator-port", type=int, help="default $REDITUS_LOCAL_SIMULATOR_PORT or 8100")
+    local_up.add_argument("--console-port", type=int, help="default $REDITUS_LOCAL_CONSOLE_PORT or 8501")
+    local_up.add_argument(
+        "--fault-rate",
+        type=float,
+        default=0.0,
+        help="share of simulator answers that are transient faults (429, 5xx, slow, dropped), 0..1",
+    )
+    local_up.add_argument(
+        "--parameter",
+        action="append",
+        default=[],
+        metavar="NAME=VALUE",
+        help="a template parameter, e.g. NotFoundGraceSeconds=900 (repeatable)",
+    )
+    local_up.add_argument(
+        "--visibility-timeout", type=int, help="seconds; for tests (default: the template's)"
+    )
+    local_up.add_argument("--max-receive-count", type=int, help="for tests (default: the template's)")
+    local_up.add_argument("--template", help="default: template.yaml of this project")
+    local_up.add_argument(
+        "--verbose", action="store_true", help="every AWS request and the handler's INFO logs"
+    )
+    local_up.set_defaults(func=cmd_local_up)
+    local_env = local_commands.add_parser(
+        "env",
+        parents=[common],
+        help='export lines for the running local stack: eval "$(reditus-refunds local env)"',
+    )
+    local_env.set_defaults(func=cmd_local_env)
+    return parser
+
+
+def _aws_message(err: Exception, args: argparse.Namespace | None) -> str:
+    local_hint = (
+        ""
+        if args is None or getattr(args, "stack_name", None)
+        else " - is the local stack running? (make run)"
+    )
+    if isinstance(err, NoCredentialsError | PartialCredentialsError):
+        return "no AWS credentials found: set AWS_PROFILE (or AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY)"
+    if isinstance(err, EndpointConnectionError):
+        return f"cannot reach {err.kwargs.get('endpoint_url', 'AWS')}{local_hint}"
+    if isinstance(err, ClientError):
+        error = err.response.get("Error", {})
+        return f"AWS answered {error.get('Code', 'an error')}: {error.get('Message', '')}"
+    return f"AWS could not be reached: {err}"
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args: argparse.Namespace | None = None
+    try:
+        args = build_parser().parse_args(argv)
+        return int(args.func(args) or 0)
+    except CliError as err:
+        code, message = err.code, str(err)
+    except (ContractError, CsvError) as err:
+        code, message = 2, str(err)
+    except (ConfigError, QueueError, StoreError, SettingsError) as err:
+        code, message = 1, str(err)
+    except (BotoCoreError, ClientError) as err:
+        code, message = 1, _aws_message(err, args)
+    except KeyboardInterrupt:
+        code, message = 130, "interrupted"
+    except BrokenPipeError:
+        # The reader (head, less) went away: not an error worth a word.
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        return 0
+    except SystemExit as done:  # --help
+        return done.code if isinstance(done.code, int) else 0
+    except Exception as err:  # the promise is one line, never a traceback
+        code, message = 1, f"unexpected {type(err).__name__}: {err}"
+    if not message.startswith(PROG):
+        message = f"{PROG}: error: {message}"
+    _eprint(_one_line(message))
+    return code
+
+
+if __name__ == "__main__":
+    sys.exit(main())

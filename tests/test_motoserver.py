@@ -1,0 +1,82 @@
+"""The local stack's moto server: transactions roll back per item, DynamoDB requests are serialised."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Any
+
+import boto3
+import pytest
+from botocore.exceptions import ClientError
+
+from reditus_refunds.local.motoserver import MotoServer
+from reditus_refunds.store import HistoryStore
+
+from .conftest import create_history_table
+
+
+@pytest.fixture
+def dynamodb() -> Iterator[Any]:
+    # moto's backends are per process: the table goes again after each test.
+    with MotoServer() as server:
+        client = boto3.client("dynamodb", endpoint_url=server.endpoint_url, region_name="us-east-1")
+        create_history_table(client, "t")
+        try:
+            yield client
+        finally:
+            client.delete_table(TableName="t")
+
+
+def put(refund_id: str, outcome: str) -> dict[str, Any]:
+    return {
+        "Put": {
+            "TableName": "t",
+            "Item": {
+                "refund_id": {"S": refund_id},
+                "outcome": {"S": outcome},
+                "queued_at": {"S": "2026-11-26T00:00:00.000Z"},
+            },
+        }
+    }
+
+
+def test_a_cancelled_transaction_leaves_every_item_as_it_was(dynamodb: Any) -> None:
+    dynamodb.transact_write_items(TransactItems=[put("a", "pending"), put("b", "pending")])
+    update_a = {
+        "Update": {
+            "TableName": "t",
+            "Key": {"refund_id": {"S": "a"}},
+            "UpdateExpression": "SET outcome = :o",
+            "ExpressionAttributeValues": {":o": {"S": "refunded"}},
+        }
+    }
+    new_c = put("c", "pending")
+    failing_b = {
+        "Update": {
+            "TableName": "t",
+            "Key": {"refund_id": {"S": "b"}},
+            "UpdateExpression": "SET outcome = :o",
+            "ConditionExpression": "outcome = :never",
+            "ExpressionAttributeValues": {":o": {"S": "refunded"}, ":never": {"S": "nope"}},
+        }
+    }
+    with pytest.raises(ClientError) as err:
+        dynamodb.transact_write_items(TransactItems=[update_a, new_c, failing_b])
+    assert err.value.response["Error"]["Code"] == "TransactionCanceledException"
+    store = HistoryStore("t", dynamodb)
+    assert store.get_item("a")["outcome"] == "pending"
+    assert store.get_item("c") is None
+    # The indexes were put back too.
+    by_outcome = dynamodb.query(
+        TableName="t",
+        IndexName="by_outcome",
+        KeyConditionExpression="outcome = :o",
+        ExpressionAttributeValues={":o": {"S": "refunded"}},
+    )
+    assert by_outcome["Items"] == []
+
+
+def test_a_committed_transaction_applies_every_item(dynamodb: Any) -> None:
+    dynamodb.transact_write_items(TransactItems=[put("x", "pending"), put("y", "refunded")])
+    store = HistoryStore("t", dynamodb)
+    assert store.get_item("x")["outcome"] == "pending" and store.get_item("y")["outcome"] == "refunded"

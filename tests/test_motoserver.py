@@ -80,3 +80,18 @@ def test_a_committed_transaction_applies_every_item(dynamodb: Any) -> None:
     dynamodb.transact_write_items(TransactItems=[put("x", "pending"), put("y", "refunded")])
     store = HistoryStore("t", dynamodb)
     assert store.get_item("x")["outcome"] == "pending" and store.get_item("y")["outcome"] == "refunded"
+
+
+def test_sends_to_a_standard_queue_keep_every_attribute_right() -> None:
+    with MotoServer() as server:
+        sqs = boto3.client("sqs", endpoint_url=server.endpoint_url, region_name="us-east-1")
+        url = sqs.create_queue(QueueName="linear-send")["QueueUrl"]
+        for start in range(0, 300, 10):
+            sqs.send_message_batch(
+                QueueUrl=url, Entries=[{"Id": str(i), "MessageBody": f"m{start + i}"} for i in range(10)]
+            )
+        sqs.send_message(QueueUrl=url, MessageBody="delayed", DelaySeconds=60)
+        attrs = sqs.get_queue_attributes(QueueUrl=url, AttributeNames=["All"])["Attributes"]
+        assert attrs["ApproximateNumberOfMessages"] == "300"
+        assert attrs["ApproximateNumberOfMessagesDelayed"] == "1"
+        sqs.delete_queue(QueueUrl=url)

@@ -371,6 +371,7 @@ def cmd_console(args: argparse.Namespace) -> int:
     env = {**os.environ, **system_env(config)}
     if config.local:
         env.update({"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing"})
+        env.setdefault("CONSOLE_OPEN", "1")  # the local stack's console runs open, and says so
         env.pop("AWS_PROFILE", None)
         env.pop("AWS_SESSION_TOKEN", None)
     _eprint(f"console for {config.origin}: http://127.0.0.1:{port} (Ctrl-C stops it)")

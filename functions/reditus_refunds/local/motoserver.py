@@ -1,4 +1,4 @@
-"""A moto server for the local stack, with DynamoDB requests serialised.
+"""A moto server for the local stack: DynamoDB requests serialised, two O(n) costs of moto removed.
 
 moto's DynamoDB backend is not thread-safe (TransactWriteItems deep-copies tables while
 other requests mutate them), and its threaded server runs requests concurrently. Real
@@ -106,8 +106,44 @@ def use_item_level_transaction_rollback() -> None:
     _patched = True
 
 
+_sending = threading.local()
+
+
+def use_linear_standard_queue_sends() -> None:
+    """Stop moto's SendMessage from counting every message of a standard queue.
+
+    To read one FIFO-only setting, moto builds all of a queue's attributes on every send,
+    counting its visible, delayed and in-flight messages one by one: queueing 1,000 messages
+    took 12 s and 2,000 took 66 s. A standard queue has no such setting, so the answer is the same.
+    """
+    from moto.sqs.models import Queue, SQSBackend
+
+    if getattr(SQSBackend, "_reditus_linear_send", False):
+        return
+    full = Queue.attributes
+
+    def attributes(self: Any) -> dict[str, Any]:
+        if getattr(_sending, "active", False) and not self.fifo_queue:
+            return {}
+        return full.fget(self)  # type: ignore[attr-defined]
+
+    send = SQSBackend.send_message
+
+    def send_message(self: Any, *args: Any, **kwargs: Any) -> Any:
+        _sending.active = True
+        try:
+            return send(self, *args, **kwargs)
+        finally:
+            _sending.active = False
+
+    Queue.attributes = property(attributes)  # type: ignore[assignment,method-assign]
+    SQSBackend.send_message = send_message  # type: ignore[method-assign]
+    SQSBackend._reditus_linear_send = True  # type: ignore[attr-defined]
+
+
 def build_server(host: str = "127.0.0.1", port: int = 0) -> BaseWSGIServer:
     use_item_level_transaction_rollback()
+    use_linear_standard_queue_sends()
     app = SerialisedDynamoDB(DomainDispatcherApplication(create_backend_app))
     return make_server(host, port, app, threaded=True, request_handler=MotoRequestHandler)
 

@@ -583,6 +583,8 @@ class LocalStack:
         env = _base_env(self.config.endpoint_url)
         env.update(system_env(self.config))
         env["REDITUS_LOCAL_DATA_DIR"] = str(self.data_dir)
+        # The local stack's console runs open (and says so); a CONSOLE_PASSWORD still wins.
+        env.setdefault("CONSOLE_OPEN", "1")
         child = Child(
             "console",
             self._python("streamlit", *console_argv(self.options.console_port)[1:], wrap=True),

@@ -1,0 +1,127 @@
+"""Queueing a CSV of 10,000 refunds: the product's bulk path against a raw boto3 loop.
+
+* product: ``csv_import.parse_csv`` (every row validated with the shared contract) and
+  ``RefundProducer.send_many`` (ten per SendMessageBatch, the accepted requests recorded pending
+  in the history in transactions of up to 90): the CLI's ``enqueue --csv`` path (the console's
+  bulk upload is the same, 100 rows per send_many).
+* raw: ``csv.reader`` over the same text, a JSON body per row, ``send_message_batch`` ten at a
+  time; no validation, no history.
+* product without the history (``store=None``), to show what the pending records cost.
+
+Each path has its own fresh queue (and the product its own table) in the bench's moto server; the
+paths take turns a thousand rows at a time, and only their own calls are timed.
+"""
+
+from __future__ import annotations
+
+import csv
+import functools
+import io
+import json
+import time
+import uuid
+from dataclasses import dataclass
+from typing import Any
+
+from reditus_refunds.csv_import import parse_csv
+from reditus_refunds.producer import RefundProducer
+from reditus_refunds.store import HistoryStore
+
+from . import aws
+from .counting import CallCounter
+
+ROWS = 10_000
+CHUNK = 1_000  # the three paths take turns, a thousand rows at a time, so load changes hit all alike
+
+
+def csv_text(rows: int = ROWS, first: int = 0) -> str:
+    lines = ["payment_id,note"] + [
+        f"pay_bulk_{i:06d},Cancelled within 14 days" for i in range(first, first + rows)
+    ]
+    return "\n".join(lines) + "\n"
+
+
+@dataclass
+class BulkFigures:
+    product_s: float
+    raw_s: float
+    sqs_only_s: float
+    send_calls: int
+    raw_calls: int
+    pending_ddb_calls: int
+    sent: int
+
+    @property
+    def vs_raw(self) -> float:
+        return self.product_s / self.raw_s
+
+
+def _raw(sqs: Any, queue_url: str, text: str) -> int:
+    reader = csv.reader(io.StringIO(text))
+    next(reader)
+    bodies = [
+        json.dumps({"payment_id": row[0], "refund_id": str(uuid.uuid4()), "note": row[1]}) for row in reader
+    ]
+    calls = 0
+    for start in range(0, len(bodies), 10):
+        entries = [{"Id": str(i), "MessageBody": b} for i, b in enumerate(bodies[start : start + 10])]
+        sqs.send_message_batch(QueueUrl=queue_url, Entries=entries)
+        calls += 1
+    return calls
+
+
+def _product(producer: RefundProducer, text: str) -> int:
+    report = parse_csv(text.encode(), requested_by="ops@example.com")
+    sent = producer.send_many(report.requests)
+    if sent.failed or len(sent.sent) != len(report.requests):
+        raise RuntimeError(f"bulk: {len(sent.sent)} sent, {len(sent.failed)} failed")
+    return len(sent.sent)
+
+
+def _name(prefix: str) -> str:
+    return f"{prefix}-{uuid.uuid4().hex[:6]}"
+
+
+def measure(endpoint: str) -> BulkFigures:
+    sqs = aws.client("sqs", endpoint)
+    dynamodb = aws.client("dynamodb", endpoint)
+    table = _name("bulk-history")
+    aws.create_table(dynamodb, table)
+    raw_queue = aws.create_queue(sqs, _name("bulk-raw"))
+    product = RefundProducer(sqs, aws.create_queue(sqs, _name("bulk")), HistoryStore(table, dynamodb))
+    sqs_only = RefundProducer(sqs, aws.create_queue(sqs, _name("bulk-nostore")))
+    _raw(sqs, aws.create_queue(sqs, _name("bulk-warm")), csv_text(200, ROWS))  # connections, moto's first use
+
+    sqs_counter = CallCounter("sqs").attach(sqs)
+    ddb_counter = CallCounter("dynamodb").attach(dynamodb)
+    seconds = {"raw": 0.0, "product": 0.0, "sqs_only": 0.0}
+    calls = {name: 0 for name in seconds}
+    pending_calls = sent = 0
+    for i, first in enumerate(range(0, ROWS, CHUNK)):
+        text = csv_text(CHUNK, first)
+        runs = [
+            ("raw", functools.partial(_raw, sqs, raw_queue, text)),
+            ("product", functools.partial(_product, product, text)),
+            ("sqs_only", functools.partial(_product, sqs_only, text)),
+        ]
+        for name, run in runs[i % 3 :] + runs[: i % 3]:
+            sqs_counter.reset()
+            ddb_counter.reset()
+            started = time.perf_counter()
+            result = run()
+            seconds[name] += time.perf_counter() - started
+            calls[name] += sqs_counter.calls["SendMessageBatch"]
+            if name == "product":
+                sent += result
+                pending_calls += ddb_counter.total
+    sqs_counter.detach()
+    ddb_counter.detach()
+    return BulkFigures(
+        product_s=seconds["product"],
+        raw_s=seconds["raw"],
+        sqs_only_s=seconds["sqs_only"],
+        send_calls=calls["product"],
+        raw_calls=calls["raw"],
+        pending_ddb_calls=pending_calls,
+        sent=sent,
+    )

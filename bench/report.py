@@ -1,0 +1,282 @@
+"""The figures: bench/results.json (exactly the tracked keys), the printed table, docs/performance.md."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+
+from . import pricing
+from .batches import BatchFigures, Samples
+from .bulk import BulkFigures
+from .calls import CallFigures
+from .counting import DDB_READS, DDB_WRITES
+from .e2e import E2EFigures
+from .machine import Machine
+from .memory import MemoryFigures
+from .procs import ROOT
+from .startup import StartupFigures
+
+RESULTS = ROOT / "bench" / "results.json"
+DOC = ROOT / "docs" / "performance.md"
+
+KEYS = (
+    "batch10_overhead_ms",
+    "batch10_vs_limit",
+    "batch10_vs_sequential",
+    "init_vs_bare",
+    "ddb_writes_per_refund",
+    "ddb_reads_per_refund",
+    "usd_per_million_refunds",
+    "usd_per_million_refunds_sequential",
+    "history_items_read_first_page_10k",
+    "history_items_read_first_page_100k",
+    "summary_items_read_30_days",
+    "bulk_10k_send_calls",
+    "bulk_10k_vs_raw",
+    "peak_rss_mb_batch10",
+    "e2e_refunds_per_second",
+)
+
+
+@dataclass
+class Figures:
+    machine: Machine
+    batches: BatchFigures
+    calls: CallFigures
+    bulk: BulkFigures
+    memory: MemoryFigures
+    startup: StartupFigures
+    history: dict[str, dict[str, int]]
+    e2e: E2EFigures
+    seconds: float
+
+    def usage(self, batch_ms: float) -> pricing.PerRefund:
+        calls = self.calls
+        return pricing.PerRefund(
+            handler_ms=batch_ms / pricing.BATCH,
+            wru=calls.wru_per_refund,
+            rru=calls.rru_per_refund,
+            sqs_requests=calls.sqs_requests_per_refund,
+            log_bytes=calls.log_bytes / calls.refunds,
+        )
+
+    @property
+    def cost(self) -> pricing.Cost:
+        return pricing.per_million(self.usage(self.batches.ours_100.median))
+
+    @property
+    def cost_sequential(self) -> pricing.Cost:
+        return pricing.per_million(self.usage(self.batches.textbook_100.median))
+
+    def results(self) -> dict[str, float]:
+        b, c = self.batches, self.calls
+        values: dict[str, float] = {
+            "batch10_overhead_ms": round(b.overhead_ms, 1),
+            "batch10_vs_limit": round(b.vs_limit, 3),
+            "batch10_vs_sequential": round(b.vs_sequential, 2),
+            "init_vs_bare": round(self.startup.ratio, 3),
+            "ddb_writes_per_refund": round(c.per_refund(c.lambda_ddb, DDB_WRITES), 3),
+            "ddb_reads_per_refund": round(c.per_refund(c.lambda_ddb, DDB_READS), 3),
+            "usd_per_million_refunds": round(self.cost.total, 2),
+            "usd_per_million_refunds_sequential": round(self.cost_sequential.total, 2),
+            "history_items_read_first_page_10k": self.history["10000"]["page_items"],
+            "history_items_read_first_page_100k": self.history["100000"]["page_items"],
+            "summary_items_read_30_days": self.history["100000"]["summary_items"],
+            "bulk_10k_send_calls": self.bulk.send_calls,
+            "bulk_10k_vs_raw": round(self.bulk.vs_raw, 2),
+            "peak_rss_mb_batch10": round(self.memory.median, 1),
+            "e2e_refunds_per_second": round(self.e2e.per_second, 2),
+        }
+        assert tuple(values) == KEYS
+        return values
+
+    # ---- the table -------------------------------------------------------------------------------
+    def rows(self) -> list[tuple[str, str, str]]:
+        r = self.results()
+        b, s = self.batches, self.startup
+        e2e_note = "all settled" if self.e2e.complete else f"only {self.e2e.settled} settled: cut off"
+        return [
+            ("batch10_overhead_ms", f"{r['batch10_overhead_ms']}", "10 refunds, Reditus answering at once"),
+            (
+                "batch10_vs_limit",
+                f"{r['batch10_vs_limit']}",
+                f"target <= 1.2 ({b.ours_100.median:.0f} ms at 100 ms)",
+            ),
+            (
+                "batch10_vs_sequential",
+                f"{r['batch10_vs_sequential']}",
+                f"textbook {b.textbook_100.median:.0f} ms vs ours {b.ours_100.median:.0f} ms",
+            ),
+            (
+                "init_vs_bare",
+                f"{r['init_vs_bare']}",
+                f"target <= 1.3 ({s.handler_median:.0f} ms vs {s.bare_median:.0f} ms bare)",
+            ),
+            ("ddb_writes_per_refund", f"{r['ddb_writes_per_refund']}", "target <= 3 (Lambda's write calls)"),
+            ("ddb_reads_per_refund", f"{r['ddb_reads_per_refund']}", "Lambda's read calls"),
+            (
+                "usd_per_million_refunds",
+                f"{r['usd_per_million_refunds']}",
+                f"{pricing.REGION} list prices of {pricing.PRICES_DATE}",
+            ),
+            (
+                "usd_per_million_refunds_sequential",
+                f"{r['usd_per_million_refunds_sequential']}",
+                "textbook handler",
+            ),
+            (
+                "history_items_read_first_page_10k",
+                f"{r['history_items_read_first_page_10k']}",
+                "50-row page, 7 days",
+            ),
+            (
+                "history_items_read_first_page_100k",
+                f"{r['history_items_read_first_page_100k']}",
+                "must equal 10k",
+            ),
+            ("summary_items_read_30_days", f"{r['summary_items_read_30_days']}", "one counter item per day"),
+            ("bulk_10k_send_calls", f"{r['bulk_10k_send_calls']}", "SendMessageBatch calls"),
+            (
+                "bulk_10k_vs_raw",
+                f"{r['bulk_10k_vs_raw']}",
+                f"{self.bulk.product_s:.1f} s vs raw {self.bulk.raw_s:.1f} s",
+            ),
+            (
+                "peak_rss_mb_batch10",
+                f"{r['peak_rss_mb_batch10']}",
+                f"bare boto3+requests: {self.memory.bare_mb:.0f} MB",
+            ),
+            (
+                "e2e_refunds_per_second",
+                f"{r['e2e_refunds_per_second']}",
+                f"{self.e2e.refunds} refunds, {e2e_note}",
+            ),
+        ]
+
+    def details(self) -> list[str]:
+        b, c, s, bulk, e2e = self.batches, self.calls, self.startup, self.bulk, self.e2e
+        cost, seq = self.cost, self.cost_sequential
+        n = c.refunds
+
+        def ops(counter: dict[str, int]) -> str:
+            return ", ".join(f"{op} {count / n:.3g}" for op, count in sorted(counter.items())) or "none"
+
+        def ms(samples: Samples) -> str:
+            return f"{samples.median:.0f} ({samples.cpu_median:.0f} CPU)"
+
+        lam, prod, m = c.lambda_units, c.producer_units, c.priced
+        by_call = sorted(
+            (op, lam.per_op.get(op, 0.0) + prod.per_op.get(op, 0.0)) for op in {*lam.per_op, *prod.per_op}
+        )
+        packages = ", ".join(f"{name} {value:.0f}" for name, value in s.breakdown)
+        rss = ", ".join(f"{m:.1f}" for m in self.memory.handler_mb)
+        return [
+            f"Batch of 10, median ms: ours {ms(b.ours_0)} at 0 ms, {ms(b.ours_100)} at 100 ms; "
+            f"textbook {ms(b.textbook_0)} at 0 ms, {ms(b.textbook_100)} at 100 ms "
+            f"({len(b.ours_0.wall_ms)} and {len(b.ours_100.wall_ms)} rounds)",
+            f"DynamoDB in moto (one request at a time): {b.textbook_0.ddb_calls_per_batch:.0f} calls per "
+            f"batch, {b.textbook_0.ddb_ms_per_call:.1f} ms each when made one after the other (textbook at "
+            f"0 ms), so {b.textbook_0.ddb_calls_per_batch * b.textbook_0.ddb_ms_per_call:.0f} ms of every "
+            "batch is moto's; ours waits on them concurrently",
+            f"Calls per refund, Lambda: DynamoDB {ops(c.lambda_ddb)}; SQS {ops(c.lambda_sqs)}",
+            f"Calls per refund, producer (console, CSV): DynamoDB {ops(c.producer_ddb)}; "
+            f"SQS {ops(c.producer_sqs)}",
+            f"Calls per refund, event source mapping: SQS {ops(c.esm_sqs)}",
+            f"Request units per refund (over {m}): Lambda {lam.wru / m:.2f} WRU table + "
+            f"{lam.gsi_wru / m:.2f} WRU indexes + {lam.rru / m:.2f} RRU; producer {prod.wru / m:.2f} WRU "
+            f"table + {prod.gsi_wru / m:.2f} WRU indexes",
+            "Request units per refund by call: " + ", ".join(f"{op} {u / m:.2f}" for op, u in by_call),
+            f"USD per million refunds, ours: Lambda {cost.lambda_usd:.2f}, DynamoDB {cost.dynamodb_usd:.2f}, "
+            f"SQS {cost.sqs_usd:.2f} (CloudWatch Logs, not added: {cost.logs_usd:.2f} for "
+            f"{c.log_bytes / n:.0f} bytes/refund); textbook: Lambda {seq.lambda_usd:.2f}",
+            f"Import and init, median ms over {len(s.handler_ms)} fresh processes: handler "
+            f"{s.handler_median:.0f}, bare {s.bare_median:.0f}; handler by package (one run): {packages}",
+            f"History: first page {self.history['10000']['page_calls']} Query call at 10k and "
+            f"{self.history['100000']['page_calls']} at 100k; summary "
+            f"{self.history['100000']['summary_calls']} BatchGetItem call",
+            f"Bulk 10k: product {bulk.product_s:.1f} s (SQS-only path {bulk.sqs_only_s:.1f} s), "
+            f"raw {bulk.raw_s:.1f} s; {bulk.send_calls} SendMessageBatch + {bulk.pending_ddb_calls} "
+            f"DynamoDB calls (pending records) vs raw {bulk.raw_calls} SendMessageBatch",
+            f"Peak RSS, MB: {rss} (bare {self.memory.bare_mb:.1f})",
+            f"End to end: {e2e.settled} settled in {e2e.seconds:.1f} s (queueing took "
+            f"{e2e.queue_seconds:.1f} s); settled by: "
+            + ", ".join(f"{count} at {t:.0f} s" for count, t in e2e.milestones),
+        ]
+
+    def table(self) -> str:
+        rows = self.rows()
+        width = max(len(r[0]) for r in rows)
+        value_width = max(len(r[1]) for r in rows)
+        out = [f"{'figure':<{width}}  {'value':>{value_width}}  notes", "-" * (width + value_width + 40)]
+        out += [f"{name:<{width}}  {value:>{value_width}}  {note}" for name, value, note in rows]
+        out.append("")
+        out += [f"- {line}" for line in self.details()]
+        out.append(f"- Machine: {self.machine.line()}; bench took {self.seconds:.0f} s")
+        return "\n".join(out)
+
+    # ---- files -------------------------------------------------------------------------------------
+    def write(self) -> None:
+        RESULTS.write_text(json.dumps(self.results(), indent=2) + "\n")
+        DOC.write_text(self.markdown())
+
+    def _e2e_note(self) -> str:
+        if self.e2e.complete:
+            return ""
+        return (
+            f" This run cut it off after {self.e2e.seconds:.0f} s with {self.e2e.settled} settled: the"
+            "\n  local stack's moto copies the whole table for every action of a transaction, so it slows"
+            "\n  down as the history grows."
+        )
+
+    def markdown(self) -> str:
+        rows = "\n".join(f"| `{name}` | {value} | {note} |" for name, value, note in self.rows())
+        details = "\n".join(f"- {line}" for line in self.details())
+        return f"""<!-- Written by `make bench` (bench/report.py); the first part is the README's section. -->
+## Performance
+
+`make bench` measures speed and cost side by side and writes the figures to
+`bench/results.json`; each is a ratio or a count from one run (none is a timed test). Latest run,
+{self.machine.date}, on {self.machine.line()}:
+
+| Figure | Value | Notes |
+| --- | --- | --- |
+{rows}
+
+AWS is a moto server in its own process and Reditus the simulator in its own process, so the
+batch times are mostly moto's (see below). To reproduce: `make bench` (about
+{self.seconds / 60:.0f} minutes here); it prints this table and rewrites `bench/results.json` and
+`docs/performance.md`.
+
+## Details of this run
+
+{details}
+
+## How the figures are taken
+
+The docstrings of `bench/*.py` say more.
+
+- **Batches** (`bench/batches.py`): a batch of ten refunds queued as the console does, delivered
+  as an SQS event, handled by `reditus_refunds.handler.lambda_handler`; only the handler call is
+  timed, medians over interleaved rounds, each against an empty table. The textbook handler
+  (`bench/textbook.py`) is Powertools' `BatchProcessor` doing the same work one record at a time.
+- **Cost** (`bench/pricing.py`): the 100 ms batch's wall time at {pricing.MEMORY_GB * 1024:.0f} MB
+  arm64, DynamoDB request units priced from the calls of the first {self.calls.priced} of
+  {self.calls.refunds} common-case refunds (producer and Lambda; transactional writes at 2 WRU per
+  item, plus the writes DynamoDB makes to the three ALL-projection indexes), and SQS send, receive
+  and delete, ten per call; {pricing.REGION} list prices as of {pricing.PRICES_DATE}. A 256 MB
+  function has about a seventh of a vCPU, so its CPU-bound part runs slower than here.
+- **Cold start** (`bench/startup.py`): fresh interpreters, timed from inside, the handler module
+  against `boto3` + `requests` + the same clients.
+- **History** (`bench/history.py`): 10,000- and 100,000-refund tables in an in-process moto; items
+  read counted from the responses.
+- **Bulk** (`bench/bulk.py`): `parse_csv` + `RefundProducer.send_many` against a raw
+  `send_message_batch` loop over the same rows.
+- **End to end** (`bench/e2e.py`): `reditus-refunds local up --no-console --fresh`, 1,000
+  refunds queued, clock stopped when the day counters show all settled.{self._e2e_note()}
+
+The moto server of the batch, cost, bulk and memory figures is the project's
+(`reditus_refunds.local.motoserver`, the one `make run` uses), which removes two of moto's O(n)
+costs: a `TransactWriteItems` deep-copied the whole table once per action, and a `SendMessage`
+counted every message in the queue; with them these figures would measure moto. The end-to-end
+figure runs the local stack exactly as `make run` does.
+"""

@@ -1,0 +1,122 @@
+"""With 100,000 items in the history table, History's first page and headline figures stay small reads.
+
+The table is filled once for the module (batch writes through the DynamoDB API of an in-process
+moto: about a minute), then the History page's own data functions, and the page itself through
+AppTest, are measured by counting what the store reads (`HistoryStore.reads`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import boto3
+import pytest
+import streamlit as st
+from moto import mock_aws
+from streamlit.testing.v1 import AppTest
+
+from reditus_refunds.records import Outcome
+from reditus_refunds.store import HistoryStore
+from tests.conftest import TABLE, create_history_table
+from tests.console_support import Seeded, seed_history
+from ui import data
+
+ITEMS = 100_000
+DAYS = 30
+PAGE_SIZE = data.DEFAULT_PAGE_SIZE
+# Reads beyond the page size that a first page may cost (none today: Limit stops each Query).
+SMALL_CONSTANT = 5
+APP = str(Path(__file__).resolve().parents[1] / "ui" / "app.py")
+
+
+@dataclass
+class BigHistory:
+    dynamodb: object
+    seeded: Seeded
+    now: datetime
+
+    def store(self) -> HistoryStore:
+        return HistoryStore(TABLE, self.dynamodb)  # type: ignore[arg-type]
+
+
+@pytest.fixture(scope="module")
+def big_history() -> Iterator[BigHistory]:
+    with mock_aws():
+        dynamodb = boto3.session.Session(region_name="us-east-1").client("dynamodb")
+        create_history_table(dynamodb)
+        now = datetime.now(UTC)
+        seeded = seed_history(dynamodb, TABLE, count=ITEMS, days=DAYS, now=now)
+        assert seeded.items == ITEMS
+        yield BigHistory(dynamodb, seeded, now)
+
+
+def test_first_page_reads_at_most_the_page_size_plus_a_small_constant(big_history: BigHistory) -> None:
+    store = big_history.store()
+    today = big_history.now.date()
+    history_filter = data.HistoryFilter(today - timedelta(days=DAYS - 1), today)
+    data.cached_history_page.clear()
+    page = data.cached_history_page("speed", history_filter, None, PAGE_SIZE, store)
+    assert len(page.records) == PAGE_SIZE
+    assert page.cursor is not None
+    assert store.reads.items <= PAGE_SIZE + SMALL_CONSTANT, store.reads
+    times = [r.queued_at for r in page.records]
+    assert times == sorted(times, reverse=True)  # newest first
+
+    # The next page costs the same, and so does a page of one outcome (its own index).
+    before = store.reads.items
+    data.read_history_page(store, history_filter, page.cursor, PAGE_SIZE)
+    assert store.reads.items - before <= PAGE_SIZE + SMALL_CONSTANT
+    before = store.reads.items
+    not_found = data.read_history_page(
+        store, data.HistoryFilter(history_filter.since, today, outcome=Outcome.NOT_FOUND), None, PAGE_SIZE
+    )
+    assert {r.outcome for r in not_found.records} == {Outcome.NOT_FOUND}
+    assert store.reads.items - before <= PAGE_SIZE + SMALL_CONSTANT
+
+
+def test_headline_figures_read_one_counter_item_per_day(big_history: BigHistory) -> None:
+    store = big_history.store()
+    today = big_history.now.date()
+    since = today - timedelta(days=DAYS - 1)
+    data.cached_headline.clear()
+    headline = data.cached_headline("speed", since, today, store)
+    days_with_items = sum(1 for day in big_history.seeded.per_day if day >= since.isoformat())
+    assert store.reads.items == days_with_items <= DAYS, store.reads
+    expected = {
+        outcome.value: sum(
+            c[outcome.value] for day, c in big_history.seeded.per_day.items() if day >= since.isoformat()
+        )
+        for outcome in Outcome
+    }
+    figures = {label: value for label, value, _ in headline.figures}
+    assert figures["Refunded"] == expected["refunded"]
+    assert figures["Pending"] == expected["pending"] + expected["retrying"]
+    assert figures["Failed"] == expected["failed"] + expected["dead_lettered"]
+
+
+def test_the_history_page_itself_reads_one_page_and_one_counter_per_day(
+    big_history: BigHistory, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    for name in ("CONSOLE_PASSWORD", "REDITUS_STACK_NAME", "AWS_ENDPOINT_URL", "DEAD_LETTER_QUEUE_URL"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("CONSOLE_OPEN", "1")
+    monkeypatch.setenv("HISTORY_TABLE_NAME", TABLE)
+    monkeypatch.setenv("REFUND_QUEUE_URL", "https://sqs.us-east-1.amazonaws.com/123456789012/refunds")
+    monkeypatch.setenv("REDITUS_LOCAL_DATA_DIR", str(tmp_path))
+    st.cache_resource.clear()
+    st.cache_data.clear()
+    try:
+        at = AppTest.from_file(APP, default_timeout=120)
+        at.switch_page("app_pages/history.py")
+        at.run()
+        assert not at.exception, at.exception
+        page_store = data.services().store
+        # The default view: the last 7 days' figures and the newest page of the table.
+        assert page_store.reads.items <= 7 + PAGE_SIZE + SMALL_CONSTANT, page_store.reads
+        assert {m.label for m in at.metric} >= {"Refunded", "Pending", "Failed"}
+    finally:
+        st.cache_resource.clear()
+        st.cache_data.clear()

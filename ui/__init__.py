@@ -1,0 +1,1 @@
+"""The operators' console (Streamlit): `streamlit run ui/app.py`."""

@@ -1,0 +1,468 @@
+"""Everything the console reads or writes goes through here, and from here through the shared package.
+
+Clients, the history store, the producer and the dead-letter queue are built once per system
+(`st.cache_resource`); queries are cached for a few seconds (`st.cache_data`) and the caches are
+cleared after every write. The plain functions (`read_history_page`, `read_headline`, ...) take a
+store and hold no cache: the pages call them through the cached wrappers, the speed test directly.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import os
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import asdict, dataclass, field
+from datetime import UTC, date, datetime, time, timedelta
+from urllib.parse import urlparse
+
+import streamlit as st
+from botocore.exceptions import (
+    BotoCoreError,
+    ClientError,
+    ConnectionClosedError,
+    CredentialRetrievalError,
+    EndpointConnectionError,
+    NoCredentialsError,
+    NoRegionError,
+    PartialCredentialsError,
+    ProfileNotFound,
+    ReadTimeoutError,
+    SSOError,
+    TokenRetrievalError,
+)
+from botocore.exceptions import ConnectionError as BotoConnectionError
+
+from reditus_refunds.config import ConfigError, SystemConfig, resolve
+from reditus_refunds.contract import RefundRequest
+from reditus_refunds.dlq import DeadLetter, DeadLetterQueue
+from reditus_refunds.operations import PaymentStatus, build_request, payment_status, requeue
+from reditus_refunds.producer import QueueError, RefundProducer, SendReport
+from reditus_refunds.records import REQUEUEABLE, HistoryRecord, Outcome
+from reditus_refunds.store import HistoryStore, Page, StoreError
+
+ENV_STACK_NAME = "REDITUS_STACK_NAME"
+SOURCE = "console"
+QUERY_TTL_SECONDS = 10
+DEAD_LETTER_TTL_SECONDS = 15
+PAGE_SIZES = (25, 50, 100)
+DEFAULT_PAGE_SIZE = 50
+EXPORT_PAGE_SIZE = 500
+EXPORT_LIMIT = 50_000
+DEAD_LETTER_PEEK_LIMIT = 500
+
+# Everything AWS or our adapters raise that a page turns into a message instead of a traceback.
+AWS_ERRORS: tuple[type[BaseException], ...] = (
+    ConfigError,
+    StoreError,
+    QueueError,
+    BotoCoreError,
+    ClientError,
+)
+
+
+# ---- what went wrong, and what to check -----------------------------------------------------
+@dataclass(frozen=True)
+class Problem:
+    what: str
+    check: str
+
+
+def explain(err: BaseException) -> Problem:
+    """A sentence for the page: what failed and what the operator should look at."""
+    if isinstance(err, ConfigError):
+        return Problem(
+            f"The console does not know which system to use: {err}",
+            f"Set {ENV_STACK_NAME} to a deployed stack's name, or HISTORY_TABLE_NAME and REFUND_QUEUE_URL "
+            "(and DEAD_LETTER_QUEUE_URL), or start the local stack with `make run`.",
+        )
+    if isinstance(err, StoreError):
+        return Problem(f"The history table could not be used: {err}.", _credentials_or_names(str(err)))
+    if isinstance(err, QueueError):
+        return Problem(f"The refund queue could not be used: {err}.", _credentials_or_names(str(err)))
+    if isinstance(err, NoCredentialsError | PartialCredentialsError | CredentialRetrievalError):
+        return Problem(
+            "No usable AWS credentials were found.",
+            "Set AWS_PROFILE (or AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY), or run the console with a "
+            "role that may read the history table and send to the queue.",
+        )
+    if isinstance(err, SSOError | TokenRetrievalError):
+        return Problem(
+            "The AWS sign-in has expired.", "Sign in again (for example `aws sso login`), then reload."
+        )
+    if isinstance(err, ProfileNotFound):
+        return Problem(f"{err}.", "Check AWS_PROFILE against ~/.aws/config.")
+    if isinstance(err, NoRegionError):
+        return Problem("No AWS region is set.", "Set AWS_REGION to the region of the stack.")
+    if isinstance(
+        err, EndpointConnectionError | BotoConnectionError | ReadTimeoutError | ConnectionClosedError
+    ):
+        return Problem(
+            "AWS could not be reached.",
+            "Check the network and AWS_REGION; for the local stack, check that `make run` is still running "
+            "(and AWS_ENDPOINT_URL, if you set it).",
+        )
+    if isinstance(err, ClientError):
+        code = err.response.get("Error", {}).get("Code", "Unknown")
+        message = err.response.get("Error", {}).get("Message", "")[:200]
+        if "Expired" in code:
+            return Problem("The AWS credentials have expired.", "Refresh them, then reload the page.")
+        return Problem(f"AWS answered {code}: {message}", "Check the console's AWS permissions and settings.")
+    if isinstance(err, BotoCoreError):
+        return Problem(f"The AWS SDK failed: {err}", "Check the AWS settings of the console.")
+    return Problem(f"{type(err).__name__}: {err}", "See the console's log for details.")
+
+
+def _credentials_or_names(message: str) -> str:
+    if "credentials" in message:
+        return "Refresh the AWS credentials of the console (or its role), then reload."
+    if "unreachable" in message:
+        return (
+            "Check the network and AWS_REGION; for the local stack, check that `make run` is still running."
+        )
+    if "does not exist" in message:
+        return f"Check {ENV_STACK_NAME}, or HISTORY_TABLE_NAME / REFUND_QUEUE_URL / DEAD_LETTER_QUEUE_URL."
+    return "Check the console's AWS permissions and settings."
+
+
+# ---- the system and its adapters --------------------------------------------------------------
+@dataclass(frozen=True)
+class Services:
+    config: SystemConfig
+    store: HistoryStore
+    producer: RefundProducer
+    dead_letters: DeadLetterQueue | None
+
+    @property
+    def key(self) -> str:
+        """Identifies the system in the query caches."""
+        return config_key(self.config)
+
+
+def config_key(config: SystemConfig) -> str:
+    return json.dumps(asdict(config), sort_keys=True)
+
+
+@st.cache_resource(ttl=3600, show_spinner="Looking up the stack…")
+def _stack_config(stack_name: str, region: str, endpoint_url: str) -> SystemConfig:
+    env = {"AWS_REGION": region, "AWS_ENDPOINT_URL": endpoint_url} if endpoint_url else {"AWS_REGION": region}
+    return resolve(stack_name, env=env)
+
+
+def current_config() -> SystemConfig:
+    """REDITUS_STACK_NAME (CloudFormation outputs) > environment > the local stack's state file."""
+    stack_name = os.environ.get(ENV_STACK_NAME, "").strip()
+    if stack_name:
+        region = os.environ.get("AWS_REGION") or os.environ.get("AWS_DEFAULT_REGION") or "us-east-1"
+        return _stack_config(stack_name, region, os.environ.get("AWS_ENDPOINT_URL", ""))
+    return resolve()
+
+
+@st.cache_resource(show_spinner=False, max_entries=8)
+def _services(key: str, _config: SystemConfig) -> Services:
+    dynamodb = _config.client("dynamodb")
+    sqs = _config.client("sqs")
+    store = HistoryStore(_config.table_name, dynamodb)
+    producer = RefundProducer(sqs, _config.queue_url, store)
+    dead_letters = DeadLetterQueue(sqs, _config.dlq_url, _config.queue_url) if _config.dlq_url else None
+    return Services(_config, store, producer, dead_letters)
+
+
+def services() -> Services:
+    config = current_config()
+    return _services(config_key(config), config)
+
+
+def describe_system(config: SystemConfig) -> str:
+    """Which system the console works on, for the sidebar: local, a named stack, or AWS."""
+    host = urlparse(config.endpoint_url).hostname if config.endpoint_url else None
+    if config.local or host in ("127.0.0.1", "localhost", "::1"):
+        return "local stack (moto)"
+    if config.endpoint_url:
+        return f"{config.origin} · {host}"
+    return f"{config.origin} · {config.region}"
+
+
+# ---- history ----------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class HistoryFilter:
+    """What the History page shows: a period of UTC days and optional narrowing."""
+
+    since: date
+    until: date
+    outcome: Outcome | None = None
+    payment_id: str | None = None
+    requested_by: str | None = None
+
+    def window(self) -> tuple[datetime, datetime]:
+        return datetime.combine(self.since, time.min, UTC), datetime.combine(self.until, time.max, UTC)
+
+    @property
+    def days(self) -> int:
+        return (self.until - self.since).days + 1
+
+
+def default_period(today: date | None = None, days: int = 7) -> tuple[date, date]:
+    today = today or datetime.now(UTC).date()
+    return today - timedelta(days=days - 1), today
+
+
+def read_history_page(
+    store: HistoryStore, history_filter: HistoryFilter, cursor: str | None = None, page_size: int = 50
+) -> Page:
+    """One page of the table, newest first, through the store's indexed queries (never a Scan)."""
+    since, until = history_filter.window()
+    return store.query(
+        outcome=history_filter.outcome,
+        payment_id=history_filter.payment_id,
+        requested_by=history_filter.requested_by,
+        since=since,
+        until=until,
+        limit=page_size,
+        cursor=cursor,
+    )
+
+
+# The six headline figures and the outcomes each one adds up.
+HEADLINE_FIGURES: tuple[tuple[str, tuple[Outcome, ...], str], ...] = (
+    ("Refunded", (Outcome.REFUNDED,), "Reditus answered 200: the commission was rejected."),
+    ("Rejected", (Outcome.REJECTED,), "Reditus answered 400 and refused the request."),
+    ("Not found", (Outcome.NOT_FOUND,), "Reditus answered 404 after the grace window."),
+    ("Invalid", (Outcome.INVALID,), "The request broke the message contract and was never sent."),
+    ("Pending", (Outcome.PENDING, Outcome.RETRYING), "Queued or being retried; not settled yet."),
+    (
+        "Failed",
+        (Outcome.FAILED, Outcome.DEAD_LETTERED),
+        "An unexpected answer, or retries used up (dead-letter queue).",
+    ),
+)
+
+
+@dataclass(frozen=True)
+class Headline:
+    """Outcome counts of a period, from the per-day counter items."""
+
+    per_day: dict[str, dict[str, int]]
+
+    def total(self, outcomes: Iterable[Outcome]) -> int:
+        wanted = {o.value for o in outcomes}
+        return sum(max(0, n) for day in self.per_day.values() for o, n in day.items() if o in wanted)
+
+    @property
+    def figures(self) -> list[tuple[str, int, str]]:
+        return [(label, self.total(outcomes), help_text) for label, outcomes, help_text in HEADLINE_FIGURES]
+
+    def chart_rows(self) -> list[dict[str, object]]:
+        """One row per day and outcome with a count above zero (for the chart)."""
+        return [
+            {"day": day, "outcome": outcome, "count": count}
+            for day, counts in sorted(self.per_day.items())
+            for outcome, count in counts.items()
+            if count > 0
+        ]
+
+
+def read_headline(store: HistoryStore, since: date, until: date) -> Headline:
+    """The headline figures and the per-day chart: one counter item read per day of the period."""
+    return Headline(store.daily_counts(since, until))
+
+
+@st.cache_data(ttl=QUERY_TTL_SECONDS, show_spinner=False, max_entries=256)
+def cached_history_page(
+    services_key: str, history_filter: HistoryFilter, cursor: str | None, page_size: int, _store: HistoryStore
+) -> Page:
+    return read_history_page(_store, history_filter, cursor, page_size)
+
+
+@st.cache_data(ttl=QUERY_TTL_SECONDS, show_spinner=False, max_entries=64)
+def cached_headline(services_key: str, since: date, until: date, _store: HistoryStore) -> Headline:
+    return read_headline(_store, since, until)
+
+
+def clear_query_caches() -> None:
+    """After a write: the next read shows it."""
+    cached_history_page.clear()
+    cached_headline.clear()
+    cached_dead_letters.clear()
+
+
+def read_refund(store: HistoryStore, refund_id: str) -> HistoryRecord | None:
+    """One refund, read consistently (never cached: the detail view watches it settle)."""
+    refund_id = refund_id.strip()
+    if not refund_id or len(refund_id) > 128:
+        return None
+    return store.get(refund_id)
+
+
+# ---- export -----------------------------------------------------------------------------------
+EXPORT_COLUMNS = (
+    "refund_id",
+    "payment_id",
+    "outcome",
+    "http_status",
+    "queued_at",
+    "completed_at",
+    "attempts",
+    "requested_by",
+    "source",
+    "note",
+    "force",
+    "detail",
+    "requeue_of",
+    "duplicate_of",
+    "latency_ms",
+)
+_FORMULA_PREFIXES = ("=", "+", "-", "@", "\t", "\r")
+
+
+def spreadsheet_safe(value: object) -> object:
+    """Text that a spreadsheet would run as a formula is written with a leading apostrophe."""
+    if isinstance(value, str) and value.startswith(_FORMULA_PREFIXES):
+        return "'" + value
+    return value
+
+
+def export_csv(
+    store: HistoryStore, history_filter: HistoryFilter, limit: int = EXPORT_LIMIT
+) -> tuple[bytes, int, bool]:
+    """Every row the filter matches (up to `limit`), as CSV; returns (data, rows, truncated)."""
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, fieldnames=EXPORT_COLUMNS, extrasaction="ignore")
+    writer.writeheader()
+    rows = 0
+    cursor: str | None = None
+    while rows < limit:
+        page = read_history_page(store, history_filter, cursor, min(EXPORT_PAGE_SIZE, limit - rows))
+        for record in page.records:
+            data = record.to_dict()
+            writer.writerow({name: spreadsheet_safe(data.get(name)) for name in EXPORT_COLUMNS})
+            rows += 1
+        cursor = page.cursor
+        if cursor is None:
+            break
+    return buffer.getvalue().encode("utf-8"), rows, cursor is not None
+
+
+# ---- queueing ---------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class Refusal:
+    """The request broke the message contract; nothing was sent. (Kept in the session across reruns,
+    so it is defined here and not in a page, whose classes are new on every run.)"""
+
+    reason: str
+
+
+@dataclass(frozen=True)
+class QueueResult:
+    """What happened to one refund asked for on the Queue page."""
+
+    request: RefundRequest
+    status: PaymentStatus
+    sent: bool
+    message_id: str | None = None
+
+    @property
+    def warning(self) -> str | None:
+        return self.status.warning()
+
+
+def queue_refund(
+    services: Services, *, payment_id: str, note: str | None, force: bool, requested_by: str
+) -> QueueResult:
+    """Validate (raises ContractError), look at the payment's history, and send unless it needs force."""
+    request = build_request(payment_id, note=note, requested_by=requested_by, source=SOURCE, force=force)
+    status = payment_status(services.store, request.payment_id)
+    if status.needs_force and not force:
+        return QueueResult(request, status, sent=False)
+    message_id = services.producer.send(request)
+    clear_query_caches()
+    return QueueResult(request, status, sent=True, message_id=message_id)
+
+
+@dataclass
+class RequeueResult:
+    report: SendReport
+    refused: list[tuple[str, str]] = field(default_factory=list)  # (refund_id, reason)
+
+
+def requeue_refunds(services: Services, refund_ids: Sequence[str], requested_by: str) -> RequeueResult:
+    """Requeue under new refund_ids, after reading each record again (it may have moved on)."""
+    records: list[HistoryRecord] = []
+    refused: list[tuple[str, str]] = []
+    for refund_id in dict.fromkeys(refund_ids):
+        record = services.store.get(refund_id)
+        if record is None:
+            refused.append((refund_id, "not found in the history"))
+        elif record.outcome not in REQUEUEABLE:
+            refused.append((refund_id, f"it is {record.outcome.value} now"))
+        else:
+            records.append(record)
+    report, more_refused = requeue(services.producer, records, requested_by=requested_by, source=SOURCE)
+    refused += [(record.refund_id, reason) for record, reason in more_refused]
+    clear_query_caches()
+    return RequeueResult(report, refused)
+
+
+def send_batch(
+    services: Services, requests: Sequence[RefundRequest], progress: Callable[[int, int], None] | None = None
+) -> SendReport:
+    """One chunk of a bulk upload (the page clears the query caches once, when all are sent)."""
+    return services.producer.send_many(requests, progress=progress)
+
+
+# ---- dead letters -----------------------------------------------------------------------------
+@dataclass(frozen=True)
+class DeadLetterRow:
+    letter: DeadLetter
+    outcome: str | None
+    last_error: str
+
+
+@dataclass(frozen=True)
+class DeadLetters:
+    rows: list[DeadLetterRow]
+    approximate_count: int
+
+
+def read_dead_letters(
+    dead_letters: DeadLetterQueue, store: HistoryStore, limit: int = DEAD_LETTER_PEEK_LIMIT
+) -> DeadLetters:
+    """The messages in the dead-letter queue, each with the last error its history record holds."""
+    letters = sorted(dead_letters.peek(limit), key=lambda letter: letter.sent_at_ms, reverse=True)
+    count = dead_letters.count()
+    records: dict[str, HistoryRecord | None] = {}
+    rows: list[DeadLetterRow] = []
+    for letter in letters:
+        if letter.refund_id is None:
+            rows.append(DeadLetterRow(letter, None, "the message is not a readable refund request"))
+            continue
+        if letter.refund_id not in records:
+            records[letter.refund_id] = read_refund(store, letter.refund_id)
+        record = records[letter.refund_id]
+        if record is None:
+            rows.append(DeadLetterRow(letter, None, "no history record (the submitter never recorded it)"))
+        else:
+            rows.append(DeadLetterRow(letter, record.outcome.value, record.detail or record.error_kind or ""))
+    return DeadLetters(rows, max(count, len(rows)))
+
+
+@st.cache_data(ttl=DEAD_LETTER_TTL_SECONDS, show_spinner="Reading the dead-letter queue…", max_entries=8)
+def cached_dead_letters(services_key: str, _services: Services) -> DeadLetters:
+    assert _services.dead_letters is not None
+    return read_dead_letters(_services.dead_letters, _services.store)
+
+
+def redrive_dead_letters(services: Services, message_ids: Sequence[str] | None) -> list[str]:
+    """Back to the refund queue: the chosen messages, or all of them when `message_ids` is None."""
+    assert services.dead_letters is not None
+    moved = services.dead_letters.redrive(message_ids)
+    clear_query_caches()
+    return moved
+
+
+def delete_dead_letters(services: Services, message_ids: Sequence[str]) -> list[str]:
+    assert services.dead_letters is not None
+    deleted = services.dead_letters.delete(message_ids)
+    clear_query_caches()
+    return deleted

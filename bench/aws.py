@@ -13,7 +13,7 @@ from typing import Any
 import boto3
 import requests
 
-from reditus_refunds.records import HASH_KEY, INDEXES
+from reditus_refunds.local.resources import create_table_as_declared
 
 REGION = "us-east-1"
 API_KEY = "sk_bench_3b9e0c41d7a24f6e8c15"  # the simulator's key; also stored as the secret
@@ -45,25 +45,8 @@ def client(service: str, endpoint: str | None) -> Any:
 
 
 def create_table(dynamodb: Any, name: str) -> None:
-    """The history table as template.yaml defines it (keys and indexes, ALL projections)."""
-    attributes = {HASH_KEY} | {a for pair in INDEXES.values() for a in pair}
-    dynamodb.create_table(
-        TableName=name,
-        BillingMode="PAY_PER_REQUEST",
-        KeySchema=[{"AttributeName": HASH_KEY, "KeyType": "HASH"}],
-        AttributeDefinitions=[{"AttributeName": a, "AttributeType": "S"} for a in sorted(attributes)],
-        GlobalSecondaryIndexes=[
-            {
-                "IndexName": index,
-                "KeySchema": [
-                    {"AttributeName": hash_key, "KeyType": "HASH"},
-                    {"AttributeName": range_key, "KeyType": "RANGE"},
-                ],
-                "Projection": {"ProjectionType": "ALL"},
-            }
-            for index, (hash_key, range_key) in INDEXES.items()
-        ],
-    )
+    """The history table as template.yaml declares it."""
+    create_table_as_declared(dynamodb, name)
 
 
 def reset_table(dynamodb: Any, name: str) -> None:

@@ -38,7 +38,7 @@ for name in (
 
 from moto import mock_aws  # noqa: E402
 
-from reditus_refunds.records import HASH_KEY, INDEXES  # noqa: E402
+from reditus_refunds.local.resources import create_table_as_declared  # noqa: E402
 
 # The Lambda rig's fixtures (lam, simulator) for every test module.
 pytest_plugins = ("tests.lambda_rig",)
@@ -48,24 +48,8 @@ TABLE = "history-test"
 
 
 def create_history_table(client: Any, name: str = TABLE) -> None:
-    attributes = {HASH_KEY} | {a for pair in INDEXES.values() for a in pair}
-    client.create_table(
-        TableName=name,
-        BillingMode="PAY_PER_REQUEST",
-        KeySchema=[{"AttributeName": HASH_KEY, "KeyType": "HASH"}],
-        AttributeDefinitions=[{"AttributeName": a, "AttributeType": "S"} for a in sorted(attributes)],
-        GlobalSecondaryIndexes=[
-            {
-                "IndexName": index,
-                "KeySchema": [
-                    {"AttributeName": hash_key, "KeyType": "HASH"},
-                    {"AttributeName": range_key, "KeyType": "RANGE"},
-                ],
-                "Projection": {"ProjectionType": "ALL"},
-            }
-            for index, (hash_key, range_key) in INDEXES.items()
-        ],
-    )
+    """The history table exactly as template.yaml declares it."""
+    create_table_as_declared(client, name)
 
 
 class SerialisedClient:

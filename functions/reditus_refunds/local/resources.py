@@ -406,6 +406,16 @@ def _create_table(dynamodb: Any, model: TemplateModel, logical: str, props: dict
     model.attributes[(logical, "Arn")] = description["TableArn"]
 
 
+def create_table_as_declared(
+    dynamodb: Any, name: str, logical: str = "HistoryTable", template: str | Path = DEFAULT_TEMPLATE
+) -> None:
+    """Create the template's table `logical` under another name (tests and benchmarks)."""
+    model = TemplateModel.load(template)
+    props = dict(model.of_type(TABLE)[logical]["Properties"])
+    props["TableName"] = name
+    _create_table(dynamodb, model, logical, props)
+
+
 def _create_secret(
     secrets: Any, model: TemplateModel, logical: str, props: dict[str, Any], value: str
 ) -> None:

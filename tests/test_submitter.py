@@ -15,7 +15,7 @@ from reditus_refunds.contract import RefundRequest
 from reditus_refunds.producer import RefundProducer
 from reditus_refunds.records import Outcome, iso, utc_now
 from reditus_refunds.reditus import ReditusAnswer, Verdict
-from reditus_refunds.store import HistoryStore
+from reditus_refunds.store import HistoryStore, StoreError
 from reditus_refunds.submitter import InboundMessage, Ledger, RefundSubmitter, RetryLater, SubmitterConfig
 
 
@@ -300,3 +300,34 @@ def test_invalid_messages_are_recorded_and_never_sent(rig: Rig, body) -> None:
     # A redelivery of the same message records nothing new.
     assert rig.deliver(body, message_id="m-bad") is Outcome.INVALID
     assert counters(rig.store) == {"invalid": 1}
+
+
+class FlakyFinishStore(HistoryStore):
+    """The store fails the result write a few times: before applying it, or after (answer lost)."""
+
+    def __init__(self, *args, failures: int, applied: bool, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self.failures = failures
+        self.applied = applied
+
+    def finish(self, *args, **kwargs) -> None:
+        if self.failures:
+            self.failures -= 1
+            if self.applied:
+                super().finish(*args, **kwargs)
+            raise StoreError("DynamoDB answered InternalServerError")
+        super().finish(*args, **kwargs)
+
+
+@pytest.mark.parametrize("applied", [False, True])
+def test_a_failing_result_write_is_retried_not_resubmitted(rig: Rig, aws, applied: bool) -> None:
+    store = FlakyFinishStore(aws.table, aws.dynamodb, clock=rig.clock, failures=3, applied=applied)
+    rig.submitter.store = store
+    rig.store = store
+    assert rig.deliver({"payment_id": "pay_f", "refund_id": "rf"}) is Outcome.REFUNDED
+    assert rig.reditus.calls["pay_f"] == 1
+    record = store.get("rf")
+    assert record and record.outcome is Outcome.REFUNDED
+    # Not applied: every failure was waited out. Applied: the first retry saw it had landed.
+    assert store.failures == (2 if applied else 0)
+    assert counters(store) == {"refunded": 1}

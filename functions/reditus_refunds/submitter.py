@@ -41,6 +41,10 @@ def record_log_keys(**keys: str | None) -> Iterator[None]:
 # Time kept back from the invocation's deadline to record the result after the call.
 WRITE_MARGIN_SECONDS = 2.0
 LEASE_MARGIN_SECONDS = 5.0
+# Retrying the result write after Reditus answered (see _write_result).
+RESULT_RETRY_FIRST_PAUSE = 0.1
+RESULT_RETRY_MAX_PAUSE = 2.0
+RESULT_RETRY_RESERVE = 0.5
 
 
 class RetryLater(Exception):
@@ -265,16 +269,21 @@ class RefundSubmitter:
         final_receive = message.receive_count >= self.config.max_receive_count
 
         def record(outcome: Outcome, error_kind: str | None = None) -> Outcome:
-            self.store.finish(
+            self._write_result(
+                lambda: self.store.finish(
+                    request.refund_id,
+                    token,
+                    outcome,
+                    attempt,
+                    detail=answer.detail,
+                    http_status=answer.http_status,
+                    error_kind=error_kind,
+                    latency_ms=answer.latency_ms,
+                    payment_id=request.payment_id,
+                ),
                 request.refund_id,
-                token,
                 outcome,
-                attempt,
-                detail=answer.detail,
-                http_status=answer.http_status,
-                error_kind=error_kind,
-                latency_ms=answer.latency_ms,
-                payment_id=request.payment_id,
+                deadline,
             )
             ledger.add(Settlement(request.refund_id, day, view.counted, outcome.value))
             return outcome
@@ -310,6 +319,35 @@ class RefundSubmitter:
             logger.warning("lease lost before the result was stored; the other delivery records it")
             raise RetryLater("lease lost") from None
         raise RetryLater(answer.detail)
+
+    def _write_result(
+        self, write: Callable[[], None], refund_id: str, outcome: Outcome, deadline: float
+    ) -> None:
+        """Store what Reditus answered, retrying a failing store until the invocation's end.
+
+        Reditus has acted by now: giving up here would let the next delivery submit again, so a
+        store that fails for a while is waited out (with backoff) rather than reported at once.
+        """
+        pause = RESULT_RETRY_FIRST_PAUSE
+        uncertain = False
+        while True:
+            try:
+                write()
+                return
+            except ConditionFailed:
+                if uncertain:
+                    # An earlier try may have been applied with only its answer lost.
+                    item = self.store.get_item(refund_id)
+                    if item and item.get("outcome") == outcome.value and "lease_token" not in item:
+                        return
+                raise
+            except StoreError as err:
+                uncertain = True
+                if time.monotonic() + pause >= deadline - RESULT_RETRY_RESERVE:
+                    raise
+                logger.warning("storing the result failed; retrying", extra={"error": str(err)})
+                time.sleep(pause)
+                pause = min(pause * 2, RESULT_RETRY_MAX_PAUSE)
 
     def _not_found(self, request: RefundRequest, queued_at: str, record: Callable[..., Outcome]) -> Outcome:
         grace = self.config.not_found_grace_seconds

@@ -1,0 +1,508 @@
+"""The local system as separate processes, for the soak and the secrets tests.
+
+* :class:`Servers` - the AWS server (``reditus_refunds.local.awsserver``: moto) and the Reditus
+  simulator (``reditus_refunds.local.simulator``), each its own process on a free loopback port;
+* :class:`System` - one set of template.yaml resources on those servers (queue, dead-letter
+  queue, history table, API key secret; its own stack name, so scenarios never share state) and
+  its worker processes (``reditus_refunds.local.worker``, the real handler inside), which can be
+  SIGKILLed and restarted.
+
+Every process's stdout and stderr go to files in a log folder (:meth:`Process.output`). Every wait
+polls for its condition with a deadline.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import IO, Any
+
+import requests
+
+from reditus_refunds.dlq import DeadLetter, DeadLetterQueue
+from reditus_refunds.local.resources import LocalSystem, TemplateModel, create_resources, moto_session
+from reditus_refunds.store import HistoryStore, from_item
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+START_TIMEOUT = 60.0
+AWS_READY = "moto server ready:"
+SIMULATOR_READY = "Reditus simulator ready:"
+WORKER_READY = "worker ready:"
+# Never handed to the processes: they talk to moto with fake credentials.
+AWS_IDENTITY_ENV = (
+    "AWS_PROFILE",
+    "AWS_DEFAULT_PROFILE",
+    "AWS_SESSION_TOKEN",
+    "AWS_SECURITY_TOKEN",
+    "AWS_ROLE_ARN",
+    "AWS_WEB_IDENTITY_TOKEN_FILE",
+    "AWS_CONTAINER_CREDENTIALS_RELATIVE_URI",
+    "AWS_CONTAINER_CREDENTIALS_FULL_URI",
+    "AWS_ENDPOINT_URL",
+)
+PRODUCT_ENV = (
+    "HISTORY_TABLE_NAME",
+    "REFUND_QUEUE_URL",
+    "DEAD_LETTER_QUEUE_URL",
+    "REDITUS_API_BASE_URL",
+    "REDITUS_API_KEY",
+    "REDITUS_API_KEY_SECRET",
+    "REDITUS_STACK_NAME",
+)
+
+
+class SoakError(AssertionError):
+    """A wait ran out, or a process did not start: the text says which, with its output."""
+
+
+def wait_until(
+    check: Callable[[], Any],
+    timeout: float,
+    what: str,
+    describe: Callable[[], str] = lambda: "",
+    interval: float = 0.2,
+) -> Any:
+    """Poll `check` every `interval` seconds until it returns something truthy; SoakError after `timeout`."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = check()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            detail = describe()
+            raise SoakError(
+                f"timed out after {timeout:.0f} s waiting for {what}" + (f"\n{detail}" if detail else "")
+            )
+        time.sleep(interval)  # the polling interval, not a synchronisation
+
+
+def base_env(endpoint_url: str | None = None) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if k not in AWS_IDENTITY_ENV and k not in PRODUCT_ENV}
+    env.update(
+        {
+            "AWS_ACCESS_KEY_ID": "testing",
+            "AWS_SECRET_ACCESS_KEY": "testing",
+            "AWS_REGION": "us-east-1",
+            "AWS_DEFAULT_REGION": "us-east-1",
+            "PYTHONUNBUFFERED": "1",
+            "PYTHONPATH": str(REPO_ROOT),  # `python -m tests.soak.faulty_worker`
+        }
+    )
+    if endpoint_url:
+        env["AWS_ENDPOINT_URL"] = endpoint_url
+    return env
+
+
+class Process:
+    """One child process; each run's stdout and stderr are kept in files of the log folder."""
+
+    def __init__(
+        self, name: str, argv: list[str], env: dict[str, str], log_dir: Path, ready_marker: str | None = None
+    ):
+        self.name = name
+        self.argv = argv
+        self.env = env
+        self.log_dir = log_dir
+        self.ready_marker = ready_marker
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.runs = 0
+        self.files: list[Path] = []
+        self._open: list[IO[bytes]] = []
+
+    @property
+    def running(self) -> bool:
+        return self.proc is not None and self.proc.poll() is None
+
+    def start(self, timeout: float = START_TIMEOUT) -> str:
+        """Start a new run; returns the line with the ready marker (or "" without one)."""
+        self.runs += 1
+        out_path = self.log_dir / f"{self.name}.{self.runs}.stdout"
+        err_path = self.log_dir / f"{self.name}.{self.runs}.stderr"
+        self.files += [out_path, err_path]
+        out, err = out_path.open("wb"), err_path.open("wb")
+        self._open += [out, err]
+        self.proc = subprocess.Popen(
+            self.argv, env=self.env, cwd=REPO_ROOT, stdin=subprocess.DEVNULL, stdout=out, stderr=err
+        )
+        if not self.ready_marker:
+            return ""
+        marker = self.ready_marker
+
+        def ready() -> str | None:
+            for line in out_path.read_text(errors="replace").splitlines():
+                if marker in line:
+                    return line
+            if not self.running:
+                raise SoakError(
+                    f"{self.name} exited with {self.proc and self.proc.returncode}:\n{self.output()}"
+                )
+            return None
+
+        line: str = wait_until(ready, timeout, f"{self.name} to be ready", self.output)
+        return line
+
+    def kill(self) -> int:
+        """SIGKILL, to this process only; returns its pid."""
+        assert self.proc is not None
+        pid = self.proc.pid
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)
+        self.proc.wait(10)
+        return pid
+
+    def stop(self, timeout: float = 20.0) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            with contextlib.suppress(ProcessLookupError):
+                self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.kill()
+        for handle in self._open:
+            handle.close()
+        self._open = []
+
+    def output(self, tail: int | None = 60) -> str:
+        """Everything the process wrote, every run, stdout and stderr (the last `tail` lines of each)."""
+        parts = []
+        for path in self.files:
+            if not path.is_file():
+                continue
+            lines = path.read_text(errors="replace").splitlines()
+            if tail is not None:
+                lines = lines[-tail:]
+            parts.append(f"--- {path.name} ---\n" + "\n".join(lines))
+        return "\n".join(parts)
+
+    def raw_output(self) -> bytes:
+        return b"".join(path.read_bytes() for path in self.files if path.is_file())
+
+
+def _python(module: str, *args: str) -> list[str]:
+    return [sys.executable, "-m", module, *args]
+
+
+@dataclass
+class Servers:
+    """moto and the Reditus simulator, each in its own process."""
+
+    aws: Process
+    simulator: Process
+    endpoint: str
+    reditus_url: str
+    api_key: str = field(repr=False)
+
+    @property
+    def control_url(self) -> str:
+        return self.reditus_url + "/_sim"
+
+    def _control(self, method: str, path: str, payload: Any = None) -> Any:
+        response = requests.request(method, f"{self.control_url}/{path}", json=payload, timeout=30)
+        response.raise_for_status()
+        return response.json()
+
+    def configure(self, **changes: Any) -> dict[str, Any]:
+        config: dict[str, Any] = self._control("POST", "config", changes)
+        return config
+
+    def reset(self) -> None:
+        self._control("POST", "reset")
+
+    def requests(self) -> list[dict[str, Any]]:
+        recorded: list[dict[str, Any]] = self._control("GET", "requests")
+        return recorded
+
+    def request_count(self) -> int:
+        return int(self._control("GET", "health")["requests"])
+
+    def refunds(self) -> dict[str, Any]:
+        refunds: dict[str, Any] = self._control("GET", "refunds")
+        return refunds
+
+    def stop(self) -> None:
+        self.simulator.stop()
+        self.aws.stop()
+
+    def processes(self) -> list[Process]:
+        return [self.aws, self.simulator]
+
+
+def start_servers(
+    log_dir: Path, api_key: str, *, verbose: bool = False, seed: int = 1, product_aws_server: bool = False
+) -> Servers:
+    """The AWS server and the simulator on free ports (the simulator knows no demo payments).
+
+    The AWS server is tests/soak/awsserver.py (the product's, with moto's transactions made cheap),
+    or with `product_aws_server` reditus_refunds.local.awsserver itself.
+    """
+    log_dir.mkdir(parents=True, exist_ok=True)
+    parent = str(os.getpid())
+    server = "reditus_refunds.local.awsserver" if product_aws_server else "tests.soak.awsserver"
+    aws = Process(
+        "aws",
+        _python(server, "--port", "0", "--parent-pid", parent, *(["--verbose"] if verbose else [])),
+        base_env(),
+        log_dir,
+        AWS_READY,
+    )
+    simulator_env = base_env()
+    simulator_env["REDITUS_API_KEY"] = api_key  # by environment, as `local up` does: never on a command line
+    simulator = Process(
+        "reditus",
+        _python(
+            "reditus_refunds.local.child",
+            "--parent-pid",
+            parent,
+            "reditus_refunds.local.simulator",
+            "--port",
+            "0",
+            "--no-demo",
+            "--seed",
+            str(seed),
+            *(["--verbose"] if verbose else []),
+        ),
+        simulator_env,
+        log_dir,
+        SIMULATOR_READY,
+    )
+    try:
+        endpoint = aws.start().split(AWS_READY, 1)[1].strip()
+        reditus_url = simulator.start().split(SIMULATOR_READY, 1)[1].strip().rstrip("/")
+    except BaseException:
+        simulator.stop()
+        aws.stop()
+        raise
+    return Servers(aws, simulator, endpoint, reditus_url, api_key)
+
+
+@dataclass(frozen=True)
+class SystemSettings:
+    """How one system is set up: what the template says, except what is overridden here."""
+
+    visibility_timeout: int | None = None  # None: the template's (360 s)
+    function_timeout: float | None = None  # None: the template's (60 s)
+    max_receive_count: int | None = None  # None: the template's (5)
+    parameters: dict[str, Any] = field(default_factory=dict)  # template parameters
+    function_env: dict[str, str] = field(default_factory=dict)  # variables the template leaves alone
+    workers: int = 1
+    quiet: bool = True  # no per-message lines from the worker (they cost a read each)
+    wait_time: int = 2  # the worker's long poll
+
+    def describe(self, local: LocalSystem) -> dict[str, Any]:
+        return {
+            "visibility_timeout": local.visibility_timeout,
+            "function_timeout": self.function_timeout or local.function.timeout_seconds,
+            "max_receive_count": local.max_receive_count,
+            "batch_size": local.function.batch_size,
+            "batching_window": local.function.batching_window_seconds,
+            "workers": self.workers,
+            "function_env": dict(self.function_env),
+            "parameters": dict(self.parameters),
+        }
+
+
+@dataclass(frozen=True)
+class StoreFaults:
+    """DynamoDB write failures for the workers (tests/soak/faulty_worker.py): on while `flag` exists."""
+
+    flag: Path
+    stats: Path
+
+    def on(self, kinds: Sequence[str], rate: float = 1.0) -> None:
+        staged = self.flag.with_name(self.flag.name + ".new")
+        staged.write_text(json.dumps({"kinds": list(kinds), "rate": rate}))
+        os.replace(staged, self.flag)  # the workers never read half a file
+
+    def off(self) -> None:
+        self.flag.unlink(missing_ok=True)
+
+    def injected(self) -> list[list[str]]:
+        """One [operation, kind, time, refund_id] per injected fault."""
+        lines = self.stats.read_text().splitlines() if self.stats.is_file() else []
+        return [line.split() for line in lines if line.strip()]
+
+
+@dataclass(frozen=True)
+class Kill:
+    at: float  # time.time() just before the signal
+    worker: str
+    pid: int
+
+
+class System:
+    """One copy of the template's resources on the servers, and the workers that drain its queue."""
+
+    def __init__(
+        self,
+        servers: Servers,
+        name: str,
+        settings: SystemSettings,
+        log_dir: Path,
+        *,
+        secret_value: str | None = None,
+        store_faults: StoreFaults | None = None,
+    ):
+        self.servers = servers
+        self.name = name
+        self.settings = settings
+        self.log_dir = log_dir
+        self.store_faults = store_faults
+        log_dir.mkdir(parents=True, exist_ok=True)
+        overrides = dict(settings.parameters)
+        if settings.max_receive_count is not None:
+            overrides["MaxReceiveCount"] = settings.max_receive_count
+        model = TemplateModel.load(overrides=overrides)
+        model.stack_name = f"soak-{name}"
+        session = moto_session()
+        self._session = session
+        self.local: LocalSystem = create_resources(
+            model,
+            self.client,
+            api_key=servers.api_key if secret_value is None else secret_value,
+            visibility_timeout=settings.visibility_timeout,
+        )
+        config = self.local.config
+        self.table, self.queue_url, self.dlq_url = config.table_name, config.queue_url, config.dlq_url
+        self.sqs = self.client("sqs")
+        self.dynamodb = self.client("dynamodb")
+        self.store = HistoryStore(self.table, self.dynamodb)
+        self.workers = [
+            Process(f"{name}-worker{i}", self.worker_argv(), self.worker_env(), log_dir, WORKER_READY)
+            for i in range(settings.workers)
+        ]
+        self.kills: list[Kill] = []
+        self._lock = threading.Lock()
+
+    def client(self, service: str) -> Any:
+        return self._session.client(service, endpoint_url=self.servers.endpoint)  # type: ignore[call-overload]
+
+    # ---- the workers ------------------------------------------------------------------------
+    def worker_env(self) -> dict[str, str]:
+        env = base_env(self.servers.endpoint)
+        env.update(self.local.function.environment)  # the template's: the secret, the table, the queue...
+        env.update(
+            {
+                "HISTORY_TABLE_NAME": self.table,
+                "REFUND_QUEUE_URL": self.queue_url,
+                "REDITUS_API_BASE_URL": self.servers.reditus_url,
+                "POWERTOOLS_TRACE_DISABLED": "true",
+                "POWERTOOLS_METRICS_DISABLED": "true",
+                "PYTHONWARNINGS": "ignore:No application metrics to publish",
+            }
+        )
+        env.update(self.settings.function_env)
+        return env
+
+    def worker_argv(self) -> list[str]:
+        args = ["--queue-url", self.queue_url, "--wait-time", str(self.settings.wait_time)]
+        args += ["--parent-pid", str(os.getpid())]
+        if self.settings.function_timeout is not None:
+            args += ["--timeout", str(self.settings.function_timeout)]
+        if self.settings.quiet:
+            args.append("--quiet")
+        if self.store_faults is None:
+            return _python("reditus_refunds.local.worker", *args)
+        faults = self.store_faults
+        return _python(
+            "tests.soak.faulty_worker",
+            "--fault-file",
+            str(faults.flag),
+            "--stats-file",
+            str(faults.stats),
+            "--",
+            *args,
+        )
+
+    def start_workers(self) -> None:
+        for worker in self.workers:
+            worker.start()
+
+    def kill_and_restart(self, index: int) -> Kill:
+        worker = self.workers[index]
+        with self._lock:
+            at = time.time()
+            pid = worker.kill()
+            kill = Kill(at, worker.name, pid)
+            self.kills.append(kill)
+        worker.start()
+        return kill
+
+    def stop(self) -> None:
+        for worker in self.workers:
+            worker.stop()
+
+    def processes(self) -> list[Process]:
+        return list(self.workers)
+
+    # ---- the queues -------------------------------------------------------------------------
+    def depth(self) -> dict[str, int]:
+        names = [
+            "ApproximateNumberOfMessages",
+            "ApproximateNumberOfMessagesNotVisible",
+            "ApproximateNumberOfMessagesDelayed",
+        ]
+        attributes = self.sqs.get_queue_attributes(QueueUrl=self.queue_url, AttributeNames=names)[
+            "Attributes"
+        ]
+        return {name.removeprefix("ApproximateNumberOf"): int(attributes.get(name, 0)) for name in names}
+
+    def drained(self) -> bool:
+        """Nothing waiting, in flight or delayed in the refund queue."""
+        return sum(self.depth().values()) == 0
+
+    def in_flight(self) -> int:
+        return self.depth()["MessagesNotVisible"]
+
+    def dead_letters(self) -> list[DeadLetter]:
+        return DeadLetterQueue(self.sqs, self.dlq_url, self.queue_url).peek(limit=100_000)
+
+    # ---- the table --------------------------------------------------------------------------
+    def scan(self) -> list[dict[str, Any]]:
+        """Every item of the history table (a Scan: fine for a test, never done by the product)."""
+        items: list[dict[str, Any]] = []
+        kwargs: dict[str, Any] = {"TableName": self.table, "ConsistentRead": True}
+        while True:
+            page = self.dynamodb.scan(**kwargs)
+            items += [from_item(i) for i in page.get("Items", [])]
+            if not page.get("LastEvaluatedKey"):
+                return items
+            kwargs["ExclusiveStartKey"] = page["LastEvaluatedKey"]
+
+    def raw_scan(self) -> list[dict[str, Any]]:
+        items: list[dict[str, Any]] = []
+        kwargs: dict[str, Any] = {"TableName": self.table, "ConsistentRead": True}
+        while True:
+            page = self.dynamodb.scan(**kwargs)
+            items += page.get("Items", [])
+            if not page.get("LastEvaluatedKey"):
+                return items
+            kwargs["ExclusiveStartKey"] = page["LastEvaluatedKey"]
+
+
+@contextlib.contextmanager
+def running(system: System) -> Iterator[System]:
+    system.start_workers()
+    try:
+        yield system
+    finally:
+        system.stop()
+
+
+def dump(report: dict[str, Any]) -> str:
+    return json.dumps(report, indent=2, sort_keys=False, default=str)
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])

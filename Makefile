@@ -59,7 +59,7 @@ run: $(STAMP)
 bench: $(STAMP)
 	$(BIN)/python -m bench.run
 
-# About 20 minutes: 2,000 requests under faults, duplicates and kills; a 60 s outage with the shipped
+# About 12 minutes: 2,000 requests under faults, duplicates and kills; a 60 s outage with the shipped
 # 360 s visibility timeout; DynamoDB write failures. Writes soak-report.json, prints it, fails if a promise broke.
 soak: $(STAMP)
 	@SOAK_REPORT=$(CURDIR)/soak-report.json $(BIN)/pytest -q -m soak -p no:cacheprovider tests/test_soak.py; \

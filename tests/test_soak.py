@@ -299,44 +299,33 @@ def test_injected_store_faults_fail_writes_as_dynamodb_does(servers: Servers, tm
     ]
 
 
-def test_the_soak_aws_server_rolls_back_only_what_a_transaction_named() -> None:
-    install()
-    try:
-        with mock_aws():
-            client = boto3.client("dynamodb", region_name="us-east-1")
-            create_history_table(client, "rollback")
-            client.put_item(TableName="rollback", Item={"refund_id": {"S": "kept"}, "v": {"S": "1"}})
-            client.put_item(TableName="rollback", Item={"refund_id": {"S": "other"}, "v": {"S": "1"}})
-            with pytest.raises(ClientError, match="TransactionCanceled"):
-                client.transact_write_items(
-                    TransactItems=[
-                        {"Put": {"TableName": "rollback", "Item": {"refund_id": {"S": "new"}}}},
-                        {
-                            "Update": {
-                                "TableName": "rollback",
-                                "Key": {"refund_id": {"S": "kept"}},
-                                "UpdateExpression": "SET v = :two",
-                                "ExpressionAttributeValues": {":two": {"S": "2"}},
-                            }
-                        },
-                        {
-                            "ConditionCheck": {
-                                "TableName": "rollback",
-                                "Key": {"refund_id": {"S": "other"}},
-                                "ConditionExpression": "v = :two",
-                                "ExpressionAttributeValues": {":two": {"S": "2"}},
-                            }
-                        },
-                    ]
+def test_the_soak_aws_server_counts_messages_as_moto_does() -> None:
+    def counts(sqs: Any, url: str) -> dict[str, str]:
+        names = ["ApproximateNumberOf" + n for n in ("Messages", "MessagesNotVisible", "MessagesDelayed")]
+        return dict(sqs.get_queue_attributes(QueueUrl=url, AttributeNames=names)["Attributes"])
+
+    seen = []
+    for patched in (False, True):
+        if patched:
+            install()
+        try:
+            with mock_aws():
+                sqs = boto3.client("sqs", region_name="us-east-1")
+                url = sqs.create_queue(QueueName="counted")["QueueUrl"]
+                sqs.send_message_batch(
+                    QueueUrl=url, Entries=[{"Id": str(n), "MessageBody": f"m{n}"} for n in range(5)]
                 )
-            items = {i["refund_id"]["S"]: i for i in client.scan(TableName="rollback")["Items"]}
-            assert set(items) == {"kept", "other"} and items["kept"]["v"] == {"S": "1"}
-            client.transact_write_items(
-                TransactItems=[{"Put": {"TableName": "rollback", "Item": {"refund_id": {"S": "new"}}}}]
-            )
-            assert len(client.scan(TableName="rollback")["Items"]) == 3
-    finally:
-        uninstall()
+                sqs.send_message(QueueUrl=url, MessageBody="later", DelaySeconds=60)
+                got = sqs.receive_message(QueueUrl=url, MaxNumberOfMessages=2, VisibilityTimeout=60)
+                seen.append((counts(sqs, url), sorted(m["Body"] for m in got["Messages"])))
+        finally:
+            uninstall()
+    assert seen[0] == seen[1]
+    assert seen[1][0] == {
+        "ApproximateNumberOfMessages": "3",
+        "ApproximateNumberOfMessagesNotVisible": "2",
+        "ApproximateNumberOfMessagesDelayed": "1",
+    }
 
 
 def test_the_count_finds_what_it_must() -> None:

@@ -27,7 +27,7 @@ def build() -> tuple[Handler, SubmitterService]:
     tracer = Tracer()
     metrics = Metrics()
     processor = BatchProcessor(event_type=EventType.SQS, raise_on_entire_batch_failure=False)
-    service = SubmitterService(Settings.from_env(), telemetry=PowertoolsTelemetry(metrics))
+    service = SubmitterService(Settings.from_env(), telemetry=PowertoolsTelemetry(metrics, tracer))
 
     @tracer.capture_method
     def record_handler(record: SQSRecord) -> str:

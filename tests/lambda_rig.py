@@ -115,14 +115,16 @@ def make_lambda(
         monkeypatch.setenv(name, value)
     import reditus_refunds.handler as handler
 
+    telemetry = PowertoolsTelemetry(handler.metrics, handler.tracer)
     service = SubmitterService(
         Settings.from_env(),
         dynamodb=aws.dynamodb,
         sqs=aws.sqs,
         secrets=aws.secrets,
-        telemetry=PowertoolsTelemetry(handler.metrics),
+        telemetry=telemetry,
     )
     monkeypatch.setattr(handler, "service", service)
+    monkeypatch.setattr(handler, "telemetry", telemetry)
     return Lambda(aws, sim, handler, service)
 
 

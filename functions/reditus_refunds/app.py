@@ -9,10 +9,10 @@ import threading
 import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager, nullcontext
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 import boto3
 from botocore.config import Config
@@ -22,10 +22,10 @@ from .records import Outcome, iso
 from .reditus import RateLimiter, ReditusAnswer, ReditusClient
 from .settings import Settings
 from .store import HistoryStore
-from .submitter import InboundMessage, Ledger, RefundSubmitter, SubmitterConfig, Telemetry
+from .submitter import InboundMessage, Ledger, NoTelemetry, RefundSubmitter, SubmitterConfig, Telemetry
 
 if TYPE_CHECKING:
-    from aws_lambda_powertools import Metrics
+    from aws_lambda_powertools import Metrics, Tracer
 
 # Standard retry mode: botocore backs off on throttling and transient AWS errors.
 AWS_CONFIG = Config(retries={"mode": "standard", "max_attempts": 5}, max_pool_connections=32)
@@ -62,14 +62,35 @@ AUTH_ERROR_METRIC = "ReditusAuthError"  # template.yaml's ReditusAuthErrorAlarm 
 
 
 class PowertoolsTelemetry:
-    """Metrics for the domain's events (a lock: records are handled on several threads)."""
+    """Metrics for the domain's events and X-Ray subsegments around its Reditus and store calls.
 
-    def __init__(self, metrics: Metrics):
+    Records are handled on several threads: metrics take a lock, and each record's thread adopts
+    the handler's trace entity (`trace_parent` / `adopt_trace_parent`), because the X-Ray SDK keeps
+    one trace context per thread and would otherwise hang the record's subsegments off a
+    per-thread copy of the function's segment instead of under the handler's subsegment.
+    """
+
+    def __init__(self, metrics: Metrics, tracer: Tracer | None = None):
         from aws_lambda_powertools.metrics import MetricUnit
 
         self._metrics = metrics
         self._unit = MetricUnit
         self._lock = threading.Lock()
+        # The X-Ray recorder (Powertools' default provider); None while tracing is off.
+        self._xray: Any = tracer.provider if tracer is not None and not tracer.disabled else None
+
+    def span(self, name: str) -> AbstractContextManager[object]:
+        if self._xray is None:
+            return nullcontext()
+        return cast("AbstractContextManager[object]", self._xray.in_subsegment(name=name))
+
+    def trace_parent(self) -> object | None:
+        """The calling thread's current trace entity (None when tracing is off)."""
+        return None if self._xray is None else self._xray.get_trace_entity()
+
+    def adopt_trace_parent(self, parent: object | None) -> None:
+        if self._xray is not None and parent is not None:
+            self._xray.set_trace_entity(parent)
 
     def outcome(self, outcome: Outcome) -> None:
         with self._lock:
@@ -114,6 +135,7 @@ class SubmitterService:
         reditus: Any = None,
     ):
         self.settings = settings
+        self.telemetry: Telemetry = telemetry or NoTelemetry()
         session = boto3.session.Session()
         self.dynamodb = dynamodb or session.client("dynamodb", config=AWS_CONFIG)
         self.sqs = sqs or session.client("sqs", config=AWS_CONFIG)
@@ -146,7 +168,7 @@ class SubmitterService:
                 not_found_recheck_delay_seconds=settings.not_found_recheck_delay_seconds,
                 max_receive_count=settings.max_receive_count,
             ),
-            telemetry=telemetry,
+            telemetry=self.telemetry,
         )
         self.executor = ThreadPoolExecutor(max_workers=settings.max_concurrency, thread_name_prefix="refund")
         self.current: Invocation | None = None
@@ -161,7 +183,8 @@ class SubmitterService:
         finally:
             self.current = None
             # After every record ran, whatever happened: one transaction moves the day counters.
-            self.store.settle(current.ledger.drain())
+            with self.telemetry.span("history settle counters"):
+                self.store.settle(current.ledger.drain())
 
     def handle(self, message: InboundMessage) -> Outcome:
         current = self.current

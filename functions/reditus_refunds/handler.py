@@ -20,11 +20,14 @@ from .app import PowertoolsTelemetry, SubmitterService, inbound_from_record
 from .settings import Settings
 
 logger = Logger()
-tracer = Tracer()
+# Only what the function calls: DynamoDB/SQS/Secrets Manager (botocore) and Reditus (requests).
+# Patching every library the X-Ray SDK knows imports each one present at cold start.
+tracer = Tracer(patch_modules=("botocore", "requests"))
 metrics = Metrics()
 # A batch where every record must be retried is still a partial response, not a function error.
 processor = AsyncBatchProcessor(event_type=EventType.SQS, raise_on_entire_batch_failure=False)
-service = SubmitterService(Settings.from_env(), telemetry=PowertoolsTelemetry(metrics))
+telemetry = PowertoolsTelemetry(metrics, tracer)
+service = SubmitterService(Settings.from_env(), telemetry=telemetry)
 
 
 @tracer.capture_method
@@ -33,12 +36,21 @@ def process_record(record: SQSRecord) -> str:
     return service.handle(inbound_from_record(record.raw_event)).value
 
 
+def process_record_on_worker(record: SQSRecord, trace_parent: object | None) -> str:
+    telemetry.adopt_trace_parent(trace_parent)
+    return process_record(record)
+
+
 async def record_handler(record: SQSRecord) -> str:
     # Records of a batch run concurrently on the service's bounded thread pool; each gets
-    # its own copy of the context so its log keys stay its own.
+    # its own copy of the context so its log keys stay its own, and the handler's trace entity.
     loop = asyncio.get_running_loop()
     return await loop.run_in_executor(
-        service.executor, contextvars.copy_context().run, process_record, record
+        service.executor,
+        contextvars.copy_context().run,
+        process_record_on_worker,
+        record,
+        telemetry.trace_parent(),
     )
 
 

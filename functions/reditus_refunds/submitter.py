@@ -12,7 +12,7 @@ import threading
 import time
 import uuid
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager, nullcontext
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Protocol
@@ -64,9 +64,13 @@ class Telemetry(Protocol):
     def reditus_call(self, answer: ReditusAnswer) -> None: ...
     def auth_error(self) -> None: ...
     def unidentified_invalid(self) -> None: ...
+    def span(self, name: str) -> AbstractContextManager[object]: ...
 
 
 class NoTelemetry:
+    def span(self, name: str) -> AbstractContextManager[object]:
+        return nullcontext()
+
     def outcome(self, outcome: Outcome) -> None:
         return None
 
@@ -169,7 +173,8 @@ class RefundSubmitter:
         self, request: RefundRequest, message: InboundMessage, queued_at: str, deadline: float, ledger: Ledger
     ) -> Outcome:
         for _ in range(3):
-            view = self.store.read_for_claim(request.refund_id, request.payment_id)
+            with self.telemetry.span("history read"):
+                view = self.store.read_for_claim(request.refund_id, request.payment_id)
             decided = self._decide_without_reditus(request, message, view, queued_at, ledger)
             if decided is not None:
                 return decided
@@ -178,14 +183,15 @@ class RefundSubmitter:
                 seconds=max(0.0, deadline - time.monotonic()) + LEASE_MARGIN_SECONDS
             )
             try:
-                self.store.claim(
-                    request,
-                    view,
-                    message_id=message.message_id,
-                    queued_at=queued_at,
-                    token=token,
-                    lease_until=lease_until,
-                )
+                with self.telemetry.span("history claim"):
+                    self.store.claim(
+                        request,
+                        view,
+                        message_id=message.message_id,
+                        queued_at=queued_at,
+                        token=token,
+                        lease_until=lease_until,
+                    )
             except ConditionFailed:
                 continue  # someone changed it between our read and our claim: decide again
             return self._submit(request, message, view, token, deadline, ledger)
@@ -217,16 +223,17 @@ class RefundSubmitter:
             if refunded_by and refunded_by != request.refund_id and not request.force:
                 detail = f"payment already refunded by {refunded_by}; send with force to submit again"
                 try:
-                    self.store.record_without_claim(
-                        request.refund_id,
-                        Outcome.DUPLICATE,
-                        detail=detail,
-                        message_id=message.message_id,
-                        queued_at=queued_at,
-                        request=request,
-                        duplicate_of=str(refunded_by),
-                        seen_outcome=None if item is None else item.get("outcome"),
-                    )
+                    with self.telemetry.span("history record duplicate"):
+                        self.store.record_without_claim(
+                            request.refund_id,
+                            Outcome.DUPLICATE,
+                            detail=detail,
+                            message_id=message.message_id,
+                            queued_at=queued_at,
+                            request=request,
+                            duplicate_of=str(refunded_by),
+                            seen_outcome=None if item is None else item.get("outcome"),
+                        )
                 except ConditionFailed:
                     raise RetryLater("the refund changed meanwhile") from None
                 ledger.add(
@@ -257,7 +264,8 @@ class RefundSubmitter:
     ) -> Outcome:
         item_queued_at = str(view.item["queued_at"]) if view.item else (message.sent_at or iso(self.clock()))
         day = item_queued_at[:10]
-        answer = self.reditus.refund(request.payment_id, deadline - WRITE_MARGIN_SECONDS)
+        with self.telemetry.span("Reditus refund"):
+            answer = self.reditus.refund(request.payment_id, deadline - WRITE_MARGIN_SECONDS)
         self.telemetry.reditus_call(answer)
         attempt = Attempt(
             at=iso(self.clock()),
@@ -332,7 +340,8 @@ class RefundSubmitter:
         uncertain = False
         while True:
             try:
-                write()
+                with self.telemetry.span("history result"):
+                    write()
                 return
             except ConditionFailed:
                 if uncertain:
@@ -382,15 +391,16 @@ class RefundSubmitter:
             logger.warning("invalid refund request; not sent to Reditus", extra={"reason": err.reason})
             for key in dict.fromkeys([refund_id, message.message_id]):
                 try:
-                    self.store.record_without_claim(
-                        key,
-                        Outcome.INVALID,
-                        detail=err.reason,
-                        message_id=message.message_id,
-                        queued_at=queued_at,
-                        payment_id=err.payment_id,
-                        body_excerpt=excerpt(message.body),
-                    )
+                    with self.telemetry.span("history record invalid"):
+                        self.store.record_without_claim(
+                            key,
+                            Outcome.INVALID,
+                            detail=err.reason,
+                            message_id=message.message_id,
+                            queued_at=queued_at,
+                            payment_id=err.payment_id,
+                            body_excerpt=excerpt(message.body),
+                        )
                 except ConditionFailed:
                     existing = self.store.get_item(key)
                     if existing is not None and existing.get("message_id") == message.message_id:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import statistics
 from dataclasses import dataclass
 
 from . import pricing
@@ -191,6 +192,9 @@ class Figures:
             f"{c.log_bytes / n:.0f} bytes/refund); textbook: Lambda {seq.lambda_usd:.2f}",
             f"Import and init, median ms over {len(s.handler_ms)} fresh processes: handler "
             f"{s.handler_median:.0f}, bare {s.bare_median:.0f}; handler by package (one run): {packages}",
+            f"Import and init without bytecode (as SAM's default builder would ship it), median ms over "
+            f"{len(s.source_handler_ms)}: handler {statistics.median(s.source_handler_ms):.0f}, bare "
+            f"{statistics.median(s.source_bare_ms):.0f}",
             f"History: first page {self.history['10000']['page_calls']} Query call at 10k and "
             f"{self.history['100000']['page_calls']} at 100k; summary "
             f"{self.history['100000']['summary_calls']} BatchGetItem call",
@@ -266,7 +270,8 @@ The docstrings of `bench/*.py` say more.
   and delete, ten per call; {pricing.REGION} list prices as of {pricing.PRICES_DATE}. A 256 MB
   function has about a seventh of a vCPU, so its CPU-bound part runs slower than here.
 - **Cold start** (`bench/startup.py`): fresh interpreters, timed from inside, the handler module
-  against `boto3` + `requests` + the same clients.
+  against `boto3` + `requests` + the same clients, both as in Lambda (LAMBDA_TASK_ROOT set,
+  tracing on) and with bytecode, as the package `functions/Makefile` builds ships it.
 - **History** (`bench/history.py`): 10,000- and 100,000-refund tables in an in-process moto; items
   read counted from the responses.
 - **Bulk** (`bench/bulk.py`): `parse_csv` + `RefundProducer.send_many` against a raw

@@ -3,6 +3,14 @@
 Each measurement is a fresh interpreter; the time is taken inside it, from before the first
 import to after the last client exists (interpreter start-up is the same for both and left out).
 
+Both run as in Lambda: LAMBDA_TASK_ROOT set and tracing on (the template's `Tracing: Active`), so
+the X-Ray SDK behaves as it does there (its Lambda context and local sampler; outside Lambda it
+would build a botocore X-Ray client for sampling rules, which Lambda never does). Both run with
+bytecode: a first run compiles every module into a private cache (PYTHONPYCACHEPREFIX) that the
+timed runs read, as they read the compiled bytecode the Lambda package ships (functions/Makefile).
+Without it, a machine that sets PYTHONDONTWRITEBYTECODE would time the compiler on our modules
+only, because pip installed the libraries with bytecode.
+
 * handler: ``import reditus_refunds.handler``, which builds the service at import: the DynamoDB,
   SQS and (REDITUS_API_KEY_SECRET being set) Secrets Manager clients, the Reditus HTTP session and
   Powertools' logger, metrics and tracer. No client is created lazily later.
@@ -12,9 +20,12 @@ import to after the last client exists (interpreter start-up is the same for bot
 
 from __future__ import annotations
 
+import os
+import socket
 import statistics
 import subprocess
 import sys
+import tempfile
 from dataclasses import dataclass
 
 from .procs import ROOT
@@ -61,6 +72,10 @@ class StartupFigures:
     handler_ms: list[float]
     bare_ms: list[float]
     breakdown: list[tuple[str, float]]  # the handler's direct imports, cumulative ms, largest first
+    # The same two without any bytecode (every module compiled at import), as a package built by
+    # SAM's default Python builder runs on Lambda's read-only /var/task: what shipping .pyc saves.
+    source_handler_ms: list[float]
+    source_bare_ms: list[float]
 
     @property
     def handler_median(self) -> float:
@@ -106,13 +121,48 @@ def import_breakdown(env: dict[str, str], top: int = 8) -> list[tuple[str, float
     return sorted(totals.items(), key=lambda row: row[1], reverse=True)[:top]
 
 
-def measure(env: dict[str, str], rounds: int = 12) -> StartupFigures:
+def lambda_env(env: dict[str, str], workdir: str) -> dict[str, str]:
+    """The handler's environment as Lambda gives it: tracing on, a task root, bytecode cached."""
+    probe = {
+        k: v for k, v in env.items() if k not in ("POWERTOOLS_TRACE_DISABLED", "PYTHONDONTWRITEBYTECODE")
+    }
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as unused:
+        unused.bind(("127.0.0.1", 0))  # nothing is sent at import; any loopback port will do
+        daemon = f"127.0.0.1:{unused.getsockname()[1]}"
+    probe.update(
+        {
+            "LAMBDA_TASK_ROOT": os.path.join(workdir, "task"),
+            "AWS_XRAY_DAEMON_ADDRESS": daemon,
+            "PYTHONPYCACHEPREFIX": os.path.join(workdir, "bytecode"),
+        }
+    )
+    return probe
+
+
+def measure(env: dict[str, str], rounds: int = 12, source_rounds: int = 3) -> StartupFigures:
+    with tempfile.TemporaryDirectory(prefix="bench-startup-") as workdir:
+        probe = lambda_env(env, workdir)
+        figures = _measure(probe, rounds)
+        # An empty cache that is never written: nothing but source to import from.
+        no_bytecode = {
+            **probe,
+            "PYTHONPYCACHEPREFIX": os.path.join(workdir, "empty"),
+            "PYTHONDONTWRITEBYTECODE": "1",
+        }
+        for _ in range(source_rounds):
+            figures.source_handler_ms.append(_seconds(HANDLER_CODE, no_bytecode) * 1000)
+            figures.source_bare_ms.append(_seconds(BARE_CODE, no_bytecode) * 1000)
+        return figures
+
+
+def _measure(env: dict[str, str], rounds: int) -> StartupFigures:
     handler: list[float] = []
     bare: list[float] = []
-    _seconds(HANDLER_CODE, env)  # warm the file cache and the .pyc files once
-    _seconds(BARE_CODE, env)
+    for _ in range(2):  # compile into the cache, then warm the file cache
+        _seconds(HANDLER_CODE, env)
+        _seconds(BARE_CODE, env)
     for i in range(rounds):
         pair = [(HANDLER_CODE, handler), (BARE_CODE, bare)]
         for code, samples in pair if i % 2 == 0 else reversed(pair):
             samples.append(_seconds(code, env) * 1000)
-    return StartupFigures(handler, bare, import_breakdown(env))
+    return StartupFigures(handler, bare, import_breakdown(env), [], [])

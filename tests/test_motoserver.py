@@ -1,4 +1,5 @@
-"""The local stack's moto server: transactions roll back per item, DynamoDB requests are serialised."""
+"""The local stack's moto server: transactions roll back per item, DynamoDB requests are serialised,
+SQS answers as moto does without its O(queue size) costs."""
 
 from __future__ import annotations
 
@@ -8,7 +9,9 @@ from typing import Any
 import boto3
 import pytest
 from botocore.exceptions import ClientError
+from moto import mock_aws
 
+from reditus_refunds.local import motoserver
 from reditus_refunds.local.motoserver import MotoServer
 from reditus_refunds.store import HistoryStore
 
@@ -95,3 +98,38 @@ def test_sends_to_a_standard_queue_keep_every_attribute_right() -> None:
         assert attrs["ApproximateNumberOfMessages"] == "300"
         assert attrs["ApproximateNumberOfMessagesDelayed"] == "1"
         sqs.delete_queue(QueueUrl=url)
+
+
+def test_the_cheap_sqs_clock_counts_and_receives_as_moto_does() -> None:
+    def counts(sqs: Any, url: str) -> dict[str, str]:
+        names = ["ApproximateNumberOf" + n for n in ("Messages", "MessagesNotVisible", "MessagesDelayed")]
+        return dict(sqs.get_queue_attributes(QueueUrl=url, AttributeNames=names)["Attributes"])
+
+    seen = []
+    was_cheap = bool(motoserver._sqs_originals)  # an earlier server in this process installed it
+    for cheap in (False, True):
+        if cheap:
+            motoserver.use_cheap_sqs_clock()
+        else:
+            motoserver.use_moto_sqs_clock()
+        try:
+            with mock_aws():
+                sqs = boto3.client("sqs", region_name="us-east-1")
+                url = sqs.create_queue(QueueName="counted")["QueueUrl"]
+                sqs.send_message_batch(
+                    QueueUrl=url, Entries=[{"Id": str(n), "MessageBody": f"m{n}"} for n in range(5)]
+                )
+                sqs.send_message(QueueUrl=url, MessageBody="later", DelaySeconds=60)
+                got = sqs.receive_message(QueueUrl=url, MaxNumberOfMessages=2, VisibilityTimeout=60)
+                seen.append((counts(sqs, url), sorted(m["Body"] for m in got["Messages"])))
+        finally:
+            if was_cheap:
+                motoserver.use_cheap_sqs_clock()
+            else:
+                motoserver.use_moto_sqs_clock()
+    assert seen[0] == seen[1]
+    assert seen[1][0] == {
+        "ApproximateNumberOfMessages": "3",
+        "ApproximateNumberOfMessagesNotVisible": "2",
+        "ApproximateNumberOfMessagesDelayed": "1",
+    }

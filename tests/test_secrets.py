@@ -136,7 +136,7 @@ def console(system: System, seen: Seen, label: str, monkeypatch: pytest.MonkeyPa
 def seen(tmp_path_factory: pytest.TempPathFactory) -> Seen:
     log_dir = tmp_path_factory.mktemp("secrets")
     found = Seen()
-    servers: Servers = start_servers(log_dir, SIMULATOR_KEY, verbose=True, product_aws_server=True)
+    servers: Servers = start_servers(log_dir, SIMULATOR_KEY, verbose=True)
     system: System | None = None
     try:
         servers.configure(add_payments=list(PAYMENTS))

@@ -51,17 +51,14 @@ from pathlib import Path
 from typing import Any
 from unittest.mock import ANY
 
-import boto3
 import pytest
 from botocore.config import Config
 from botocore.exceptions import ClientError
-from moto import mock_aws
 
 from reditus_refunds.contract import RefundRequest
 from reditus_refunds.dlq import DeadLetter
 from reditus_refunds.local.resources import moto_session
 from tests.conftest import create_history_table
-from tests.soak.awsserver import install, uninstall
 from tests.soak.count import Planned, problems, tally
 from tests.soak.faulty_worker import WriteFaults
 from tests.soak.scenarios import Result, Scenario, StoreWindow, run
@@ -297,35 +294,6 @@ def test_injected_store_faults_fail_writes_as_dynamodb_does(servers: Servers, tm
         ["PutItem", kind, ANY, refund_id]
         for kind, refund_id in [("throttle", "r1")] * 2 + [("lost", "r2")] * 2
     ]
-
-
-def test_the_soak_aws_server_counts_messages_as_moto_does() -> None:
-    def counts(sqs: Any, url: str) -> dict[str, str]:
-        names = ["ApproximateNumberOf" + n for n in ("Messages", "MessagesNotVisible", "MessagesDelayed")]
-        return dict(sqs.get_queue_attributes(QueueUrl=url, AttributeNames=names)["Attributes"])
-
-    seen = []
-    for patched in (False, True):
-        if patched:
-            install()
-        try:
-            with mock_aws():
-                sqs = boto3.client("sqs", region_name="us-east-1")
-                url = sqs.create_queue(QueueName="counted")["QueueUrl"]
-                sqs.send_message_batch(
-                    QueueUrl=url, Entries=[{"Id": str(n), "MessageBody": f"m{n}"} for n in range(5)]
-                )
-                sqs.send_message(QueueUrl=url, MessageBody="later", DelaySeconds=60)
-                got = sqs.receive_message(QueueUrl=url, MaxNumberOfMessages=2, VisibilityTimeout=60)
-                seen.append((counts(sqs, url), sorted(m["Body"] for m in got["Messages"])))
-        finally:
-            uninstall()
-    assert seen[0] == seen[1]
-    assert seen[1][0] == {
-        "ApproximateNumberOfMessages": "3",
-        "ApproximateNumberOfMessagesNotVisible": "2",
-        "ApproximateNumberOfMessagesDelayed": "1",
-    }
 
 
 def test_the_count_finds_what_it_must() -> None:

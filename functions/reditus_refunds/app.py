@@ -40,9 +40,13 @@ class SecretKeyProvider:
         self._provider = SecretsProvider(boto3_client=client)
         self._secret_id = secret_id
         self._max_age = max_age
+        # The records of a batch start together: without it, each would fetch the key at a cold
+        # start (or when the cache expires), one Secrets Manager call per record instead of one.
+        self._lock = threading.Lock()
 
     def __call__(self, force_refresh: bool = False) -> str:
-        value = self._provider.get(self._secret_id, max_age=self._max_age, force_fetch=force_refresh)
+        with self._lock:
+            value = self._provider.get(self._secret_id, max_age=self._max_age, force_fetch=force_refresh)
         text = value.decode() if isinstance(value, bytes) else str(value)
         return text.strip()
 

@@ -29,7 +29,15 @@ from botocore.exceptions import (
     PartialCredentialsError,
 )
 
-from .config import ConfigError, SystemConfig, data_dir, read_local_state, resolve
+from .config import (
+    ConfigError,
+    SystemConfig,
+    data_dir,
+    from_local_state,
+    pid_alive,
+    read_local_state,
+    resolve,
+)
 from .contract import ContractError
 from .csv_import import CsvError, parse_csv
 from .dlq import DeadLetterQueue
@@ -82,22 +90,12 @@ def _local_state(args: argparse.Namespace) -> dict[str, Any]:
             f"no local stack is running from {directory}: start it with `make run` (or pass --data-dir)"
         )
     pid = state.get("pid")
-    if isinstance(pid, int) and not _alive(pid):
+    if isinstance(pid, int) and not pid_alive(pid):
         raise ConfigError(
             f"the local stack of {directory} is not running (it stopped without cleaning up): "
             "start it again with `make run`"
         )
     return state
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
 
 
 def system(args: argparse.Namespace) -> SystemConfig:
@@ -424,16 +422,7 @@ def cmd_local_up(args: argparse.Namespace) -> int:
 
 def cmd_local_env(args: argparse.Namespace) -> int:
     state = _local_state(args)
-    config = SystemConfig(
-        table_name=state["table_name"],
-        queue_url=state["queue_url"],
-        dlq_url=state["dlq_url"],
-        region=state.get("region", "us-east-1"),
-        endpoint_url=state.get("endpoint_url"),
-        origin="local stack",
-        local=True,
-    )
-    lines = config.export_lines()
+    lines = from_local_state(state).export_lines()
     lines.append(f"export REDITUS_LOCAL_DATA_DIR={state.get('data_dir') or _data_dir(args).resolve()}")
     print("\n".join(lines), flush=True)
     return 0

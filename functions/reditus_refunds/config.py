@@ -90,6 +90,30 @@ def read_local_state(directory: Path) -> dict[str, Any] | None:
     return data
 
 
+def from_local_state(state: Mapping[str, Any]) -> SystemConfig:
+    """The system a running local stack recorded in its state file."""
+    return SystemConfig(
+        table_name=state["table_name"],
+        queue_url=state["queue_url"],
+        dlq_url=state["dlq_url"],
+        region=state.get("region", "us-east-1"),
+        endpoint_url=state.get("endpoint_url"),
+        origin="local stack",
+        local=True,
+    )
+
+
+def pid_alive(pid: int) -> bool:
+    """Whether a process runs (one of another user's counts: signalling it is what is refused)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
 def from_stack(stack_name: str, region: str | None = None, endpoint_url: str | None = None) -> SystemConfig:
     region = region or os.environ.get("AWS_REGION") or os.environ.get("AWS_DEFAULT_REGION") or "us-east-1"
     session = boto3.session.Session(region_name=region)
@@ -136,15 +160,7 @@ def resolve(stack_name: str | None = None, env: Mapping[str, str] | None = None)
         )
     state = read_local_state(data_dir(env))
     if state:
-        return SystemConfig(
-            table_name=state["table_name"],
-            queue_url=state["queue_url"],
-            dlq_url=state["dlq_url"],
-            region=state.get("region", "us-east-1"),
-            endpoint_url=state.get("endpoint_url"),
-            origin="local stack",
-            local=True,
-        )
+        return from_local_state(state)
     raise ConfigError(
         "no system to talk to: start the local stack with `make run`, pass --stack-name NAME for a deployed "
         "stack, or set HISTORY_TABLE_NAME and REFUND_QUEUE_URL"

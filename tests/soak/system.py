@@ -31,6 +31,7 @@ import requests
 
 from reditus_refunds.dlq import DeadLetter, DeadLetterQueue
 from reditus_refunds.local.resources import LocalSystem, TemplateModel, create_resources, moto_session
+from reditus_refunds.local.stack import AWS_IDENTITY_ENV
 from reditus_refunds.store import HistoryStore, from_item
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
@@ -38,18 +39,8 @@ START_TIMEOUT = 60.0
 AWS_READY = "moto server ready:"
 SIMULATOR_READY = "Reditus simulator ready:"
 WORKER_READY = "worker ready:"
-# Never handed to the processes: they talk to moto with fake credentials.
-AWS_IDENTITY_ENV = (
-    "AWS_PROFILE",
-    "AWS_DEFAULT_PROFILE",
-    "AWS_SESSION_TOKEN",
-    "AWS_SECURITY_TOKEN",
-    "AWS_ROLE_ARN",
-    "AWS_WEB_IDENTITY_TOKEN_FILE",
-    "AWS_CONTAINER_CREDENTIALS_RELATIVE_URI",
-    "AWS_CONTAINER_CREDENTIALS_FULL_URI",
-    "AWS_ENDPOINT_URL",
-)
+# Never handed to the processes: they talk to moto with fake credentials, at its own endpoint.
+NOT_PASSED_ON = (*AWS_IDENTITY_ENV, "AWS_ENDPOINT_URL")
 PRODUCT_ENV = (
     "HISTORY_TABLE_NAME",
     "REFUND_QUEUE_URL",
@@ -87,7 +78,7 @@ def wait_until(
 
 
 def base_env(endpoint_url: str | None = None) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if k not in AWS_IDENTITY_ENV and k not in PRODUCT_ENV}
+    env = {k: v for k, v in os.environ.items() if k not in NOT_PASSED_ON and k not in PRODUCT_ENV}
     env.update(
         {
             "AWS_ACCESS_KEY_ID": "testing",
@@ -237,17 +228,12 @@ class Servers:
         return [self.aws, self.simulator]
 
 
-def start_servers(
-    log_dir: Path, api_key: str, *, verbose: bool = False, seed: int = 1, product_aws_server: bool = False
-) -> Servers:
-    """The AWS server and the simulator on free ports (the simulator knows no demo payments).
-
-    The AWS server is tests/soak/awsserver.py (the product's, with moto's transactions made cheap),
-    or with `product_aws_server` reditus_refunds.local.awsserver itself.
-    """
+def start_servers(log_dir: Path, api_key: str, *, verbose: bool = False, seed: int = 1) -> Servers:
+    """The AWS server (the product's, reditus_refunds.local.awsserver) and the simulator on free
+    ports (the simulator knows no demo payments)."""
     log_dir.mkdir(parents=True, exist_ok=True)
     parent = str(os.getpid())
-    server = "reditus_refunds.local.awsserver" if product_aws_server else "tests.soak.awsserver"
+    server = "reditus_refunds.local.awsserver"
     aws = Process(
         "aws",
         _python(server, "--port", "0", "--parent-pid", parent, *(["--verbose"] if verbose else [])),

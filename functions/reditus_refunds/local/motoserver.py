@@ -1,4 +1,4 @@
-"""A moto server for the local stack: DynamoDB requests serialised, two O(n) costs of moto removed.
+"""A moto server for the local stack: DynamoDB requests serialised, three O(n) costs of moto removed.
 
 moto's DynamoDB backend is not thread-safe (TransactWriteItems deep-copies tables while
 other requests mutate them), and its threaded server runs requests concurrently. Real
@@ -13,6 +13,7 @@ import copy
 import signal
 import sys
 import threading
+import time
 from collections.abc import Callable, Iterable
 from types import FrameType
 from typing import Any
@@ -141,9 +142,77 @@ def use_linear_standard_queue_sends() -> None:
     SQSBackend._reditus_linear_send = True  # type: ignore[attr-defined]
 
 
+_SQS_COUNTS = (
+    "approximate_number_of_messages",
+    "approximate_number_of_messages_not_visible",
+    "approximate_number_of_messages_delayed",
+)
+_sqs_originals: dict[str, Any] = {}
+
+
+def use_cheap_sqs_clock() -> None:
+    """Stop moto's ReceiveMessage from costing O(queue size) per message it hands out.
+
+    moto decides whether each message is visible or delayed with a datetime round trip
+    (``unix_time()``: utcnow minus the epoch) per message, and builds the queue's attributes,
+    counting every message that way, once per message received (the retention check reads
+    MessageRetentionPeriod through them). With 2,000 messages waiting that is about 0.2 s per
+    message received: a 10,000-row CSV drained for hours. Here the clock is ``time.time()`` (what
+    the round trip computes) and each count is one pass with one reading of it; the answers are the
+    same (tests/test_motoserver.py compares them).
+    """
+    import moto.sqs.models as sqs_models
+
+    if _sqs_originals:
+        return
+    _sqs_originals.update(
+        unix_time=sqs_models.unix_time,
+        unix_time_millis=sqs_models.unix_time_millis,
+        **{name: getattr(sqs_models.Queue, name) for name in _SQS_COUNTS},
+    )
+    moto_unix_time = _sqs_originals["unix_time"]
+
+    def unix_time(dt: Any = None) -> float:
+        return time.time() if dt is None else float(moto_unix_time(dt))
+
+    def unix_time_millis(dt: Any = None) -> float:
+        return unix_time(dt) * 1000.0
+
+    def visible(queue: Any) -> int:
+        now = time.time() * 1000.0
+        return sum(1 for m in queue._messages if now > m.visible_at and not now < m.delayed_until)
+
+    def not_visible(queue: Any) -> int:
+        now = time.time() * 1000.0
+        return sum(1 for m in queue._messages if not now > m.visible_at)
+
+    def delayed(queue: Any) -> int:
+        now = time.time() * 1000.0
+        return sum(1 for m in queue._messages if now < m.delayed_until)
+
+    sqs_models.unix_time = unix_time
+    sqs_models.unix_time_millis = unix_time_millis
+    for name, count in zip(_SQS_COUNTS, (visible, not_visible, delayed), strict=True):
+        setattr(sqs_models.Queue, name, property(count))
+
+
+def use_moto_sqs_clock() -> None:
+    """Undo use_cheap_sqs_clock (tests compare the two)."""
+    import moto.sqs.models as sqs_models
+
+    if not _sqs_originals:
+        return
+    sqs_models.unix_time = _sqs_originals["unix_time"]
+    sqs_models.unix_time_millis = _sqs_originals["unix_time_millis"]
+    for name in _SQS_COUNTS:
+        setattr(sqs_models.Queue, name, _sqs_originals[name])
+    _sqs_originals.clear()
+
+
 def build_server(host: str = "127.0.0.1", port: int = 0) -> BaseWSGIServer:
     use_item_level_transaction_rollback()
     use_linear_standard_queue_sends()
+    use_cheap_sqs_clock()
     app = SerialisedDynamoDB(DomainDispatcherApplication(create_backend_app))
     return make_server(host, port, app, threaded=True, request_handler=MotoRequestHandler)
 

@@ -35,7 +35,7 @@ from typing import IO, Any
 
 from botocore.exceptions import BotoCoreError, ClientError
 
-from ..config import STATE_FILE_NAME, SystemConfig, data_dir, read_local_state, write_local_state
+from ..config import STATE_FILE_NAME, SystemConfig, data_dir, pid_alive, read_local_state, write_local_state
 from ..records import iso, utc_now
 from ..settings import LAMBDA_ENV_VARS
 from . import snapshot
@@ -117,16 +117,6 @@ def port_is_free(port: int, host: str = HOST) -> bool:
             probe.bind((host, port))
         except OSError:
             return False
-    return True
-
-
-def pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
     return True
 
 

@@ -3,8 +3,9 @@
 The parent queues ten refunds and writes their event to a file; a fresh interpreter (AWS in the
 moto server's process, Reditus in the simulator's) imports the handler, handles the event and
 reports its peak RSS: VmHWM of /proc/self/status (getrusage's ru_maxrss would not do: Linux
-carries it across fork and exec, so a child reports its parent's peak). A bare process (boto3,
-requests, the same clients) is measured beside it for scale.
+carries it across fork and exec, so a child reports its parent's peak). The handler runs as in
+Lambda, traced (a sampled trace header: the X-Ray SDK records every subsegment and sends them to a
+loopback port). A bare process (boto3, requests, the same clients) is measured beside it for scale.
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ from pathlib import Path
 from . import aws
 from .events import MEMORY_MB, TIMEOUT_MS, Feeder
 from .procs import ROOT
-from .startup import BARE_CODE
+from .startup import BARE_CODE, lambda_env
 
 MARK = "BENCH_RSS_KB"
 
@@ -84,7 +85,16 @@ class MemoryFigures:
         return statistics.median(self.handler_mb)
 
 
+TRACE_HEADER = "Root=1-67891233-abcdef012345678912345678;Parent=53995c3f42cd8ad8;Sampled=1"
+
+
 def measure(stack: aws.Stack, feeder: Feeder, env: dict[str, str], rounds: int = 3) -> MemoryFigures:
+    with tempfile.TemporaryDirectory(prefix="bench-memory-") as workdir:
+        traced = {**lambda_env(env, workdir), "_X_AMZN_TRACE_ID": TRACE_HEADER}
+        return _measure(stack, feeder, traced, rounds)
+
+
+def _measure(stack: aws.Stack, feeder: Feeder, env: dict[str, str], rounds: int) -> MemoryFigures:
     dynamodb = aws.client("dynamodb", stack.endpoint)
     figures: list[float] = []
     for _ in range(rounds):

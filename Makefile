@@ -1,6 +1,8 @@
 # reditus-refunds: the two commands are `make run` and `make test`.
 SHELL := /bin/bash
-PYTHON ?= python3.11
+# The first Python 3.11+ on the PATH (the README promises 3.11, 3.12 or 3.13); PYTHON=... overrides.
+PYTHON ?= $(shell for p in python3.11 python3.12 python3.13 python3; do \
+	$$p -c 'import sys; sys.exit(sys.version_info < (3, 11))' 2>/dev/null && { echo $$p; break; }; done)
 VENV := .venv
 BIN := $(VENV)/bin
 CHECKOV_VENV := .tools/checkov
@@ -15,13 +17,15 @@ help:
 	@echo "make bench  - speed and cost figures into bench/results.json"
 	@echo "make soak   - long fault-injection runs into soak-report.json"
 
-$(STAMP): pyproject.toml
+$(STAMP): pyproject.toml infra/pyproject.toml
+	@test -n "$(PYTHON)" || { echo "make: no Python 3.11 or newer on the PATH (python3.11, python3.12, python3.13 or python3); install one or pass PYTHON=/path/to/python3.x" >&2; exit 1; }
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet -e '.[console,dev]'
+	$(BIN)/python -m pip install --quiet -e '.[console,dev]' -e ./infra
 	@touch $(STAMP)
 
 $(CHECKOV_VENV)/.installed: infra/checkov-requirements.txt
+	@test -n "$(PYTHON)" || { echo "make: no Python 3.11 or newer on the PATH" >&2; exit 1; }
 	@test -x $(CHECKOV_VENV)/bin/python || $(PYTHON) -m venv $(CHECKOV_VENV)
 	$(CHECKOV_VENV)/bin/python -m pip install --quiet --upgrade pip
 	$(CHECKOV_VENV)/bin/python -m pip install --quiet -r infra/checkov-requirements.txt
@@ -38,7 +42,7 @@ browser: $(BROWSER_STAMP)
 lint: $(STAMP)
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
-	$(BIN)/bandit -q -r functions ui -ll  # medium and high findings fail the build
+	$(BIN)/bandit -q -r functions ui infra -ll  # medium and high findings fail the build
 
 typecheck: $(STAMP)
 	$(BIN)/mypy

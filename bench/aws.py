@@ -12,8 +12,7 @@ from typing import Any
 
 import boto3
 import requests
-
-from reditus_refunds.local.resources import create_table_as_declared
+from reditus_local.resources import create_table_as_declared
 
 REGION = "us-east-1"
 API_KEY = "sk_bench_3b9e0c41d7a24f6e8c15"  # the simulator's key; also stored as the secret

@@ -23,9 +23,10 @@ import uuid
 from dataclasses import dataclass
 from typing import Any
 
-from reditus_refunds.csv_import import parse_csv
+from reditus_operators.csv_import import parse_csv
+
+from reditus_refunds.history_writer import HistoryWriter
 from reditus_refunds.producer import RefundProducer
-from reditus_refunds.store import HistoryStore
 
 from . import aws
 from .counting import CallCounter
@@ -88,7 +89,7 @@ def measure(endpoint: str) -> BulkFigures:
     table = _name("bulk-history")
     aws.create_table(dynamodb, table)
     raw_queue = aws.create_queue(sqs, _name("bulk-raw"))
-    product = RefundProducer(sqs, aws.create_queue(sqs, _name("bulk")), HistoryStore(table, dynamodb))
+    product = RefundProducer(sqs, aws.create_queue(sqs, _name("bulk")), HistoryWriter(table, dynamodb))
     sqs_only = RefundProducer(sqs, aws.create_queue(sqs, _name("bulk-nostore")))
     _raw(sqs, aws.create_queue(sqs, _name("bulk-warm")), csv_text(200, ROWS))  # connections, moto's first use
 

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from reditus_refunds.store import HistoryStore
+from reditus_operators.history import HistoryReader
 
 from . import aws
 from .batches import BatchRunner, Handler
@@ -93,7 +93,7 @@ def measure(
     log_bytes = logs.bytes - logged
 
     today = datetime.now(UTC).date()
-    counts = HistoryStore(stack.table, images).daily_counts(today - timedelta(days=1), today)
+    counts = HistoryReader(stack.table, images).daily_counts(today - timedelta(days=1), today)
     refunded = sum(day.get("refunded", 0) for day in counts.values())
     pending = sum(day.get("pending", 0) for day in counts.values())
     if refunded != refunds or pending != 0:

@@ -29,12 +29,13 @@ from pathlib import Path
 from typing import IO, Any
 
 import requests
+from reditus_operators.config import read_local_state
+from reditus_operators.csv_import import parse_csv
+from reditus_operators.history import HistoryReader
 
-from reditus_refunds.config import read_local_state
-from reditus_refunds.csv_import import parse_csv
+from reditus_refunds.history_writer import HistoryWriter
 from reditus_refunds.producer import RefundProducer
 from reditus_refunds.records import Outcome
-from reditus_refunds.store import HistoryStore
 
 from . import aws
 from .procs import ROOT
@@ -63,7 +64,7 @@ def free_port() -> int:
         return int(probe.getsockname()[1])
 
 
-def _settled(store: HistoryStore) -> tuple[int, int]:
+def _settled(store: HistoryReader) -> tuple[int, int]:
     today = datetime.now(UTC).date()
     counts = store.daily_counts(today - timedelta(days=1), today)
     done = sum(n for day in counts.values() for o, n in day.items() if o not in UNSETTLED)
@@ -144,8 +145,12 @@ def measure(refunds: int = REFUNDS, timeout: float = 300.0) -> E2EFigures:
         for name, value in aws.FAKE_CREDENTIALS.items():  # never a real account
             os.environ[name] = value
         endpoint = state["endpoint_url"]
-        store = HistoryStore(state["table_name"], aws.client("dynamodb", endpoint))
-        producer = RefundProducer(aws.client("sqs", endpoint), state["queue_url"], store)
+        store = HistoryReader(state["table_name"], aws.client("dynamodb", endpoint))
+        producer = RefundProducer(
+            aws.client("sqs", endpoint),
+            state["queue_url"],
+            HistoryWriter(state["table_name"], aws.client("dynamodb", endpoint)),
+        )
         baseline, _ = _settled(store)
         data = ("payment_id\n" + "\n".join(payments) + "\n").encode()
 

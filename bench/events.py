@@ -6,8 +6,8 @@ import itertools
 from typing import Any
 
 from reditus_refunds.contract import RefundRequest, new_refund_id
+from reditus_refunds.history_writer import HistoryWriter
 from reditus_refunds.producer import RefundProducer
-from reditus_refunds.store import HistoryStore
 
 MEMORY_MB = 256  # template.yaml: FunctionMemorySize default
 TIMEOUT_MS = 60_000  # template.yaml: Timeout 60
@@ -61,7 +61,7 @@ class Feeder:
     def __init__(self, sqs: Any, dynamodb: Any, table: str, queue_url: str, payments: list[str]):
         self.sqs = sqs
         self.queue_url = queue_url
-        self.producer = RefundProducer(sqs, queue_url, HistoryStore(table, dynamodb))
+        self.producer = RefundProducer(sqs, queue_url, HistoryWriter(table, dynamodb))
         self._payments = iter(payments)
 
     def event(self, size: int = 10) -> dict[str, Any]:

@@ -21,8 +21,10 @@ import uuid
 from datetime import UTC, date, datetime, time, timedelta
 from typing import Any
 
-from reditus_refunds.records import COUNTER_PREFIX, HASH_KEY, iso
-from reditus_refunds.store import HistoryStore
+from reditus_operators.history import HistoryReader
+
+from reditus_refunds.layout import COUNTER_PREFIX, HASH_KEY
+from reditus_refunds.records import iso
 
 from . import aws
 from .counting import CallCounter
@@ -99,7 +101,7 @@ def fill(dynamodb: Any, table: str, size: int, now: datetime, seed: int = 7) -> 
 
 
 def read_figures(dynamodb: Any, table: str, today: date) -> dict[str, int]:
-    store = HistoryStore(table, dynamodb)
+    store = HistoryReader(table, dynamodb)
     counter = CallCounter("dynamodb").attach(dynamodb)
     since = today - timedelta(days=DEFAULT_PERIOD_DAYS - 1)
     page = store.query(

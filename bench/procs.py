@@ -83,16 +83,12 @@ def python(*args: str) -> list[str]:
 
 
 def start_moto() -> Child:
-    """The project's moto server (reditus_refunds.local.motoserver) in its own process."""
-    return Child(
-        "moto server", python("-m", "reditus_refunds.local.motoserver", "--port", "0"), "moto server ready:"
-    )
+    """The project's moto server (reditus_local.motoserver) in its own process."""
+    return Child("moto server", python("-m", "reditus_local.motoserver", "--port", "0"), "moto server ready:")
 
 
 def start_simulator(api_key: str, latency: float = 0.0) -> Child:
     """The Reditus simulator in its own process, without the demo payments."""
     env = {**os.environ, "REDITUS_API_KEY": api_key}
-    argv = python(
-        "-m", "reditus_refunds.local.simulator", "--port", "0", "--no-demo", "--latency", str(latency)
-    )
+    argv = python("-m", "reditus_local.simulator", "--port", "0", "--no-demo", "--latency", str(latency))
     return Child("Reditus simulator", argv, "Reditus simulator ready:", env=env)

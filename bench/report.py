@@ -280,7 +280,7 @@ The docstrings of `bench/*.py` say more.
   refunds queued, clock stopped when the day counters show all settled.{self._e2e_note()}
 
 The moto server of the batch, cost, bulk and memory figures is the project's
-(`reditus_refunds.local.motoserver`, the one `make run` uses), which removes three of moto's O(n)
+(`reditus_local.motoserver`, the one `make run` uses), which removes three of moto's O(n)
 costs: a `TransactWriteItems` deep-copied the whole table once per action, a `SendMessage`
 counted every message in the queue, and a `ReceiveMessage` counted them again (with a datetime
 round trip each) for every message it handed out; with them these figures would measure moto. The

@@ -37,8 +37,7 @@ for name in (
     os.environ.pop(name, None)
 
 from moto import mock_aws  # noqa: E402
-
-from reditus_refunds.local.resources import create_table_as_declared  # noqa: E402
+from reditus_local.resources import create_table_as_declared  # noqa: E402
 
 # The Lambda rig's fixtures (lam, simulator) for every test module.
 pytest_plugins = ("tests.lambda_rig",)
@@ -56,7 +55,7 @@ class SerialisedClient:
     """moto's in-process DynamoDB is not thread-safe; the Lambda calls it from several threads.
 
     Real DynamoDB needs no such thing; the local stack's moto server does the same with a lock
-    (reditus_refunds.local.motoserver).
+    (reditus_local.motoserver).
     """
 
     def __init__(self, client: Any):

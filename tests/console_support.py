@@ -13,8 +13,8 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
 
-from reditus_refunds.records import COUNTER_PREFIX, HASH_KEY, PAYMENT_MARKER_PREFIX, Outcome, iso
-from reditus_refunds.store import to_item
+from reditus_refunds.layout import COUNTER_PREFIX, HASH_KEY, PAYMENT_MARKER_PREFIX, to_item
+from reditus_refunds.records import Outcome, iso
 
 # Roughly what a month of refunds looks like.
 OUTCOME_WEIGHTS = {

@@ -10,9 +10,10 @@ from dataclasses import dataclass
 from typing import Any
 
 import pytest
+from reditus_local.simulator import ReditusSimulator
+from reditus_operators.history import HistoryReader
 
 from reditus_refunds.app import PowertoolsTelemetry, SubmitterService
-from reditus_refunds.local.simulator import ReditusSimulator
 from reditus_refunds.settings import Settings
 
 from .conftest import API_KEY, AwsFixture
@@ -77,7 +78,7 @@ class Lambda:
         return event, {f["itemIdentifier"] for f in response["batchItemFailures"]}
 
     def record(self, refund_id: str) -> Any:
-        return self.service.store.get(refund_id)
+        return HistoryReader(self.aws.table, self.aws.dynamodb).get(refund_id)
 
     def items(self) -> list[dict[str, Any]]:
         return self.aws.dynamodb.scan(TableName=self.aws.table)["Items"]

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from reditus_local.template import load_template
+
 from reditus_refunds.app import AUTH_ERROR_METRIC
-from reditus_refunds.local.template import load_template
 
 ROOT = Path(__file__).resolve().parents[1]
 

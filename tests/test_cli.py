@@ -15,12 +15,12 @@ from typing import Any
 import boto3
 import pytest
 from moto import mock_aws
+from reditus_local.resources import TemplateModel, create_resources
+from reditus_operators.cli import main, parse_time
+from reditus_operators.config import SystemConfig, write_local_state
 
-from reditus_refunds.cli import main, parse_time
-from reditus_refunds.config import SystemConfig, write_local_state
-from reditus_refunds.local.resources import TemplateModel, create_resources
-from reditus_refunds.records import HASH_KEY, Outcome, day_of, iso, utc_now
-from reditus_refunds.store import to_item
+from reditus_refunds.layout import HASH_KEY, to_item
+from reditus_refunds.records import Outcome, day_of, iso, utc_now
 
 from .conftest import API_KEY
 from .lambda_rig import free_port

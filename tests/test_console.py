@@ -14,10 +14,10 @@ from typing import Any
 
 import pytest
 import streamlit as st
+from reditus_operators.history import HistoryReader
 from streamlit.testing.v1 import AppTest
 
 from reditus_refunds.records import Outcome
-from reditus_refunds.store import HistoryStore
 from tests.conftest import AwsFixture
 from tests.console_support import counter_item, history_item, marker_item
 from ui import data
@@ -144,8 +144,8 @@ def put_records(
     return ids
 
 
-def store(aws: AwsFixture) -> HistoryStore:
-    return HistoryStore(aws.table, aws.dynamodb)
+def store(aws: AwsFixture) -> HistoryReader:
+    return HistoryReader(aws.table, aws.dynamodb)
 
 
 # ---- queue one --------------------------------------------------------------------------------------
@@ -663,8 +663,7 @@ def moto_item_level_rollback(monkeypatch: pytest.MonkeyPatch) -> None:
     recording 10,000 pending refunds is quadratic (minutes), which DynamoDB is not. The local stack's
     moto server saves only the touched items instead; this test does the same, and undoes it after."""
     import moto.dynamodb.models as moto_dynamodb
-
-    from reditus_refunds.local import motoserver
+    from reditus_local import motoserver
 
     # Setting each to its own value records it, so that monkeypatch puts it back afterwards.
     monkeypatch.setattr(moto_dynamodb, "copy", moto_dynamodb.copy)
@@ -700,7 +699,7 @@ class RecordingSqs:
 
 @pytest.fixture
 def recording_sqs(monkeypatch: pytest.MonkeyPatch) -> list[RecordingSqs]:
-    from reditus_refunds.config import SystemConfig
+    from reditus_operators.config import SystemConfig
 
     made: list[RecordingSqs] = []
     original = SystemConfig.client

@@ -2,7 +2,7 @@
 
 The table is filled once for the module (batch writes through the DynamoDB API of an in-process
 moto: about a minute), then the History page's own data functions, and the page itself through
-AppTest, are measured by counting what the store reads (`HistoryStore.reads`).
+AppTest, are measured by counting what the store reads (`HistoryReader.reads`).
 """
 
 from __future__ import annotations
@@ -16,10 +16,10 @@ import boto3
 import pytest
 import streamlit as st
 from moto import mock_aws
+from reditus_operators.history import HistoryReader
 from streamlit.testing.v1 import AppTest
 
 from reditus_refunds.records import Outcome
-from reditus_refunds.store import HistoryStore
 from tests.conftest import TABLE, create_history_table
 from tests.console_support import Seeded, seed_history
 from ui import data
@@ -38,8 +38,8 @@ class BigHistory:
     seeded: Seeded
     now: datetime
 
-    def store(self) -> HistoryStore:
-        return HistoryStore(TABLE, self.dynamodb)  # type: ignore[arg-type]
+    def store(self) -> HistoryReader:
+        return HistoryReader(TABLE, self.dynamodb)  # type: ignore[arg-type]
 
 
 @pytest.fixture(scope="module")

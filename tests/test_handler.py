@@ -5,8 +5,8 @@ from __future__ import annotations
 import json
 
 import pytest
+from reditus_local.simulator import DEMO_INVALID, DEMO_REFUNDABLE
 
-from reditus_refunds.local.simulator import DEMO_INVALID, DEMO_REFUNDABLE
 from reditus_refunds.records import Outcome
 
 from .conftest import API_KEY

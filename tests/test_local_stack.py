@@ -24,9 +24,8 @@ from typing import Any
 
 import pytest
 import requests
-
-from reditus_refunds.cli import main as cli_main
-from reditus_refunds.local.simulator import DEMO_INVALID, DEMO_REFUNDABLE, DEMO_UNKNOWN
+from reditus_local.simulator import DEMO_INVALID, DEMO_REFUNDABLE, DEMO_UNKNOWN
+from reditus_operators.cli import main as cli_main
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(180)]
 

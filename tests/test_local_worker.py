@@ -11,25 +11,26 @@ from typing import Any
 import boto3
 import pytest
 from moto import mock_aws
-
-from reditus_refunds.dlq import DeadLetterQueue
-from reditus_refunds.local import snapshot
-from reditus_refunds.local.motoserver import MotoServer
-from reditus_refunds.local.resources import (
+from reditus_local import snapshot
+from reditus_local.motoserver import MotoServer
+from reditus_local.resources import (
     ResourceError,
     TemplateModel,
     create_resources,
     function_settings,
     moto_session,
 )
-from reditus_refunds.local.simulator import DEMO_INVALID, DEMO_REFUNDABLE, ReditusSimulator
-from reditus_refunds.local.worker import (
+from reditus_local.simulator import DEMO_INVALID, DEMO_REFUNDABLE, ReditusSimulator
+from reditus_local.worker import (
     EventSourceMapping,
     FakeLambdaContext,
     MappingSettings,
     failed_ids,
 )
-from reditus_refunds.records import HASH_KEY, INDEXES, Outcome
+from reditus_operators.dlq import DeadLetterQueue
+
+from reditus_refunds.layout import HASH_KEY, INDEXES
+from reditus_refunds.records import Outcome
 
 from .conftest import API_KEY, AwsFixture
 from .lambda_rig import make_lambda, simulator  # noqa: F401 - the fixture

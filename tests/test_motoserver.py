@@ -10,10 +10,9 @@ import boto3
 import pytest
 from botocore.exceptions import ClientError
 from moto import mock_aws
-
-from reditus_refunds.local import motoserver
-from reditus_refunds.local.motoserver import MotoServer
-from reditus_refunds.store import HistoryStore
+from reditus_local import motoserver
+from reditus_local.motoserver import MotoServer
+from reditus_operators.history import HistoryReader
 
 from .conftest import create_history_table
 
@@ -66,9 +65,9 @@ def test_a_cancelled_transaction_leaves_every_item_as_it_was(dynamodb: Any) -> N
     with pytest.raises(ClientError) as err:
         dynamodb.transact_write_items(TransactItems=[update_a, new_c, failing_b])
     assert err.value.response["Error"]["Code"] == "TransactionCanceledException"
-    store = HistoryStore("t", dynamodb)
-    assert store.get_item("a")["outcome"] == "pending"
-    assert store.get_item("c") is None
+    store = HistoryReader("t", dynamodb)
+    assert store.table.get_item("a")["outcome"] == "pending"
+    assert store.table.get_item("c") is None
     # The indexes were put back too.
     by_outcome = dynamodb.query(
         TableName="t",
@@ -81,8 +80,11 @@ def test_a_cancelled_transaction_leaves_every_item_as_it_was(dynamodb: Any) -> N
 
 def test_a_committed_transaction_applies_every_item(dynamodb: Any) -> None:
     dynamodb.transact_write_items(TransactItems=[put("x", "pending"), put("y", "refunded")])
-    store = HistoryStore("t", dynamodb)
-    assert store.get_item("x")["outcome"] == "pending" and store.get_item("y")["outcome"] == "refunded"
+    store = HistoryReader("t", dynamodb)
+    assert (
+        store.table.get_item("x")["outcome"] == "pending"
+        and store.table.get_item("y")["outcome"] == "refunded"
+    )
 
 
 def test_sends_to_a_standard_queue_keep_every_attribute_right() -> None:

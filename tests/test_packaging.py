@@ -16,8 +16,7 @@ import sys
 from pathlib import Path
 
 import pytest
-
-from reditus_refunds.local.template import load_template
+from reditus_local.template import load_template
 
 ROOT = Path(__file__).resolve().parents[1]
 FUNCTIONS = ROOT / "functions"

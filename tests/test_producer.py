@@ -6,17 +6,18 @@ import json
 from datetime import timedelta
 
 import pytest
+from reditus_operators.dlq import DeadLetterQueue
+from reditus_operators.history import HistoryReader
 
 from reditus_refunds.contract import RefundRequest
-from reditus_refunds.dlq import DeadLetterQueue
+from reditus_refunds.history_writer import HistoryWriter
 from reditus_refunds.producer import QueueError, RefundProducer
 from reditus_refunds.records import Outcome, utc_now
-from reditus_refunds.store import HistoryStore
 
 
 def test_send_many_sends_tens_and_records_pending(aws) -> None:
-    store = HistoryStore(aws.table, aws.dynamodb)
-    producer = RefundProducer(aws.sqs, aws.queue_url, store)
+    producer = RefundProducer(aws.sqs, aws.queue_url, HistoryWriter(aws.table, aws.dynamodb))
+    store = HistoryReader(aws.table, aws.dynamodb)
     requests = [RefundRequest(payment_id=f"pay_{i}", refund_id=f"r-{i}", source="csv") for i in range(205)]
     seen: list[tuple[int, int]] = []
     report = producer.send_many(requests, progress=lambda done, total: seen.append((done, total)))
@@ -59,7 +60,7 @@ def test_dead_letters_peek_redrive_and_delete(aws) -> None:
 
 
 def test_history_pages_newest_first_without_scan(aws) -> None:
-    store = HistoryStore(aws.table, aws.dynamodb)
+    store = HistoryReader(aws.table, aws.dynamodb)
     now = utc_now()
     entries = [
         (
@@ -71,7 +72,7 @@ def test_history_pages_newest_first_without_scan(aws) -> None:
         )
         for i in range(40)
     ]
-    store.record_pending(entries)
+    HistoryWriter(aws.table, aws.dynamodb).record_pending(entries)
     seen: list[str] = []
     cursor = None
     while True:

@@ -7,9 +7,9 @@ import random
 import time
 
 import pytest
+from reditus_local.simulator import DEMO_REFUNDABLE, ReditusSimulator
 
 from reditus_refunds import USER_AGENT
-from reditus_refunds.local.simulator import DEMO_REFUNDABLE, ReditusSimulator
 from reditus_refunds.reditus import RateLimiter, ReditusClient, Verdict, classify
 
 from .conftest import API_KEY

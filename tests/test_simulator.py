@@ -19,8 +19,7 @@ from typing import Any
 
 import pytest
 import requests
-
-from reditus_refunds.local.simulator import (
+from reditus_local.simulator import (
     DEMO_INVALID,
     DEMO_LATE,
     DEMO_REFUNDABLE,
@@ -496,7 +495,7 @@ def _first_line(proc: subprocess.Popen[str], timeout: float = 15) -> str:
 
 
 def test_runs_as_a_process_and_stops_on_sigterm() -> None:
-    command = [sys.executable, "-m", "reditus_refunds.local.simulator", "--port", "0"]
+    command = [sys.executable, "-m", "reditus_local.simulator", "--port", "0"]
     command += ["--late", "pay_cli_late:0", "--payment", "pay_cli"]
     proc = subprocess.Popen(
         command,
@@ -529,7 +528,7 @@ def test_runs_as_a_process_and_stops_on_sigterm() -> None:
 
 def test_process_refuses_to_start_without_a_key() -> None:
     result = subprocess.run(
-        [sys.executable, "-m", "reditus_refunds.local.simulator", "--port", "0"],
+        [sys.executable, "-m", "reditus_local.simulator", "--port", "0"],
         env=_env(),
         capture_output=True,
         text=True,

@@ -54,10 +54,10 @@ from unittest.mock import ANY
 import pytest
 from botocore.config import Config
 from botocore.exceptions import ClientError
+from reditus_local.resources import moto_session
+from reditus_operators.dlq import DeadLetter
 
 from reditus_refunds.contract import RefundRequest
-from reditus_refunds.dlq import DeadLetter
-from reditus_refunds.local.resources import moto_session
 from tests.conftest import create_history_table
 from tests.soak.count import Planned, problems, tally
 from tests.soak.faulty_worker import WriteFaults

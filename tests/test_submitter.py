@@ -10,12 +10,14 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 
 import pytest
+from reditus_operators.history import HistoryReader
 
+from reditus_refunds.aws_errors import StoreError
 from reditus_refunds.contract import RefundRequest
+from reditus_refunds.history_writer import HistoryWriter
 from reditus_refunds.producer import RefundProducer
 from reditus_refunds.records import Outcome, iso, utc_now
 from reditus_refunds.reditus import ReditusAnswer, Verdict
-from reditus_refunds.store import HistoryStore, StoreError
 from reditus_refunds.submitter import InboundMessage, Ledger, RefundSubmitter, RetryLater, SubmitterConfig
 
 
@@ -50,7 +52,8 @@ class Clock:
 
 @dataclass
 class Rig:
-    store: HistoryStore
+    store: HistoryWriter
+    history: HistoryReader
     reditus: FakeReditus
     submitter: RefundSubmitter
     producer: RefundProducer
@@ -80,7 +83,7 @@ class Rig:
 @pytest.fixture
 def rig(aws) -> Rig:
     clock = Clock()
-    store = HistoryStore(aws.table, aws.dynamodb, clock=clock)
+    store = HistoryWriter(aws.table, aws.dynamodb, clock=clock)
     reditus = FakeReditus()
     producer = RefundProducer(aws.sqs, aws.queue_url)
     submitter = RefundSubmitter(
@@ -90,10 +93,19 @@ def rig(aws) -> Rig:
         SubmitterConfig(not_found_grace_seconds=600, not_found_recheck_delay_seconds=60, max_receive_count=5),
         clock=clock,
     )
-    return Rig(store, reditus, submitter, producer, clock, aws.queue_url, aws.sqs)
+    return Rig(
+        store,
+        HistoryReader(aws.table, aws.dynamodb),
+        reditus,
+        submitter,
+        producer,
+        clock,
+        aws.queue_url,
+        aws.sqs,
+    )
 
 
-def counters(store: HistoryStore) -> dict[str, int]:
+def counters(store: HistoryReader) -> dict[str, int]:
     today = utc_now().date()
     totals: Counter = Counter()
     for day in store.daily_counts(today - timedelta(days=2), today + timedelta(days=2)).values():
@@ -103,7 +115,7 @@ def counters(store: HistoryStore) -> dict[str, int]:
 
 def test_refunded(rig: Rig) -> None:
     assert rig.deliver({"payment_id": "pay_1", "refund_id": "r1", "requested_by": "ops"}) is Outcome.REFUNDED
-    record = rig.store.get("r1")
+    record = rig.history.get("r1")
     assert record is not None
     assert (record.outcome, record.http_status, record.attempts, record.requested_by) == (
         Outcome.REFUNDED,
@@ -112,13 +124,13 @@ def test_refunded(rig: Rig) -> None:
         "ops",
     )
     assert record.completed_at and record.attempt_log[0].http_status == 200
-    assert counters(rig.store) == {"refunded": 1}
+    assert counters(rig.history) == {"refunded": 1}
 
 
 def test_rejected_records_the_details(rig: Rig) -> None:
     rig.reditus.answers["bad"] = [answer(Verdict.REJECTED, 400, "Validation failed: payment_id is invalid")]
     assert rig.deliver({"payment_id": "bad", "refund_id": "r2"}) is Outcome.REJECTED
-    record = rig.store.get("r2")
+    record = rig.history.get("r2")
     assert (
         record and record.detail == "Validation failed: payment_id is invalid" and record.http_status == 400
     )
@@ -130,7 +142,7 @@ def test_not_found_within_grace_is_rechecked_later_then_found(rig: Rig) -> None:
         answer(Verdict.REFUNDED, 200, "ok"),
     ]
     assert rig.deliver({"payment_id": "late", "refund_id": "r3"}) is Outcome.RETRYING
-    record = rig.store.get("r3")
+    record = rig.history.get("r3")
     assert record and record.outcome is Outcome.RETRYING and record.error_kind == "awaiting_payment"
     # The re-check is a delayed copy of the request on the queue, not a busy retry.
     messages = rig.sqs.receive_message(
@@ -142,16 +154,16 @@ def test_not_found_within_grace_is_rechecked_later_then_found(rig: Rig) -> None:
         rig.deliver({"payment_id": "late", "refund_id": "r3"}, message_id="m-2", sent_at=iso(rig.clock.now))
         is Outcome.REFUNDED
     )
-    record = rig.store.get("r3")
+    record = rig.history.get("r3")
     assert record and record.attempts == 2 and record.outcome is Outcome.REFUNDED
-    assert counters(rig.store) == {"refunded": 1}
+    assert counters(rig.history) == {"refunded": 1}
 
 
 def test_not_found_after_grace_is_terminal(rig: Rig) -> None:
     rig.reditus.answers["gone"] = [answer(Verdict.NOT_FOUND, 404, "Payment not found")]
     sent = iso(rig.clock.now - timedelta(seconds=601))
     assert rig.deliver({"payment_id": "gone", "refund_id": "r4"}, sent_at=sent) is Outcome.NOT_FOUND
-    assert counters(rig.store) == {"not_found": 1}
+    assert counters(rig.history) == {"not_found": 1}
 
 
 def test_grace_zero_turns_the_window_off(rig: Rig) -> None:
@@ -170,18 +182,18 @@ def test_retryable_failures_raise_and_dead_letter_on_the_last_receive(
     rig.reditus.answers["p"] = [answer(verdict, status, "nope")]
     with pytest.raises(RetryLater):
         rig.deliver({"payment_id": "p", "refund_id": "r6"})
-    record = rig.store.get("r6")
+    record = rig.history.get("r6")
     assert record and record.outcome is Outcome.RETRYING and record.error_kind == kind
-    assert counters(rig.store) == {"retrying": 1}
+    assert counters(rig.history) == {"retrying": 1}
     with pytest.raises(RetryLater):
         rig.deliver({"payment_id": "p", "refund_id": "r6"}, receive_count=5)
-    record = rig.store.get("r6")
+    record = rig.history.get("r6")
     assert record and record.outcome is Outcome.DEAD_LETTERED and record.attempts == 2
-    assert counters(rig.store) == {"dead_lettered": 1}
+    assert counters(rig.history) == {"dead_lettered": 1}
     # Redriven from the dead-letter queue, it may succeed after all.
     rig.reditus.answers["p"] = [answer(Verdict.REFUNDED, 200, "ok")]
     assert rig.deliver({"payment_id": "p", "refund_id": "r6"}) is Outcome.REFUNDED
-    assert counters(rig.store) == {"refunded": 1}
+    assert counters(rig.history) == {"refunded": 1}
 
 
 def test_duplicate_delivery_does_not_call_reditus_again(rig: Rig) -> None:
@@ -189,13 +201,13 @@ def test_duplicate_delivery_does_not_call_reditus_again(rig: Rig) -> None:
     assert rig.deliver(body) is Outcome.REFUNDED
     assert rig.deliver(body, message_id="m-again") is Outcome.REFUNDED
     assert rig.reditus.calls["pay_d"] == 1
-    assert counters(rig.store) == {"refunded": 1}
+    assert counters(rig.history) == {"refunded": 1}
 
 
 def test_already_refunded_payment_is_a_duplicate_unless_forced(rig: Rig) -> None:
     assert rig.deliver({"payment_id": "pay_x", "refund_id": "first"}) is Outcome.REFUNDED
     assert rig.deliver({"payment_id": "pay_x", "refund_id": "second"}, message_id="m-2") is Outcome.DUPLICATE
-    dup = rig.store.get("second")
+    dup = rig.history.get("second")
     assert dup and dup.duplicate_of == "first" and dup.outcome is Outcome.DUPLICATE
     assert rig.reditus.calls["pay_x"] == 1
     assert (
@@ -203,7 +215,7 @@ def test_already_refunded_payment_is_a_duplicate_unless_forced(rig: Rig) -> None
         is Outcome.REFUNDED
     )
     assert rig.reditus.calls["pay_x"] == 2
-    assert counters(rig.store) == {"refunded": 2, "duplicate": 1}
+    assert counters(rig.history) == {"refunded": 2, "duplicate": 1}
 
 
 def test_concurrent_deliveries_never_both_call_reditus(rig: Rig) -> None:
@@ -252,27 +264,27 @@ def test_expired_lease_can_be_taken_over(rig: Rig) -> None:
         rig.deliver(body, message_id="m-next")
     rig.clock.now += timedelta(seconds=31)
     assert rig.deliver(body, message_id="m-next") is Outcome.REFUNDED
-    assert rig.store.get("rl").attempts == 2  # type: ignore[union-attr]
+    assert rig.history.get("rl").attempts == 2  # type: ignore[union-attr]
 
 
 def test_pending_record_from_producer_is_completed_and_never_overwrites(rig: Rig, aws) -> None:
     producer = RefundProducer(aws.sqs, aws.queue_url, rig.store, clock=rig.clock)
     request = RefundRequest(payment_id="pay_p", refund_id="rp", requested_by="ops@example.com", note="n")
     producer.send(request)
-    assert rig.store.get("rp").outcome is Outcome.PENDING  # type: ignore[union-attr]
-    assert counters(rig.store) == {"pending": 1}
+    assert rig.history.get("rp").outcome is Outcome.PENDING  # type: ignore[union-attr]
+    assert counters(rig.history) == {"pending": 1}
     assert rig.deliver(json.loads(request.to_body())) is Outcome.REFUNDED
     # A late pending write (the producer raced the Lambda) changes nothing.
     rig.store.record_pending([(request, "m-1", iso(rig.clock.now))])
-    record = rig.store.get("rp")
+    record = rig.history.get("rp")
     assert record and record.outcome is Outcome.REFUNDED and record.requested_by == "ops@example.com"
-    assert counters(rig.store) == {"refunded": 1}
+    assert counters(rig.history) == {"refunded": 1}
 
 
 def test_refund_id_reused_for_another_payment_is_invalid_under_the_message_id(rig: Rig) -> None:
     assert rig.deliver({"payment_id": "pay_a", "refund_id": "same"}) is Outcome.REFUNDED
     assert rig.deliver({"payment_id": "pay_b", "refund_id": "same"}, message_id="m-b") is Outcome.INVALID
-    record = rig.store.get("m-b")
+    record = rig.history.get("m-b")
     assert record and "already used for another payment" in record.detail
     assert rig.reditus.calls["pay_b"] == 0
 
@@ -294,15 +306,15 @@ def test_refund_id_reused_for_another_payment_is_invalid_under_the_message_id(ri
 )
 def test_invalid_messages_are_recorded_and_never_sent(rig: Rig, body) -> None:
     assert rig.deliver(body, message_id="m-bad") is Outcome.INVALID
-    record = rig.store.get("m-bad")
+    record = rig.history.get("m-bad")
     assert record and record.outcome is Outcome.INVALID and record.detail
     assert sum(rig.reditus.calls.values()) == 0
     # A redelivery of the same message records nothing new.
     assert rig.deliver(body, message_id="m-bad") is Outcome.INVALID
-    assert counters(rig.store) == {"invalid": 1}
+    assert counters(rig.history) == {"invalid": 1}
 
 
-class FlakyFinishStore(HistoryStore):
+class FlakyFinishStore(HistoryWriter):
     """The store fails the result write a few times: before applying it, or after (answer lost)."""
 
     def __init__(self, *args, failures: int, applied: bool, **kwargs) -> None:
@@ -326,8 +338,8 @@ def test_a_failing_result_write_is_retried_not_resubmitted(rig: Rig, aws, applie
     rig.store = store
     assert rig.deliver({"payment_id": "pay_f", "refund_id": "rf"}) is Outcome.REFUNDED
     assert rig.reditus.calls["pay_f"] == 1
-    record = store.get("rf")
+    record = rig.history.get("rf")
     assert record and record.outcome is Outcome.REFUNDED
     # Not applied: every failure was waited out. Applied: the first retry saw it had landed.
     assert store.failures == (1 if applied else 0)
-    assert counters(store) == {"refunded": 1}
+    assert counters(rig.history) == {"refunded": 1}

@@ -1,6 +1,6 @@
 """template.yaml, the AWS SAM deployment: checked against the code on every test run.
 
-Fast and offline: the template is read with reditus_refunds.local.template, translated with the
+Fast and offline: the template is read with reditus_local.template, translated with the
 SAM translator (as CloudFormation does at deploy time) and linted with cfn-lint. checkov runs
 from `make checks` (its own venv); here we only check that its skips carry a reason.
 """
@@ -18,9 +18,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from reditus_local.template import TemplateError, load_template, loads_template
 
 from reditus_refunds import records
-from reditus_refunds.local.template import TemplateError, load_template, loads_template
 from reditus_refunds.settings import (
     DEFAULT_REDITUS_API_BASE_URL,
     LAMBDA_ENV_VARS,

@@ -22,11 +22,10 @@ from typing import Any
 
 import boto3
 import pytest
-
-from reditus_refunds.local.motoserver import MotoServer
-from reditus_refunds.local.resources import create_table_as_declared
-from reditus_refunds.local.simulator import ReditusSimulator
-from reditus_refunds.local.stack import AWS_IDENTITY_ENV
+from reditus_local.motoserver import MotoServer
+from reditus_local.resources import create_table_as_declared
+from reditus_local.simulator import ReditusSimulator
+from reditus_local.stack import AWS_IDENTITY_ENV
 
 from .conftest import API_KEY
 

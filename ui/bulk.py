@@ -14,11 +14,12 @@ import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field, replace
 
+from reditus_operators.csv_import import NOTE_COLUMN, PAYMENT_COLUMN, CsvReport, RowProblem, parse_csv
+from reditus_operators.history import HistoryReader
+from reditus_operators.operations import history_warnings
+
 from reditus_refunds.contract import RefundRequest
-from reditus_refunds.csv_import import NOTE_COLUMN, PAYMENT_COLUMN, CsvReport, RowProblem, parse_csv
-from reditus_refunds.operations import history_warnings
 from reditus_refunds.producer import SendReport
-from reditus_refunds.store import HistoryStore
 
 SEND_CHUNK = 100
 
@@ -111,7 +112,7 @@ class BulkUpload:
         return self.finished_at is not None
 
     # ---- the work ---------------------------------------------------------------------------
-    def check_history(self, store: HistoryStore, progress: Progress | None = None) -> None:
+    def check_history(self, store: HistoryReader, progress: Progress | None = None) -> None:
         """Look up every valid row's payment in the history: payment markers 100 at a time, and the
         refunds still in flight (see operations.history_warnings)."""
         payment_ids = [request.payment_id for _, request in self.report.valid]

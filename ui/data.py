@@ -33,14 +33,16 @@ from botocore.exceptions import (
     TokenRetrievalError,
 )
 from botocore.exceptions import ConnectionError as BotoConnectionError
+from reditus_operators.config import ConfigError, SystemConfig, resolve
+from reditus_operators.dlq import DeadLetter, DeadLetterQueue
+from reditus_operators.history import HistoryReader, Page
+from reditus_operators.operations import PaymentStatus, build_request, payment_status, requeue
 
-from reditus_refunds.config import ConfigError, SystemConfig, resolve
+from reditus_refunds.aws_errors import StoreError
 from reditus_refunds.contract import RefundRequest
-from reditus_refunds.dlq import DeadLetter, DeadLetterQueue
-from reditus_refunds.operations import PaymentStatus, build_request, payment_status, requeue
+from reditus_refunds.history_writer import HistoryWriter
 from reditus_refunds.producer import QueueError, RefundProducer, SendReport
 from reditus_refunds.records import REQUEUEABLE, HistoryRecord, Outcome
-from reditus_refunds.store import HistoryStore, Page, StoreError
 
 ENV_STACK_NAME = "REDITUS_STACK_NAME"
 SOURCE = "console"
@@ -117,7 +119,7 @@ def explain(err: BaseException) -> Problem:
 def _credentials_or_names(message: str) -> str:
     if "credentials" in message:
         return "Refresh the AWS credentials of the console (or its role), then reload."
-    if "unreachable" in message:
+    if "cannot reach" in message:
         return (
             "Check the network and AWS_REGION; for the local stack, check that `make run` is still running."
         )
@@ -130,7 +132,7 @@ def _credentials_or_names(message: str) -> str:
 @dataclass(frozen=True)
 class Services:
     config: SystemConfig
-    store: HistoryStore
+    store: HistoryReader
     producer: RefundProducer
     dead_letters: DeadLetterQueue | None
 
@@ -163,8 +165,8 @@ def current_config() -> SystemConfig:
 def _services(key: str, _config: SystemConfig) -> Services:
     dynamodb = _config.client("dynamodb")
     sqs = _config.client("sqs")
-    store = HistoryStore(_config.table_name, dynamodb)
-    producer = RefundProducer(sqs, _config.queue_url, store)
+    store = HistoryReader(_config.table_name, dynamodb)
+    producer = RefundProducer(sqs, _config.queue_url, HistoryWriter(_config.table_name, dynamodb))
     dead_letters = DeadLetterQueue(sqs, _config.dlq_url, _config.queue_url) if _config.dlq_url else None
     return Services(_config, store, producer, dead_letters)
 
@@ -209,7 +211,7 @@ def default_period(today: date | None = None, days: int = 7) -> tuple[date, date
 
 
 def read_history_page(
-    store: HistoryStore, history_filter: HistoryFilter, cursor: str | None = None, page_size: int = 50
+    store: HistoryReader, history_filter: HistoryFilter, cursor: str | None = None, page_size: int = 50
 ) -> Page:
     """One page of the table, newest first, through the store's indexed queries (never a Scan)."""
     since, until = history_filter.window()
@@ -263,20 +265,24 @@ class Headline:
         ]
 
 
-def read_headline(store: HistoryStore, since: date, until: date) -> Headline:
+def read_headline(store: HistoryReader, since: date, until: date) -> Headline:
     """The headline figures and the per-day chart: one counter item read per day of the period."""
     return Headline(store.daily_counts(since, until))
 
 
 @st.cache_data(ttl=QUERY_TTL_SECONDS, show_spinner=False, max_entries=256)
 def cached_history_page(
-    services_key: str, history_filter: HistoryFilter, cursor: str | None, page_size: int, _store: HistoryStore
+    services_key: str,
+    history_filter: HistoryFilter,
+    cursor: str | None,
+    page_size: int,
+    _store: HistoryReader,
 ) -> Page:
     return read_history_page(_store, history_filter, cursor, page_size)
 
 
 @st.cache_data(ttl=QUERY_TTL_SECONDS, show_spinner=False, max_entries=64)
-def cached_headline(services_key: str, since: date, until: date, _store: HistoryStore) -> Headline:
+def cached_headline(services_key: str, since: date, until: date, _store: HistoryReader) -> Headline:
     return read_headline(_store, since, until)
 
 
@@ -287,7 +293,7 @@ def clear_query_caches() -> None:
     cached_dead_letters.clear()
 
 
-def read_refund(store: HistoryStore, refund_id: str) -> HistoryRecord | None:
+def read_refund(store: HistoryReader, refund_id: str) -> HistoryRecord | None:
     """One refund, read consistently (never cached: the detail view watches it settle)."""
     refund_id = refund_id.strip()
     if not refund_id or len(refund_id) > 128:
@@ -324,7 +330,7 @@ def spreadsheet_safe(value: object) -> object:
 
 
 def export_csv(
-    store: HistoryStore, history_filter: HistoryFilter, limit: int = EXPORT_LIMIT
+    store: HistoryReader, history_filter: HistoryFilter, limit: int = EXPORT_LIMIT
 ) -> tuple[bytes, int, bool]:
     """Every row the filter matches (up to `limit`), as CSV; returns (data, rows, truncated)."""
     buffer = io.StringIO()
@@ -426,7 +432,7 @@ class DeadLetters:
 
 
 def read_dead_letters(
-    dead_letters: DeadLetterQueue, store: HistoryStore, limit: int = DEAD_LETTER_PEEK_LIMIT
+    dead_letters: DeadLetterQueue, store: HistoryReader, limit: int = DEAD_LETTER_PEEK_LIMIT
 ) -> DeadLetters:
     """The messages in the dead-letter queue, each with the last error its history record holds."""
     letters = sorted(dead_letters.peek(limit), key=lambda letter: letter.sent_at_ms, reverse=True)

@@ -17,11 +17,11 @@ from typing import TYPE_CHECKING, Any, cast
 import boto3
 from botocore.config import Config
 
+from .history_writer import HistoryWriter
 from .producer import RefundProducer
 from .records import Outcome, iso
 from .reditus import RateLimiter, ReditusAnswer, ReditusClient
 from .settings import Settings
-from .store import HistoryStore
 from .submitter import InboundMessage, Ledger, NoTelemetry, RefundSubmitter, SubmitterConfig, Telemetry
 
 if TYPE_CHECKING:
@@ -150,7 +150,7 @@ class SubmitterService:
             )
         else:
             key_provider = StaticKeyProvider(settings.reditus_api_key)
-        self.store = HistoryStore(settings.history_table_name, self.dynamodb)
+        self.store = HistoryWriter(settings.history_table_name, self.dynamodb)
         self.reditus = reditus or ReditusClient(
             settings.reditus_api_base_url,
             key_provider,

@@ -8,9 +8,10 @@ from typing import TYPE_CHECKING, Any
 
 from botocore.exceptions import BotoCoreError, ClientError
 
+from .aws_errors import QueueError, aws_error
 from .contract import RefundRequest
+from .history_writer import HistoryWriter
 from .records import iso, utc_now
-from .store import HistoryStore
 
 if TYPE_CHECKING:
     from mypy_boto3_sqs import SQSClient
@@ -21,10 +22,6 @@ SQS_BATCH = 10
 PENDING_BATCH = 90  # items per pending-record transaction (DynamoDB allows 100 actions)
 
 
-class QueueError(RuntimeError):
-    """The queue could not be reached or refused the messages (the text says what to check)."""
-
-
 @dataclass
 class SendReport:
     sent: list[RefundRequest] = field(default_factory=list)
@@ -32,19 +29,16 @@ class SendReport:
     send_calls: int = 0
 
 
-def queue_error(err: Exception, queue_url: str) -> QueueError:
-    if isinstance(err, ClientError):
-        code = err.response.get("Error", {}).get("Code", "Unknown")
-        if "NonExistentQueue" in code or code == "QueueDoesNotExist":
-            return QueueError(
-                f"the queue {queue_url!r} does not exist (check REFUND_QUEUE_URL or the stack name)"
-            )
-        if code in ("ExpiredToken", "ExpiredTokenException"):
-            return QueueError("the AWS credentials have expired")
-        if code in ("AccessDenied", "AccessDeniedException"):
-            return QueueError(f"sending to {queue_url!r} is not allowed for these credentials")
-        return QueueError(f"SQS answered {code}: {err.response.get('Error', {}).get('Message', '')[:200]}")
-    return QueueError(f"SQS is unreachable ({type(err).__name__}); check AWS_ENDPOINT_URL and the network")
+def queue_error(err: BaseException, queue_url: str) -> QueueError:
+    mapped = aws_error(
+        err,
+        QueueError,
+        service="SQS",
+        resource=f"the queue {queue_url!r}",
+        names_hint="REFUND_QUEUE_URL / DEAD_LETTER_QUEUE_URL or the stack name",
+    )
+    assert isinstance(mapped, QueueError)
+    return mapped
 
 
 class RefundProducer:
@@ -52,7 +46,7 @@ class RefundProducer:
         self,
         sqs: SQSClient,
         queue_url: str,
-        store: HistoryStore | None = None,
+        store: HistoryWriter | None = None,
         clock: Callable[[], Any] = utc_now,
     ):
         self.sqs = sqs

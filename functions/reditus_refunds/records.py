@@ -10,6 +10,8 @@ from datetime import UTC, datetime
 from enum import StrEnum
 from typing import Any
 
+from .layout import HASH_KEY
+
 
 class Outcome(StrEnum):
     PENDING = "pending"  # queued by our producers, not yet processed
@@ -53,21 +55,6 @@ class ErrorKind(StrEnum):
     AWAITING_PAYMENT = "awaiting_payment"  # 404 inside the grace window
     BUSY = "busy"  # another delivery holds the lease
 
-
-# Table layout: the store, the template and the tests all read these names.
-HASH_KEY = "refund_id"
-GSI_BY_OUTCOME = "by_outcome"  # outcome + queued_at
-GSI_BY_DAY = "by_day"  # queued_day + queued_at
-GSI_BY_PAYMENT = "by_payment"  # payment_id + queued_at
-INDEXES = {
-    GSI_BY_OUTCOME: ("outcome", "queued_at"),
-    GSI_BY_DAY: ("queued_day", "queued_at"),
-    GSI_BY_PAYMENT: ("payment_id", "queued_at"),
-}
-# Items that are not refund requests share the table under prefixed keys; refund ids
-# cannot contain '#', so they never collide, and they lack the index attributes.
-PAYMENT_MARKER_PREFIX = "payment#"
-COUNTER_PREFIX = "counter#"
 
 MAX_ATTEMPT_LOG = 20
 DETAIL_LIMIT = 1000

@@ -20,9 +20,9 @@ from typing import Protocol
 from aws_lambda_powertools import Logger
 
 from .contract import ContractError, RefundRequest, parse_body
+from .history_writer import ClaimView, ConditionFailed, HistoryWriter, Settlement, StoreError
 from .records import CLAIMABLE, Attempt, ErrorKind, Outcome, iso, parse_iso, utc_now
 from .reditus import ReditusAnswer, Verdict
-from .store import ClaimView, ConditionFailed, HistoryStore, Settlement, StoreError
 
 logger = Logger()  # same service name as the handler's: one underlying logger
 
@@ -136,7 +136,7 @@ def excerpt(body: str | None, limit: int = 300) -> str:
 class RefundSubmitter:
     def __init__(
         self,
-        store: HistoryStore,
+        store: HistoryWriter,
         reditus: Refunder,
         requeue: DelayedSender | None,
         config: SubmitterConfig,

@@ -26,9 +26,11 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
+from reditus_operators.dlq import DeadLetter
+
 from reditus_refunds.contract import RefundRequest
-from reditus_refunds.dlq import DeadLetter
-from reditus_refunds.records import COUNTER_PREFIX, HASH_KEY, PAYMENT_MARKER_PREFIX, Outcome
+from reditus_refunds.layout import COUNTER_PREFIX, HASH_KEY, PAYMENT_MARKER_PREFIX
+from reditus_refunds.records import Outcome
 from reditus_refunds.submitter import LEASE_MARGIN_SECONDS
 
 from .system import Kill

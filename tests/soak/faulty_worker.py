@@ -16,7 +16,7 @@ the wire behaves as against DynamoDB: botocore's standard retry mode retries wit
 retry quota), then raises ClientError to the store, which turns it into StoreError. Each injected
 fault is appended to ``--stats-file`` as ``<operation> <kind> <time> <refund_id>``. Reads never fail.
 
-Then it runs ``reditus_refunds.local.worker.main`` with the remaining arguments: the real handler,
+Then it runs ``reditus_local.worker.main`` with the remaining arguments: the real handler,
 imported after the patch, so its clients (created at import, as in Lambda) carry the hook.
 """
 
@@ -138,7 +138,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     worker_args = args.worker_args[1:] if args.worker_args[:1] == ["--"] else args.worker_args
     install(WriteFaults(args.fault_file, args.stats_file, args.seed))
-    from reditus_refunds.local.worker import main as worker_main
+    from reditus_local.worker import main as worker_main
 
     return worker_main(worker_args)
 

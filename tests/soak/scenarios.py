@@ -68,7 +68,7 @@ def simulator_payments(planned: Sequence[Planned]) -> dict[str, list[str]]:
 def send(system: System, planned: Sequence[Planned], copies: int, rng: random.Random) -> int:
     """Ten at a time: once as the console and CLI do (recorded pending), then `copies - 1` more times
     with the same body as a raw SendMessageBatch, in another order. Returns the messages sent."""
-    producer = RefundProducer(system.sqs, system.queue_url, system.store)
+    producer = RefundProducer(system.sqs, system.queue_url, system.writer)
     sent = 0
     for start in range(0, len(planned), 10):
         chunk = [p.request for p in planned[start : start + 10]]

@@ -1,10 +1,10 @@
 """The local system as separate processes, for the soak and the secrets tests.
 
-* :class:`Servers` - the AWS server (``reditus_refunds.local.awsserver``: moto) and the Reditus
-  simulator (``reditus_refunds.local.simulator``), each its own process on a free loopback port;
+* :class:`Servers` - the AWS server (``reditus_local.awsserver``: moto) and the Reditus
+  simulator (``reditus_local.simulator``), each its own process on a free loopback port;
 * :class:`System` - one set of template.yaml resources on those servers (queue, dead-letter
   queue, history table, API key secret; its own stack name, so scenarios never share state) and
-  its worker processes (``reditus_refunds.local.worker``, the real handler inside), which can be
+  its worker processes (``reditus_local.worker``, the real handler inside), which can be
   SIGKILLed and restarted.
 
 Every process's stdout and stderr go to files in a log folder (:meth:`Process.output`). Every wait
@@ -28,11 +28,13 @@ from pathlib import Path
 from typing import IO, Any
 
 import requests
+from reditus_local.resources import LocalSystem, TemplateModel, create_resources, moto_session
+from reditus_local.stack import AWS_IDENTITY_ENV
+from reditus_operators.dlq import DeadLetter, DeadLetterQueue
+from reditus_operators.history import HistoryReader
 
-from reditus_refunds.dlq import DeadLetter, DeadLetterQueue
-from reditus_refunds.local.resources import LocalSystem, TemplateModel, create_resources, moto_session
-from reditus_refunds.local.stack import AWS_IDENTITY_ENV
-from reditus_refunds.store import HistoryStore, from_item
+from reditus_refunds.history_writer import HistoryWriter
+from reditus_refunds.layout import from_item
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 START_TIMEOUT = 60.0
@@ -229,11 +231,11 @@ class Servers:
 
 
 def start_servers(log_dir: Path, api_key: str, *, verbose: bool = False, seed: int = 1) -> Servers:
-    """The AWS server (the product's, reditus_refunds.local.awsserver) and the simulator on free
+    """The AWS server (the product's, reditus_local.awsserver) and the simulator on free
     ports (the simulator knows no demo payments)."""
     log_dir.mkdir(parents=True, exist_ok=True)
     parent = str(os.getpid())
-    server = "reditus_refunds.local.awsserver"
+    server = "reditus_local.awsserver"
     aws = Process(
         "aws",
         _python(server, "--port", "0", "--parent-pid", parent, *(["--verbose"] if verbose else [])),
@@ -246,10 +248,10 @@ def start_servers(log_dir: Path, api_key: str, *, verbose: bool = False, seed: i
     simulator = Process(
         "reditus",
         _python(
-            "reditus_refunds.local.child",
+            "reditus_local.child",
             "--parent-pid",
             parent,
-            "reditus_refunds.local.simulator",
+            "reditus_local.simulator",
             "--port",
             "0",
             "--no-demo",
@@ -361,7 +363,8 @@ class System:
         self.table, self.queue_url, self.dlq_url = config.table_name, config.queue_url, config.dlq_url
         self.sqs = self.client("sqs")
         self.dynamodb = self.client("dynamodb")
-        self.store = HistoryStore(self.table, self.dynamodb)
+        self.store = HistoryReader(self.table, self.dynamodb)
+        self.writer = HistoryWriter(self.table, self.dynamodb)
         self.workers = [
             Process(f"{name}-worker{i}", self.worker_argv(), self.worker_env(), log_dir, WORKER_READY)
             for i in range(settings.workers)
@@ -397,7 +400,7 @@ class System:
         if self.settings.quiet:
             args.append("--quiet")
         if self.store_faults is None:
-            return _python("reditus_refunds.local.worker", *args)
+            return _python("reditus_local.worker", *args)
         faults = self.store_faults
         return _python(
             "tests.soak.faulty_worker",

@@ -4,8 +4,15 @@ from __future__ import annotations
 
 import pandas as pd
 import streamlit as st
+from reditus_operators.csv_import import (
+    MAX_BYTES,
+    MAX_ROWS,
+    NOTE_COLUMN,
+    PAYMENT_COLUMN,
+    CsvError,
+    read_header,
+)
 
-from reditus_refunds.csv_import import MAX_BYTES, MAX_ROWS, NOTE_COLUMN, PAYMENT_COLUMN, CsvError, read_header
 from ui import access, data, view
 from ui.bulk import SAMPLE_CSV, BulkUpload, digest, guess_column, problems_csv, queued_csv, start_upload
 

@@ -19,7 +19,7 @@ What it does, as the event source mapping does on AWS:
 One invocation at a time (one "execution environment"), which is what the handler's
 per-invocation state assumes. Run it as its own process (``local up`` does)::
 
-    python -m reditus_refunds.local.worker --queue-url URL
+    python -m reditus_local.worker --queue-url URL
 
 Settings not given on the command line come from template.yaml. The handler reads its own
 configuration from the environment at import, as in Lambda.
@@ -52,7 +52,7 @@ from botocore.exceptions import BotoCoreError, ClientError
 
 from .child import watch_parent
 
-logger = logging.getLogger("reditus_refunds.local.worker")
+logger = logging.getLogger("reditus_local.worker")
 
 READY = "worker ready:"
 MAX_RECEIVE = 10  # SQS's limit per ReceiveMessage
@@ -325,9 +325,9 @@ def outcome_reporter(table_name: str | None, dynamodb: Any) -> Callable[[BatchRe
     """One line per batch, and per message the outcome the history now holds (local only: reads)."""
     store = None
     if table_name:
-        from ..store import HistoryStore
+        from reditus_operators.history import HistoryReader
 
-        store = HistoryStore(table_name, dynamodb)
+        store = HistoryReader(table_name, dynamodb)
 
     def report(result: BatchResult) -> None:
         counts = [r["attributes"].get("ApproximateReceiveCount", "?") for r in result.records]
@@ -364,7 +364,7 @@ def outcome_reporter(table_name: str | None, dynamodb: Any) -> Callable[[BatchRe
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog="python -m reditus_refunds.local.worker",
+        prog="python -m reditus_local.worker",
         description="Poll the refund queue and invoke the Lambda handler, like its SQS event source mapping.",
     )
     parser.add_argument(

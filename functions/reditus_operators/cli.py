@@ -29,6 +29,13 @@ from botocore.exceptions import (
     PartialCredentialsError,
 )
 
+from reditus_refunds.aws_errors import StoreError
+from reditus_refunds.contract import ContractError
+from reditus_refunds.history_writer import HistoryWriter
+from reditus_refunds.producer import QueueError, RefundProducer
+from reditus_refunds.records import HistoryRecord, Outcome
+from reditus_refunds.settings import SettingsError
+
 from .config import (
     ConfigError,
     SystemConfig,
@@ -38,14 +45,10 @@ from .config import (
     read_local_state,
     resolve,
 )
-from .contract import ContractError
 from .csv_import import CsvError, parse_csv
 from .dlq import DeadLetterQueue
+from .history import HistoryReader
 from .operations import build_request, dedupe_against_history, payment_status
-from .producer import QueueError, RefundProducer
-from .records import HistoryRecord, Outcome
-from .settings import SettingsError
-from .store import HistoryStore, StoreError
 
 PROG = "reditus-refunds"
 EPOCH = datetime(2000, 1, 1, tzinfo=UTC)
@@ -108,8 +111,15 @@ def system(args: argparse.Namespace) -> SystemConfig:
     return config
 
 
-def _store(config: SystemConfig) -> HistoryStore:
-    return HistoryStore(config.table_name, config.client("dynamodb"))
+def _store(config: SystemConfig) -> HistoryReader:
+    return HistoryReader(config.table_name, config.client("dynamodb"))
+
+
+def _producer(config: SystemConfig) -> RefundProducer:
+    """Sends to the refund queue and records what SQS accepted as pending."""
+    return RefundProducer(
+        config.client("sqs"), config.queue_url, HistoryWriter(config.table_name, config.client("dynamodb"))
+    )
 
 
 def _default_requester() -> str | None:
@@ -141,7 +151,7 @@ def cmd_enqueue(args: argparse.Namespace) -> int:
         raise CliError(f"{warning}; not queued (--force queues it anyway)")
     if warning:
         _eprint(f"warning: {warning}; queued anyway (--force)")
-    RefundProducer(config.client("sqs"), config.queue_url, store).send(request)
+    _producer(config).send(request)
     print(request.refund_id, flush=True)
     _eprint(f"queued payment {request.payment_id} as refund {request.refund_id} ({config.origin})")
     return 0
@@ -194,7 +204,7 @@ def _enqueue_csv(args: argparse.Namespace, requested_by: str | None) -> int:
         print(f"\r{done}/{total}", end="", file=sys.stderr, flush=True)
 
     show = sys.stderr.isatty() and len(requests) > 100
-    producer = RefundProducer(config.client("sqs"), config.queue_url, store)
+    producer = _producer(config)
     sent = producer.send_many(requests, progress if show else None)
     if show:
         _eprint("")
@@ -358,7 +368,14 @@ def cmd_dlq_redrive(args: argparse.Namespace) -> int:
 
 
 def cmd_console(args: argparse.Namespace) -> int:
-    from .local.stack import CONSOLE_APP, PROJECT_ROOT, console_argv, port_from_env, port_is_free, system_env
+    from reditus_local.stack import (
+        CONSOLE_APP,
+        PROJECT_ROOT,
+        console_argv,
+        port_from_env,
+        port_is_free,
+        system_env,
+    )
 
     if not CONSOLE_APP.is_file():
         raise CliError(f"the console app {CONSOLE_APP} does not exist")
@@ -381,8 +398,8 @@ def cmd_console(args: argparse.Namespace) -> int:
 
 
 def cmd_local_up(args: argparse.Namespace) -> int:
-    from .local.resources import DEFAULT_TEMPLATE, parse_parameter
-    from .local.stack import StackError, StackOptions, port_from_env, real_reditus_from_env, up
+    from reditus_local.resources import DEFAULT_TEMPLATE, parse_parameter
+    from reditus_local.stack import StackError, StackOptions, port_from_env, real_reditus_from_env, up
 
     try:
         parameters = dict(parse_parameter(p) for p in args.parameter)

@@ -34,10 +34,18 @@ from types import FrameType
 from typing import IO, Any
 
 from botocore.exceptions import BotoCoreError, ClientError
+from reditus_operators.config import (
+    STATE_FILE_NAME,
+    SystemConfig,
+    data_dir,
+    pid_alive,
+    read_local_state,
+    write_local_state,
+)
 
-from ..config import STATE_FILE_NAME, SystemConfig, data_dir, pid_alive, read_local_state, write_local_state
-from ..records import iso, utc_now
-from ..settings import LAMBDA_ENV_VARS
+from reditus_refunds.records import iso, utc_now
+from reditus_refunds.settings import LAMBDA_ENV_VARS
+
 from . import snapshot
 from .awsserver import READY as AWS_READY
 from .resources import (
@@ -417,7 +425,7 @@ class LocalStack:
             return [
                 sys.executable,
                 "-m",
-                "reditus_refunds.local.child",
+                "reditus_local.child",
                 "--parent-pid",
                 str(os.getpid()),
                 module,
@@ -433,7 +441,7 @@ class LocalStack:
         child = self.children.get("aws")
         if child is None:
             argv = self._python(
-                "reditus_refunds.local.awsserver",
+                "reditus_local.awsserver",
                 "--port",
                 str(self.options.moto_port),
                 "--snapshot",
@@ -492,7 +500,7 @@ class LocalStack:
             args += ["--fault-rate", str(self.options.fault_rate)]
         child = Child(
             "reditus",
-            self._python("reditus_refunds.local.simulator", *args, wrap=True),
+            self._python("reditus_local.simulator", *args, wrap=True),
             env,
             self.out,
             ready_marker=SIMULATOR_READY,
@@ -555,7 +563,7 @@ class LocalStack:
             args.append("--no-report-batch-item-failures")
         child = Child(
             "worker",
-            self._python("reditus_refunds.local.worker", *args),
+            self._python("reditus_local.worker", *args),
             self.worker_env(),
             self.out,
             ready_marker=WORKER_READY,

@@ -23,7 +23,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from ..records import iso, utc_now
+from reditus_refunds.records import iso, utc_now
+
 from .resources import moto_session
 
 SNAPSHOT_FILE = "snapshot.json"

@@ -6,10 +6,11 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from .contract import RefundRequest, new_refund_id, validate
-from .producer import RefundProducer, SendReport
-from .records import PAYMENT_MARKER_PREFIX, REQUEUEABLE, HistoryRecord, Outcome
-from .store import HistoryStore
+from reditus_refunds.contract import RefundRequest, new_refund_id, validate
+from reditus_refunds.producer import RefundProducer, SendReport
+from reditus_refunds.records import REQUEUEABLE, HistoryRecord, Outcome
+
+from .history import HistoryReader
 
 
 @dataclass(frozen=True)
@@ -33,7 +34,7 @@ class PaymentStatus:
         return None
 
 
-def payment_status(store: HistoryStore, payment_id: str) -> PaymentStatus:
+def payment_status(store: HistoryReader, payment_id: str) -> PaymentStatus:
     page = store.query(payment_id=payment_id, limit=50, since=_epoch())
     refunded = [r for r in page.records if r.outcome is Outcome.REFUNDED]
     in_flight = [r for r in page.records if r.outcome in (Outcome.PENDING, Outcome.RETRYING)]
@@ -100,7 +101,9 @@ def requeue(
 
 
 def dedupe_against_history(
-    store: HistoryStore, requests: Iterable[RefundRequest], progress: Callable[[int, int], None] | None = None
+    store: HistoryReader,
+    requests: Iterable[RefundRequest],
+    progress: Callable[[int, int], None] | None = None,
 ) -> dict[str, PaymentStatus]:
     """Payment ids among `requests` that already have a 200 or an in-flight request."""
     found: dict[str, PaymentStatus] = {}
@@ -119,7 +122,7 @@ IN_FLIGHT_DAYS = 14  # SQS keeps a message at most 14 days: older pending record
 
 
 def history_warnings(
-    store: HistoryStore,
+    store: HistoryReader,
     payment_ids: Sequence[str],
     progress: Callable[[int, int], None] | None = None,
 ) -> dict[str, str]:
@@ -149,12 +152,10 @@ def history_warnings(
                 break
     for start in range(0, len(wanted), MARKER_BATCH):
         chunk = wanted[start : start + MARKER_BATCH]
-        markers = store._batch_get([store.marker_key(p) for p in chunk])
-        for payment_id in chunk:
-            marker = markers.get(PAYMENT_MARKER_PREFIX + payment_id) or {}
-            if marker.get("refunded_by"):
+        for payment_id, marker in store.payment_markers(chunk).items():
+            if marker.refunded_by:
                 warnings[payment_id] = (
-                    f"payment already refunded by {marker['refunded_by']} at {marker.get('refunded_at', '?')}"
+                    f"payment already refunded by {marker.refunded_by} at {marker.refunded_at or '?'}"
                 )
         if progress:
             progress(min(start + MARKER_BATCH, len(wanted)), len(wanted))

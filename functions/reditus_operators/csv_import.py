@@ -7,7 +7,7 @@ import io
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 
-from .contract import ContractError, RefundRequest, new_refund_id, validate
+from reditus_refunds.contract import ContractError, RefundRequest, new_refund_id, validate
 
 PAYMENT_COLUMN = "payment_id"
 NOTE_COLUMN = "note"

@@ -49,7 +49,7 @@ default when the server binds a non-loopback address):
 
 Run it as its own process (the key may come from ``REDITUS_API_KEY``; it is never printed)::
 
-    python -m reditus_refunds.local.simulator --port 8100 --fault-rate 0.2 --late pay_x:30
+    python -m reditus_local.simulator --port 8100 --fault-rate 0.2 --late pay_x:30
 
 It prints one line, ``Reditus simulator ready: <base_url>``, and stops on SIGTERM or SIGINT.
 """
@@ -964,7 +964,7 @@ def _fault_list(text: str) -> tuple[str, ...]:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog="python -m reditus_refunds.local.simulator",
+        prog="python -m reditus_local.simulator",
         description="Run the Reditus refunds API simulator (POST /v1/refunds, control API under /_sim).",
     )
     parser.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1)")

@@ -21,15 +21,15 @@ from typing import Any
 
 import boto3
 from botocore.exceptions import BotoCoreError, ClientError
+from reditus_operators.config import SystemConfig
 
-from ..config import SystemConfig
 from .template import load_template
 
 LOCAL_STACK_NAME = "reditus-refunds-local"
 LOCAL_REGION = "us-east-1"
 LOCAL_ACCOUNT_ID = "123456789012"  # moto's default account
 # The repository root (the package is installed editable from functions/).
-PROJECT_ROOT = Path(__file__).resolve().parents[3]
+PROJECT_ROOT = Path(__file__).resolve().parents[2]
 DEFAULT_TEMPLATE = PROJECT_ROOT / "template.yaml"
 
 QUEUE = "AWS::SQS::Queue"

@@ -1,69 +1,29 @@
-"""HistoryStore: the DynamoDB history table (refund items, payment markers, day counters).
+"""HistoryWriter: what the Lambda and the producers write to the history table.
 
-Exactly-once effect rests on conditional writes on these items; no Scan anywhere.
-Write calls per refund in the common case: claim (1) + finish (1) + a share of the
-once-per-batch counter settlement.
+Pending records (producers), claims and leases, results, invalid and duplicate decisions, and
+the day counters (the Lambda). Exactly-once effect rests on conditional writes on these items;
+no Scan anywhere. Write calls per refund in the common case: claim (1) + finish (1) + a share of
+the once-per-batch counter settlement.
 """
 
 from __future__ import annotations
 
-import base64
-import json
-import threading
 from collections import defaultdict
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass, field
-from datetime import date, datetime, timedelta
-from decimal import Decimal
+from dataclasses import dataclass
+from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
-from boto3.dynamodb.types import TypeDeserializer, TypeSerializer
-from botocore.exceptions import ClientError
-
+from .aws_errors import ConditionFailed, StoreError
 from .contract import RefundRequest
-from .records import (
-    CLAIMABLE,
-    COUNTER_PREFIX,
-    GSI_BY_DAY,
-    GSI_BY_OUTCOME,
-    GSI_BY_PAYMENT,
-    HASH_KEY,
-    PAYMENT_MARKER_PREFIX,
-    Attempt,
-    HistoryRecord,
-    Outcome,
-    day_of,
-    iso,
-    utc_now,
-)
+from .layout import HASH_KEY, PAYMENT_MARKER_PREFIX, counter_key, item_key, marker_key, to_attr, to_item
+from .records import Attempt, Outcome, day_of, iso, utc_now
+from .table import HistoryTable
 
 if TYPE_CHECKING:
     from mypy_boto3_dynamodb import DynamoDBClient
 else:
     DynamoDBClient = Any
-
-_ser = TypeSerializer()
-_de = TypeDeserializer()
-
-
-def to_attr(value: Any) -> dict[str, Any]:
-    return dict(_ser.serialize(value))
-
-
-def to_item(data: dict[str, Any]) -> dict[str, Any]:
-    return {k: _ser.serialize(v) for k, v in data.items() if v is not None}
-
-
-def from_item(item: dict[str, Any]) -> dict[str, Any]:
-    return {k: _de.deserialize(v) for k, v in item.items()}
-
-
-class StoreError(RuntimeError):
-    """The history table could not be read or written (the text says what to check)."""
-
-
-class ConditionFailed(StoreError):
-    """A conditional write lost a race; re-read and decide again."""
 
 
 @dataclass(frozen=True)
@@ -74,13 +34,6 @@ class Settlement:
     day: str
     old: str | None
     new: str
-
-
-@dataclass
-class Page:
-    records: list[HistoryRecord]
-    cursor: str | None
-    items_read: int
 
 
 @dataclass
@@ -95,62 +48,18 @@ class ClaimView:
         return None if self.item is None else self.item.get("counted_outcome")
 
 
-@dataclass
-class ReadCounter:
-    """Items read and calls made, for the speed tests and the benchmark."""
-
-    items: int = 0
-    calls: int = 0
-    _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
-
-    def add(self, items: int) -> None:
-        with self._lock:
-            self.items += items
-            self.calls += 1
-
-
 def _now_ms(ts: datetime) -> int:
     return int(ts.timestamp() * 1000)
 
 
-def _is_condition_failure(err: ClientError) -> bool:
-    code = err.response.get("Error", {}).get("Code", "")
-    return code in ("ConditionalCheckFailedException", "TransactionCanceledException")
-
-
-def encode_cursor(state: dict[str, Any]) -> str:
-    return base64.urlsafe_b64encode(json.dumps(state, default=str).encode()).decode()
-
-
-def decode_cursor(cursor: str) -> dict[str, Any]:
-    try:
-        data = json.loads(base64.urlsafe_b64decode(cursor.encode()))
-    except ValueError:
-        raise ValueError("the page cursor is not valid") from None
-    if not isinstance(data, dict):
-        raise ValueError("the page cursor is not valid")
-    return data
-
-
-class HistoryStore:
+class HistoryWriter:
     def __init__(self, table_name: str, client: DynamoDBClient, clock: Callable[[], datetime] = utc_now):
-        self.table_name = table_name
-        self.client = client
+        self.table = HistoryTable(table_name, client)
         self.clock = clock
-        self.reads = ReadCounter()
 
-    # ---- keys -------------------------------------------------------------------------
-    @staticmethod
-    def _key(refund_id: str) -> dict[str, Any]:
-        return {HASH_KEY: {"S": refund_id}}
-
-    @staticmethod
-    def marker_key(payment_id: str) -> dict[str, Any]:
-        return {HASH_KEY: {"S": PAYMENT_MARKER_PREFIX + payment_id}}
-
-    @staticmethod
-    def counter_key(day: str) -> dict[str, Any]:
-        return {HASH_KEY: {"S": COUNTER_PREFIX + day}}
+    @property
+    def reads(self) -> Any:
+        return self.table.reads
 
     # ---- producer side ----------------------------------------------------------------
     def record_pending(self, entries: Sequence[tuple[RefundRequest, str, str]]) -> int:
@@ -163,13 +72,13 @@ class HistoryStore:
         for start in range(0, len(entries), 90):
             chunk = entries[start : start + 90]
             try:
-                self._transact(self._pending_actions(chunk))
+                self.table.transact(self._pending_actions(chunk))
                 recorded += len(chunk)
             except ConditionFailed:
                 # One of them raced the Lambda: record the rest one at a time.
                 for entry in chunk:
                     try:
-                        self._transact(self._pending_actions([entry]))
+                        self.table.transact(self._pending_actions([entry]))
                         recorded += 1
                     except ConditionFailed:
                         continue
@@ -197,7 +106,7 @@ class HistoryStore:
             actions.append(
                 {
                     "Put": {
-                        "TableName": self.table_name,
+                        "TableName": self.table.table_name,
                         "Item": to_item(data),
                         "ConditionExpression": "attribute_not_exists(refund_id)",
                     }
@@ -210,8 +119,8 @@ class HistoryStore:
 
     # ---- submitter side ---------------------------------------------------------------
     def read_for_claim(self, refund_id: str, payment_id: str) -> ClaimView:
-        keys = [self._key(refund_id), self.marker_key(payment_id)]
-        found = self._batch_get(keys, consistent=True)
+        keys = [item_key(refund_id), marker_key(payment_id)]
+        found = self.table.batch_get(keys, consistent=True)
         return ClaimView(
             item=found.get(refund_id),
             marker=found.get(PAYMENT_MARKER_PREFIX + payment_id),
@@ -277,8 +186,8 @@ class HistoryStore:
         actions = [
             {
                 "Update": {
-                    "TableName": self.table_name,
-                    "Key": self._key(request.refund_id),
+                    "TableName": self.table.table_name,
+                    "Key": item_key(request.refund_id),
                     "UpdateExpression": "SET " + ", ".join(sets),
                     "ConditionExpression": condition,
                     "ExpressionAttributeValues": {k: to_attr(v) for k, v in values.items()},
@@ -287,8 +196,8 @@ class HistoryStore:
             },
             {
                 "Update": {
-                    "TableName": self.table_name,
-                    "Key": self.marker_key(request.payment_id),
+                    "TableName": self.table.table_name,
+                    "Key": marker_key(request.payment_id),
                     "UpdateExpression": "SET lease_token = :token, lease_until = :lease, lease_holder = :rid",
                     "ConditionExpression": marker_condition,
                     "ExpressionAttributeValues": {
@@ -300,7 +209,7 @@ class HistoryStore:
                 }
             },
         ]
-        self._transact(actions)
+        self.table.transact(actions)
 
     def finish(
         self,
@@ -348,16 +257,16 @@ class HistoryStore:
             sets.append("completed_at = :now")
             values[":now"] = iso(now)
         update = {
-            "TableName": self.table_name,
-            "Key": self._key(refund_id),
+            "TableName": self.table.table_name,
+            "Key": item_key(refund_id),
             "UpdateExpression": "SET " + ", ".join(sets) + " REMOVE " + ", ".join(removes),
             "ConditionExpression": "lease_token = :token",
             "ExpressionAttributeValues": {k: to_attr(v) for k, v in values.items()},
         }
         if outcome is Outcome.REFUNDED and payment_id is not None:
             marker = {
-                "TableName": self.table_name,
-                "Key": self.marker_key(payment_id),
+                "TableName": self.table.table_name,
+                "Key": marker_key(payment_id),
                 "UpdateExpression": "SET refunded_by = :rid, refunded_at = :now, lease_until = :zero",
                 "ExpressionAttributeValues": {
                     ":rid": to_attr(refund_id),
@@ -365,9 +274,9 @@ class HistoryStore:
                     ":zero": to_attr(0),
                 },
             }
-            self._transact([{"Update": update}, {"Update": marker}])
+            self.table.transact([{"Update": update}, {"Update": marker}])
         else:
-            self._update(update)
+            self.table.update(update)
 
     @staticmethod
     def _attempt_map(attempt: Attempt) -> dict[str, Any]:
@@ -432,10 +341,10 @@ class HistoryStore:
             condition = "outcome = :seen AND (attribute_not_exists(lease_until) OR lease_until < :now_ms)"
             values[":seen"] = to_attr(seen_outcome)
             values[":now_ms"] = to_attr(_now_ms(now))
-        self._update(
+        self.table.update(
             {
-                "TableName": self.table_name,
-                "Key": self._key(refund_id),
+                "TableName": self.table.table_name,
+                "Key": item_key(refund_id),
                 "UpdateExpression": "SET " + ", ".join(sets) + " ADD attempts :one",
                 "ConditionExpression": condition,
                 "ExpressionAttributeNames": names,
@@ -450,8 +359,8 @@ class HistoryStore:
         adds = ", ".join(f"#o{i} :d{i}" for i in range(len(deltas)))
         return {
             "Update": {
-                "TableName": self.table_name,
-                "Key": self.counter_key(day),
+                "TableName": self.table.table_name,
+                "Key": counter_key(day),
                 "UpdateExpression": f"SET counter_day = :day ADD {adds}",
                 "ExpressionAttributeNames": names,
                 "ExpressionAttributeValues": {**values, ":day": to_attr(day)},
@@ -469,7 +378,7 @@ class HistoryStore:
         for start in range(0, len(pending), 80):
             chunk = pending[start : start + 80]
             try:
-                self._transact(self._settle_actions(chunk))
+                self.table.transact(self._settle_actions(chunk))
             except ConditionFailed:
                 for item in chunk:
                     self._settle_one(item.refund_id)
@@ -489,8 +398,8 @@ class HistoryStore:
             actions.append(
                 {
                     "Update": {
-                        "TableName": self.table_name,
-                        "Key": self._key(s.refund_id),
+                        "TableName": self.table.table_name,
+                        "Key": item_key(s.refund_id),
                         "UpdateExpression": "SET counted_outcome = :new",
                         "ConditionExpression": condition,
                         "ExpressionAttributeValues": values,
@@ -512,7 +421,7 @@ class HistoryStore:
                 refund_id, day_of(str(item["queued_at"])), item.get("counted_outcome"), str(item["outcome"])
             )
             try:
-                self._transact(self._settle_actions([settlement]))
+                self.table.transact(self._settle_actions([settlement]))
                 return
             except ConditionFailed:
                 continue
@@ -527,219 +436,8 @@ class HistoryStore:
             str(item[HASH_KEY]), day_of(str(item["queued_at"])), item.get("counted_outcome"), outcome
         )
 
-    # ---- reads ------------------------------------------------------------------------
     def get_item(self, refund_id: str) -> dict[str, Any] | None:
-        try:
-            response = self.client.get_item(
-                TableName=self.table_name, Key=self._key(refund_id), ConsistentRead=True
-            )
-        except ClientError as err:
-            raise self._store_error(err) from None
-        item = response.get("Item")
-        self.reads.add(1 if item else 0)
-        return from_item(item) if item else None
-
-    def get(self, refund_id: str) -> HistoryRecord | None:
-        if "#" in refund_id:
-            return None
-        item = self.get_item(refund_id)
-        return HistoryRecord.from_item(item) if item else None
-
-    def payment_marker(self, payment_id: str) -> dict[str, Any] | None:
-        return self._batch_get([self.marker_key(payment_id)], consistent=True).get(
-            PAYMENT_MARKER_PREFIX + payment_id
-        )
-
-    def _batch_get(self, keys: list[dict[str, Any]], consistent: bool = False) -> dict[str, dict[str, Any]]:
-        found: dict[str, dict[str, Any]] = {}
-        request: dict[str, Any] = {self.table_name: {"Keys": keys, "ConsistentRead": consistent}}
-        for _ in range(8):
-            try:
-                response = self.client.batch_get_item(RequestItems=request)
-            except ClientError as err:
-                raise self._store_error(err) from None
-            items = response.get("Responses", {}).get(self.table_name, [])
-            self.reads.add(len(items))
-            for raw in items:
-                item = from_item(raw)
-                found[str(item[HASH_KEY])] = item
-            request = response.get("UnprocessedKeys") or {}
-            if not request:
-                return found
-        raise StoreError("DynamoDB kept returning unprocessed keys; try again")
-
-    def query(
-        self,
-        *,
-        outcome: Outcome | None = None,
-        payment_id: str | None = None,
-        requested_by: str | None = None,
-        since: datetime | None = None,
-        until: datetime | None = None,
-        limit: int = 50,
-        cursor: str | None = None,
-    ) -> Page:
-        """Newest first, one page; never a Scan.
-
-        payment_id uses the by_payment index, outcome the by_outcome index, and
-        everything else walks the by_day index one day at a time backwards.
-        """
-        until = until or self.clock()
-        since = since or (until - timedelta(days=30))
-        low, high = iso(since), iso(until)
-        state = decode_cursor(cursor) if cursor else {}
-        records: list[HistoryRecord] = []
-        read = 0
-        filter_expr, filter_values = None, {}
-        if requested_by:
-            filter_expr = "requested_by = :requested_by"
-            filter_values = {":requested_by": to_attr(requested_by)}
-        if payment_id is not None or outcome is not None:
-            if payment_id is not None:
-                index, key_name, key_value = GSI_BY_PAYMENT, "payment_id", payment_id
-            else:
-                assert outcome is not None
-                index, key_name, key_value = GSI_BY_OUTCOME, "outcome", outcome.value
-            extra_filter = None
-            if payment_id is not None and outcome is not None:
-                extra_filter = "outcome = :outcome_filter"
-                filter_values[":outcome_filter"] = to_attr(outcome.value)
-            combined = " AND ".join(f for f in (filter_expr, extra_filter) if f) or None
-            lek = state.get("lek")
-            while len(records) < limit:
-                got, lek, scanned = self._query_index(
-                    index, key_name, key_value, low, high, limit - len(records), lek, combined, filter_values
-                )
-                records += got
-                read += scanned
-                if lek is None:
-                    break
-            next_cursor = encode_cursor({"lek": lek}) if lek else None
-            return Page(records, next_cursor, read)
-        day = state.get("day") or high[:10]
-        lek = state.get("lek")
-        first_day = low[:10]
-        while len(records) < limit and day >= first_day:
-            got, lek, scanned = self._query_index(
-                GSI_BY_DAY,
-                "queued_day",
-                day,
-                low,
-                high,
-                limit - len(records),
-                lek,
-                filter_expr,
-                filter_values,
-            )
-            records += got
-            read += scanned
-            if lek is None:
-                day = (date.fromisoformat(day) - timedelta(days=1)).isoformat()
-        more = lek is not None or day >= first_day
-        return Page(records, encode_cursor({"day": day, "lek": lek}) if more else None, read)
-
-    def _query_index(
-        self,
-        index: str,
-        key_name: str,
-        key_value: str,
-        low: str,
-        high: str,
-        limit: int,
-        lek: dict[str, Any] | None,
-        filter_expr: str | None,
-        filter_values: dict[str, Any],
-    ) -> tuple[list[HistoryRecord], dict[str, Any] | None, int]:
-        kwargs: dict[str, Any] = {
-            "TableName": self.table_name,
-            "IndexName": index,
-            "KeyConditionExpression": "#k = :k AND queued_at BETWEEN :low AND :high",
-            "ExpressionAttributeNames": {"#k": key_name},
-            "ExpressionAttributeValues": {
-                ":k": to_attr(key_value),
-                ":low": to_attr(low),
-                ":high": to_attr(high),
-            },
-            "ScanIndexForward": False,
-            "Limit": max(1, limit),
-        }
-        if filter_expr:
-            kwargs["FilterExpression"] = filter_expr
-            kwargs["ExpressionAttributeValues"].update(filter_values)
-        if lek:
-            kwargs["ExclusiveStartKey"] = lek
-        try:
-            response = self.client.query(**kwargs)
-        except ClientError as err:
-            raise self._store_error(err) from None
-        scanned = int(response.get("ScannedCount", len(response.get("Items", []))))
-        self.reads.add(scanned)
-        records = [HistoryRecord.from_item(from_item(i)) for i in response.get("Items", [])]
-        return records, response.get("LastEvaluatedKey"), scanned
-
-    def daily_counts(self, since: date, until: date) -> dict[str, dict[str, int]]:
-        """Per-day, per-outcome counts, one item read per day of the period."""
-        days = []
-        day = since
-        while day <= until:
-            days.append(day.isoformat())
-            day += timedelta(days=1)
-        result: dict[str, dict[str, int]] = {d: {} for d in days}
-        for start in range(0, len(days), 100):
-            chunk = days[start : start + 100]
-            found = self._batch_get([self.counter_key(d) for d in chunk])
-            for d in chunk:
-                item = found.get(COUNTER_PREFIX + d)
-                if item:
-                    result[d] = {
-                        o.value: int(item[o.value])
-                        for o in Outcome
-                        if isinstance(item.get(o.value), Decimal | int)
-                    }
-        return result
-
-    # ---- plumbing -----------------------------------------------------------------------
-    def _transact(self, actions: list[dict[str, Any]]) -> None:
-        try:
-            self.client.transact_write_items(TransactItems=actions)  # type: ignore[arg-type]
-        except ClientError as err:
-            if _is_condition_failure(err):
-                raise ConditionFailed(
-                    str(err.response.get("Error", {}).get("Message", "condition failed"))
-                ) from None
-            raise self._store_error(err) from None
-
-    def _update(self, kwargs: dict[str, Any]) -> None:
-        try:
-            self.client.update_item(**kwargs)
-        except ClientError as err:
-            if _is_condition_failure(err):
-                raise ConditionFailed("the item changed meanwhile") from None
-            raise self._store_error(err) from None
-
-    def _store_error(self, err: ClientError) -> StoreError:
-        code = err.response.get("Error", {}).get("Code", "Unknown")
-        message = err.response.get("Error", {}).get("Message", "")
-        hints = {
-            "ResourceNotFoundException": (
-                f"the table {self.table_name!r} does not exist (check HISTORY_TABLE_NAME or the stack name)"
-            ),
-            "ExpiredTokenException": "the AWS credentials have expired",
-            "UnrecognizedClientException": "the AWS credentials are not valid",
-            "AccessDeniedException": f"access to the table {self.table_name!r} is denied",
-        }
-        hint = hints.get(code, f"DynamoDB answered {code}: {message[:200]}")
-        store_error = StoreError(hint)
-        store_error.code = code  # type: ignore[attr-defined]
-        return store_error
+        return self.table.get_item(refund_id, consistent=True)
 
 
-__all__ = [
-    "CLAIMABLE",
-    "ClaimView",
-    "ConditionFailed",
-    "HistoryStore",
-    "Page",
-    "Settlement",
-    "StoreError",
-]
+__all__ = ["ClaimView", "ConditionFailed", "HistoryWriter", "Settlement", "StoreError"]

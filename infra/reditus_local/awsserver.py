@@ -2,7 +2,7 @@
 
 Run by `reditus-refunds local up` as its own process::
 
-    python -m reditus_refunds.local.awsserver --port 5005 --snapshot .local-data/snapshot.json
+    python -m reditus_local.awsserver --port 5005 --snapshot .local-data/snapshot.json
 
 On SIGTERM or SIGINT it writes the snapshot (see snapshot.py) while still serving, then stops.
 Prints ``moto server ready: <url>`` once it listens.
@@ -28,7 +28,7 @@ READY = "moto server ready:"
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m reditus_refunds.local.awsserver")
+    parser = argparse.ArgumentParser(prog="python -m reditus_local.awsserver")
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, required=True)
     parser.add_argument("--region", default=LOCAL_REGION, help="region of the tables to save")

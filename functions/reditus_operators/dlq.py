@@ -9,7 +9,7 @@ from typing import Any
 
 from botocore.exceptions import BotoCoreError, ClientError
 
-from .producer import QueueError, queue_error
+from reditus_refunds.producer import QueueError, queue_error
 
 
 @dataclass(frozen=True)

@@ -6,7 +6,7 @@ child watches it: once its parent is gone, the child is sent SIGTERM, and exits 
 later. Our own processes call :func:`watch_parent`; others (the simulator, Streamlit) are run
 through this module::
 
-    python -m reditus_refunds.local.child --parent-pid PID MODULE [ARGS...]
+    python -m reditus_local.child --parent-pid PID MODULE [ARGS...]
 """
 
 from __future__ import annotations
@@ -50,7 +50,7 @@ def watch_parent(
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m reditus_refunds.local.child")
+    parser = argparse.ArgumentParser(prog="python -m reditus_local.child")
     parser.add_argument("--parent-pid", type=int, required=True)
     parser.add_argument("module")
     parser.add_argument("args", nargs=argparse.REMAINDER)

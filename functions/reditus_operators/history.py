@@ -1,0 +1,225 @@
+"""HistoryReader: what operators read from the history table (the console, the CLI).
+
+Pages over the three indexes (never a Scan), one refund by key, payment markers in batches,
+and the per-day counters. Every AWS failure arrives as StoreError with a readable message.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from datetime import date, datetime, timedelta
+from decimal import Decimal
+from typing import TYPE_CHECKING, Any
+
+from reditus_refunds.aws_errors import StoreError
+from reditus_refunds.layout import (
+    COUNTER_PREFIX,
+    GSI_BY_DAY,
+    GSI_BY_OUTCOME,
+    GSI_BY_PAYMENT,
+    PAYMENT_MARKER_PREFIX,
+    counter_key,
+    from_item,
+    marker_key,
+    to_attr,
+)
+from reditus_refunds.records import HistoryRecord, Outcome, iso, utc_now
+from reditus_refunds.table import HistoryTable, ReadCounter
+
+if TYPE_CHECKING:
+    from mypy_boto3_dynamodb import DynamoDBClient
+else:
+    DynamoDBClient = Any
+
+
+@dataclass
+class Page:
+    records: list[HistoryRecord]
+    cursor: str | None
+    items_read: int
+
+
+def encode_cursor(state: dict[str, Any]) -> str:
+    return base64.urlsafe_b64encode(json.dumps(state, default=str).encode()).decode()
+
+
+def decode_cursor(cursor: str) -> dict[str, Any]:
+    try:
+        data = json.loads(base64.urlsafe_b64decode(cursor.encode()))
+    except ValueError:
+        raise ValueError("the page cursor is not valid") from None
+    if not isinstance(data, dict):
+        raise ValueError("the page cursor is not valid")
+    return data
+
+
+@dataclass(frozen=True)
+class PaymentMarker:
+    """What the table says of one payment: which refund_id refunded it, and when."""
+
+    payment_id: str
+    refunded_by: str | None
+    refunded_at: str | None
+
+
+class HistoryReader:
+    def __init__(self, table_name: str, client: DynamoDBClient, clock: Callable[[], datetime] = utc_now):
+        self.table = HistoryTable(table_name, client)
+        self.table_name = table_name
+        self.clock = clock
+
+    @property
+    def reads(self) -> ReadCounter:
+        return self.table.reads
+
+    def payment_markers(self, payment_ids: Sequence[str]) -> dict[str, PaymentMarker]:
+        """The markers of these payments that exist (100 per BatchGetItem)."""
+        wanted = list(dict.fromkeys(p for p in payment_ids if p))
+        found = self.table.batch_get([marker_key(p) for p in wanted])
+        markers: dict[str, PaymentMarker] = {}
+        for payment_id in wanted:
+            item = found.get(PAYMENT_MARKER_PREFIX + payment_id)
+            if item is not None:
+                markers[payment_id] = PaymentMarker(
+                    payment_id,
+                    None if item.get("refunded_by") is None else str(item["refunded_by"]),
+                    None if item.get("refunded_at") is None else str(item["refunded_at"]),
+                )
+        return markers
+
+    def get(self, refund_id: str) -> HistoryRecord | None:
+        if "#" in refund_id:
+            return None
+        item = self.table.get_item(refund_id)
+        return HistoryRecord.from_item(item) if item else None
+
+    def query(
+        self,
+        *,
+        outcome: Outcome | None = None,
+        payment_id: str | None = None,
+        requested_by: str | None = None,
+        since: datetime | None = None,
+        until: datetime | None = None,
+        limit: int = 50,
+        cursor: str | None = None,
+    ) -> Page:
+        """Newest first, one page; never a Scan.
+
+        payment_id uses the by_payment index, outcome the by_outcome index, and
+        everything else walks the by_day index one day at a time backwards.
+        """
+        until = until or self.clock()
+        since = since or (until - timedelta(days=30))
+        low, high = iso(since), iso(until)
+        state = decode_cursor(cursor) if cursor else {}
+        records: list[HistoryRecord] = []
+        read = 0
+        filter_expr, filter_values = None, {}
+        if requested_by:
+            filter_expr = "requested_by = :requested_by"
+            filter_values = {":requested_by": to_attr(requested_by)}
+        if payment_id is not None or outcome is not None:
+            if payment_id is not None:
+                index, key_name, key_value = GSI_BY_PAYMENT, "payment_id", payment_id
+            else:
+                assert outcome is not None
+                index, key_name, key_value = GSI_BY_OUTCOME, "outcome", outcome.value
+            extra_filter = None
+            if payment_id is not None and outcome is not None:
+                extra_filter = "outcome = :outcome_filter"
+                filter_values[":outcome_filter"] = to_attr(outcome.value)
+            combined = " AND ".join(f for f in (filter_expr, extra_filter) if f) or None
+            lek = state.get("lek")
+            while len(records) < limit:
+                got, lek, scanned = self._query_index(
+                    index, key_name, key_value, low, high, limit - len(records), lek, combined, filter_values
+                )
+                records += got
+                read += scanned
+                if lek is None:
+                    break
+            next_cursor = encode_cursor({"lek": lek}) if lek else None
+            return Page(records, next_cursor, read)
+        day = state.get("day") or high[:10]
+        lek = state.get("lek")
+        first_day = low[:10]
+        while len(records) < limit and day >= first_day:
+            got, lek, scanned = self._query_index(
+                GSI_BY_DAY,
+                "queued_day",
+                day,
+                low,
+                high,
+                limit - len(records),
+                lek,
+                filter_expr,
+                filter_values,
+            )
+            records += got
+            read += scanned
+            if lek is None:
+                day = (date.fromisoformat(day) - timedelta(days=1)).isoformat()
+        more = lek is not None or day >= first_day
+        return Page(records, encode_cursor({"day": day, "lek": lek}) if more else None, read)
+
+    def _query_index(
+        self,
+        index: str,
+        key_name: str,
+        key_value: str,
+        low: str,
+        high: str,
+        limit: int,
+        lek: dict[str, Any] | None,
+        filter_expr: str | None,
+        filter_values: dict[str, Any],
+    ) -> tuple[list[HistoryRecord], dict[str, Any] | None, int]:
+        kwargs: dict[str, Any] = {
+            "IndexName": index,
+            "KeyConditionExpression": "#k = :k AND queued_at BETWEEN :low AND :high",
+            "ExpressionAttributeNames": {"#k": key_name},
+            "ExpressionAttributeValues": {
+                ":k": to_attr(key_value),
+                ":low": to_attr(low),
+                ":high": to_attr(high),
+            },
+            "ScanIndexForward": False,
+            "Limit": max(1, limit),
+        }
+        if filter_expr:
+            kwargs["FilterExpression"] = filter_expr
+            kwargs["ExpressionAttributeValues"].update(filter_values)
+        if lek:
+            kwargs["ExclusiveStartKey"] = lek
+        response = self.table.query(kwargs)
+        scanned = int(response.get("ScannedCount", len(response.get("Items", []))))
+        records = [HistoryRecord.from_item(from_item(i)) for i in response.get("Items", [])]
+        return records, response.get("LastEvaluatedKey"), scanned
+
+    def daily_counts(self, since: date, until: date) -> dict[str, dict[str, int]]:
+        """Per-day, per-outcome counts, one item read per day of the period."""
+        days = []
+        day = since
+        while day <= until:
+            days.append(day.isoformat())
+            day += timedelta(days=1)
+        result: dict[str, dict[str, int]] = {d: {} for d in days}
+        for start in range(0, len(days), 100):
+            chunk = days[start : start + 100]
+            found = self.table.batch_get([counter_key(d) for d in chunk])
+            for d in chunk:
+                item = found.get(COUNTER_PREFIX + d)
+                if item:
+                    result[d] = {
+                        o.value: int(item[o.value])
+                        for o in Outcome
+                        if isinstance(item.get(o.value), Decimal | int)
+                    }
+        return result
+
+
+__all__ = ["HistoryReader", "Page", "PaymentMarker", "StoreError"]

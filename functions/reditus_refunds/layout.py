@@ -1,0 +1,54 @@
+"""The history table's item layout: keys, index names and the attribute codec.
+
+One table holds refund items (keyed by refund_id), payment markers and per-day counters. The
+writer, the operators' reader, the template tests and the local stack all read these names.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from boto3.dynamodb.types import TypeDeserializer, TypeSerializer
+
+HASH_KEY = "refund_id"
+GSI_BY_OUTCOME = "by_outcome"  # outcome + queued_at
+GSI_BY_DAY = "by_day"  # queued_day + queued_at
+GSI_BY_PAYMENT = "by_payment"  # payment_id + queued_at
+INDEXES = {
+    GSI_BY_OUTCOME: ("outcome", "queued_at"),
+    GSI_BY_DAY: ("queued_day", "queued_at"),
+    GSI_BY_PAYMENT: ("payment_id", "queued_at"),
+}
+# Attributes that key an index: DynamoDB refuses an empty string in any of them.
+INDEX_KEY_ATTRIBUTES = frozenset(a for pair in INDEXES.values() for a in pair)
+# Items that are not refund requests share the table under prefixed keys; refund ids
+# cannot contain '#', so they never collide, and they lack the index attributes.
+PAYMENT_MARKER_PREFIX = "payment#"
+COUNTER_PREFIX = "counter#"
+
+_ser = TypeSerializer()
+_de = TypeDeserializer()
+
+
+def to_attr(value: Any) -> dict[str, Any]:
+    return dict(_ser.serialize(value))
+
+
+def to_item(data: dict[str, Any]) -> dict[str, Any]:
+    return {k: _ser.serialize(v) for k, v in data.items() if v is not None}
+
+
+def from_item(item: dict[str, Any]) -> dict[str, Any]:
+    return {k: _de.deserialize(v) for k, v in item.items()}
+
+
+def item_key(refund_id: str) -> dict[str, Any]:
+    return {HASH_KEY: {"S": refund_id}}
+
+
+def marker_key(payment_id: str) -> dict[str, Any]:
+    return {HASH_KEY: {"S": PAYMENT_MARKER_PREFIX + payment_id}}
+
+
+def counter_key(day: str) -> dict[str, Any]:
+    return {HASH_KEY: {"S": COUNTER_PREFIX + day}}

@@ -1,0 +1,123 @@
+"""The calls both halves of the history make on DynamoDB, with every failure mapped.
+
+`HistoryWriter` (what the Lambda and the producers write) and the operators' `HistoryReader`
+each hold one of these; neither lets a botocore exception out.
+"""
+
+from __future__ import annotations
+
+import threading
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+from botocore.exceptions import BotoCoreError, ClientError
+
+from .aws_errors import ConditionFailed, StoreError, aws_error, is_condition_failure
+from .layout import HASH_KEY, from_item, item_key
+
+if TYPE_CHECKING:
+    from mypy_boto3_dynamodb import DynamoDBClient
+else:
+    DynamoDBClient = Any
+
+BATCH_GET_LIMIT = 100  # BatchGetItem's keys per call
+BATCH_GET_ROUNDS = 8  # unprocessed-key rounds before giving up
+
+
+@dataclass
+class ReadCounter:
+    """Items read and calls made: the speed tests and the benchmark count reads with it."""
+
+    items: int = 0
+    calls: int = 0
+    _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
+
+    def add(self, items: int) -> None:
+        with self._lock:
+            self.items += items
+            self.calls += 1
+
+
+class HistoryTable:
+    def __init__(self, table_name: str, client: DynamoDBClient):
+        self.table_name = table_name
+        self.client = client
+        self.reads = ReadCounter()
+
+    def error(self, err: BaseException) -> StoreError:
+        mapped = aws_error(
+            err,
+            StoreError,
+            service="DynamoDB",
+            resource=f"the table {self.table_name!r}",
+            names_hint="HISTORY_TABLE_NAME or the stack name",
+        )
+        assert isinstance(mapped, StoreError)
+        return mapped
+
+    def get_item(self, refund_id: str, consistent: bool = True) -> dict[str, Any] | None:
+        try:
+            response = self.client.get_item(
+                TableName=self.table_name, Key=item_key(refund_id), ConsistentRead=consistent
+            )
+        except (ClientError, BotoCoreError) as err:
+            raise self.error(err) from None
+        item = response.get("Item")
+        self.reads.add(1 if item else 0)
+        return from_item(item) if item else None
+
+    def batch_get(self, keys: list[dict[str, Any]], consistent: bool = False) -> dict[str, dict[str, Any]]:
+        """Items by their hash key, any number of keys (100 per call)."""
+        found: dict[str, dict[str, Any]] = {}
+        for start in range(0, len(keys), BATCH_GET_LIMIT):
+            found.update(self._batch_get_chunk(keys[start : start + BATCH_GET_LIMIT], consistent))
+        return found
+
+    def _batch_get_chunk(self, keys: list[dict[str, Any]], consistent: bool) -> dict[str, dict[str, Any]]:
+        found: dict[str, dict[str, Any]] = {}
+        request: dict[str, Any] = {self.table_name: {"Keys": keys, "ConsistentRead": consistent}}
+        for _ in range(BATCH_GET_ROUNDS):
+            try:
+                response = self.client.batch_get_item(RequestItems=request)
+            except (ClientError, BotoCoreError) as err:
+                raise self.error(err) from None
+            items = response.get("Responses", {}).get(self.table_name, [])
+            self.reads.add(len(items))
+            for raw in items:
+                item = from_item(raw)
+                found[str(item[HASH_KEY])] = item
+            request = response.get("UnprocessedKeys") or {}
+            if not request:
+                return found
+        raise StoreError("DynamoDB kept returning unprocessed keys; try again", code="UnprocessedKeys")
+
+    def transact(self, actions: list[dict[str, Any]]) -> None:
+        try:
+            self.client.transact_write_items(TransactItems=actions)  # type: ignore[arg-type]
+        except ClientError as err:
+            if is_condition_failure(err):
+                raise ConditionFailed(
+                    str(err.response.get("Error", {}).get("Message", "condition failed")),
+                    code="ConditionFailed",
+                ) from None
+            raise self.error(err) from None
+        except BotoCoreError as err:
+            raise self.error(err) from None
+
+    def update(self, kwargs: dict[str, Any]) -> None:
+        try:
+            self.client.update_item(**kwargs)
+        except ClientError as err:
+            if is_condition_failure(err):
+                raise ConditionFailed("the item changed meanwhile", code="ConditionFailed") from None
+            raise self.error(err) from None
+        except BotoCoreError as err:
+            raise self.error(err) from None
+
+    def query(self, kwargs: dict[str, Any]) -> dict[str, Any]:
+        try:
+            response: dict[str, Any] = dict(self.client.query(TableName=self.table_name, **kwargs))
+        except (ClientError, BotoCoreError) as err:
+            raise self.error(err) from None
+        self.reads.add(int(response.get("ScannedCount", len(response.get("Items", [])))))
+        return response

@@ -1,0 +1,122 @@
+"""The Lambda's artifact holds what the function runs and nothing else.
+
+The code half of the real build (functions/Makefile: copy + compile) runs into a temporary
+directory; the modules it ships must be exactly the modules the handler imports, plus a short,
+explicit allow-list. A module that creeps into reditus_refunds/ without the handler using it (a
+simulator, a CLI, an operators' helper) fails here, and so does a module the handler needs but the
+build leaves out.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+FUNCTIONS = ROOT / "functions"
+THIS_PYTHON = f"{sys.version_info.major}.{sys.version_info.minor}"
+
+# Shipped although the handler does not import them, each for a reason.
+ALLOWED_EXTRA_FILES = {
+    "reditus_refunds/py.typed": "PEP 561 marker: costs nothing, keeps the package the same everywhere",
+    "reditus_refunds/schema/refund-request.schema.json": "the published contract (contract.json_schema)",
+}
+ALLOWED_EXTRA_MODULES: dict[str, str] = {}
+
+IMPORT_PROBE = """
+import json, sys
+import reditus_refunds.handler
+ours = [m for m in sys.modules if m.split(".")[0] == "reditus_refunds"]
+print(json.dumps(sorted(ours)))
+"""
+
+
+def module_name(path: Path, root: Path) -> str:
+    parts = list(path.relative_to(root).with_suffix("").parts)
+    if parts[-1] == "__init__":
+        parts.pop()
+    return ".".join(parts)
+
+
+@pytest.fixture(scope="module")
+def artifact(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    out = tmp_path_factory.mktemp("artifact")
+    done = subprocess.run(
+        [
+            "make",
+            "--no-print-directory",
+            "-C",
+            str(FUNCTIONS),
+            "package-code",
+            f"ARTIFACTS_DIR={out}",
+            f"PYTHON={sys.executable}",
+            f"RUNTIME={THIS_PYTHON}",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert done.returncode == 0, done.stdout + done.stderr
+    return out
+
+
+def handler_imports(artifact: Path) -> set[str]:
+    env = {
+        **os.environ,
+        "PYTHONPATH": str(artifact),
+        "PYTHONDONTWRITEBYTECODE": "1",
+        "HISTORY_TABLE_NAME": "history",
+        "REFUND_QUEUE_URL": "http://127.0.0.1:9/queue/refunds",
+        "REDITUS_API_BASE_URL": "http://127.0.0.1:9",
+        "REDITUS_API_KEY": "not-used",
+    }
+    done = subprocess.run(
+        [sys.executable, "-c", IMPORT_PROBE],
+        env=env,
+        cwd=artifact,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    return set(json.loads(done.stdout.strip().splitlines()[-1]))
+
+
+def test_the_artifact_ships_exactly_the_handlers_modules(artifact: Path) -> None:
+    shipped = {module_name(p, artifact) for p in (artifact / "reditus_refunds").rglob("*.py")}
+    imported = handler_imports(artifact)
+    assert imported, "the probe saw no module of ours"
+    assert shipped - imported - set(ALLOWED_EXTRA_MODULES) == set(), "shipped but never imported"
+    assert imported - shipped == set(), "imported but not shipped"
+
+
+def test_the_artifact_has_no_data_files_beyond_the_allow_list(artifact: Path) -> None:
+    files = {
+        str(p.relative_to(artifact))
+        for p in artifact.rglob("*")
+        if p.is_file() and p.suffix not in (".py", ".pyc") and "__pycache__" not in p.parts
+    }
+    assert files == set(ALLOWED_EXTRA_FILES)
+
+
+def test_no_dev_stack_cli_console_or_operators_code_in_the_artifact(artifact: Path) -> None:
+    top_level = {p.name for p in artifact.iterdir()}
+    for absent in ("reditus_local", "reditus_operators", "ui", "tests", "bench", "reditus_webhooks"):
+        assert absent not in top_level
+    names = {p.stem for p in artifact.rglob("*.py")}
+    for absent in (
+        "simulator",
+        "motoserver",
+        "worker",
+        "cli",
+        "csv_import",
+        "dlq",
+        "operations",
+        "app_pages",
+    ):
+        assert absent not in names

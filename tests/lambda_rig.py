@@ -10,9 +10,9 @@ from dataclasses import dataclass
 from typing import Any
 
 import pytest
+
 from reditus_local.simulator import ReditusSimulator
 from reditus_operators.history import HistoryReader
-
 from reditus_refunds.app import PowertoolsTelemetry, SubmitterService
 from reditus_refunds.settings import Settings
 
@@ -39,16 +39,25 @@ class Lambda:
     handler: Any
     service: SubmitterService
 
-    def send(self, *bodies: Any) -> None:
+    def send(self, *bodies: Any, attributes: dict[str, str] | None = None) -> None:
+        extra: dict[str, Any] = {}
+        if attributes:
+            extra["MessageAttributes"] = {
+                k: {"DataType": "String", "StringValue": v} for k, v in attributes.items()
+            }
         for body in bodies:
             text = body if isinstance(body, str) else json.dumps(body)
-            self.aws.sqs.send_message(QueueUrl=self.aws.queue_url, MessageBody=text)
+            self.aws.sqs.send_message(QueueUrl=self.aws.queue_url, MessageBody=text, **extra)
 
     def receive_event(self) -> dict[str, Any]:
         messages: list[dict[str, Any]] = []
         while True:
             got = self.aws.sqs.receive_message(
-                QueueUrl=self.aws.queue_url, MaxNumberOfMessages=10, AttributeNames=["All"], WaitTimeSeconds=0
+                QueueUrl=self.aws.queue_url,
+                MaxNumberOfMessages=10,
+                AttributeNames=["All"],
+                MessageAttributeNames=["All"],
+                WaitTimeSeconds=0,
             ).get("Messages", [])
             if not got:
                 break
@@ -60,7 +69,10 @@ class Lambda:
                     "receiptHandle": m["ReceiptHandle"],
                     "body": m["Body"],
                     "attributes": m["Attributes"],
-                    "messageAttributes": {},
+                    "messageAttributes": {
+                        name: {"stringValue": value.get("StringValue"), "dataType": value["DataType"]}
+                        for name, value in (m.get("MessageAttributes") or {}).items()
+                    },
                     "md5OfBody": m["MD5OfBody"],
                     "eventSource": "aws:sqs",
                     "eventSourceARN": "arn:aws:sqs:us-east-1:123456789012:refunds",

@@ -274,9 +274,17 @@ class RuntimeApi:
             self._cond.notify_all()
 
     def wait_for_polls(self, count: int, timeout: float) -> bool:
-        """Wait until the runtime has polled ``next`` at least ``count`` times (it is ready for more)."""
+        """Wait until the runtime has polled ``next`` at least ``count`` times (it is ready for more).
+
+        False after ``timeout`` seconds, or as soon as the runtime posts an init error or exits.
+        """
+        state = self._state
         with self._cond:
-            return self._cond.wait_for(lambda: self._state.polls >= count, timeout=timeout)
+            self._cond.wait_for(
+                lambda: state.polls >= count or bool(state.init_errors) or state.exit_code is not None,
+                timeout=timeout,
+            )
+            return state.polls >= count
 
     @property
     def init_errors(self) -> list[InitError]:

@@ -66,6 +66,27 @@ MALFORMED: list[str] = [
     json.dumps({"payment_id": "p", "source": "<img src=x onerror=alert(1)>"}),
     json.dumps({"payment_id": {"$ne": None}}),
     json.dumps({"payment_id": "p", "note": "x", "__proto__": {"admin": True}}),
+    # what makes Python's json raise something other than JSONDecodeError, or accept what JSON has not
+    '{"payment_id": ' + "1" * 5_000 + "}",  # int(): ValueError over 4,300 digits
+    "9" * 5_000,
+    '{"payment_id": "p", "force": ' + "1" * 5_000 + "}",
+    '{"payment_id": 1e999}',
+    "[" * 5_000 + "]" * 5_000,  # RecursionError
+    '{"payment_id": ' * 3_000 + '"p"' + "}" * 3_000,
+    '{"payment_id": "p", "force": NaN}',
+    '{"payment_id": Infinity}',
+    "-Infinity",
+    '{"payment_id": "p", "\\ud800": 1}',
+    # a key twice: which one counts differs between parsers
+    '{"payment_id": "pay_a", "payment_id": "pay_b"}',
+    '{"refund_id": "dup-1", "payment_id": "p", "refund_id": "dup-2"}',
+    # look-alike ids: invisible format characters
+    json.dumps({"payment_id": "pay\u200b_1"}),
+    json.dumps({"payment_id": "pay\u200d_1"}),
+    json.dumps({"payment_id": "pay_\u202e1"}),
+    json.dumps({"payment_id": "\ufeffpay_1"}),
+    json.dumps({"payment_id": "pay_1\u2060"}, ensure_ascii=False),
+    json.dumps({"payment_id": "p", "refund_id": "r\u200b1"}),
 ]
 
 BODY_LIMIT_PAYMENT = json.dumps({"payment_id": "x" * 300_000})
@@ -101,6 +122,12 @@ def test_reasons_are_specific(lam: Lambda) -> None:
         json.dumps({"payment_id": "p", "amount": 5}): "unknown field(s) 'amount'",
         json.dumps({"payment_id": "x" * 10_000}): "the limit is 255",
         '{"payment_id": "\\ud800"}': "surrogate",
+        '{"payment_id": ' + "1" * 5_000 + "}": "payment_id must be a string, not a number",
+        "[" * 5_000 + "]" * 5_000: "nested too deeply",
+        '{"payment_id": "p", "force": NaN}': "NaN is not a JSON value",
+        '{"payment_id": "pay_a", "payment_id": "pay_b"}': "the key 'payment_id' appears more than once",
+        json.dumps({"payment_id": "pay\u200b_1"}): "invisible format character (U+200B ZERO WIDTH SPACE)",
+        json.dumps({"payment_id": "\ufeffpay_1"}): "invisible format character (U+FEFF",
     }
     event, _ = lam.run(*cases)
     for record in event["Records"]:

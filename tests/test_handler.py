@@ -5,11 +5,14 @@ from __future__ import annotations
 import json
 
 import pytest
-from reditus_local.simulator import DEMO_INVALID, DEMO_REFUNDABLE
 
+from reditus_local.simulator import DEMO_INVALID, DEMO_REFUNDABLE
+from reditus_refunds.app import inbound_from_record
+from reditus_refunds.outcomes import RECHECK_ATTRIBUTE, REDRIVE_REFUND_ID_ATTRIBUTE
 from reditus_refunds.records import Outcome
 
 from .conftest import API_KEY
+from .fakes import FailingSettleTable
 from .lambda_rig import Lambda, free_port, make_lambda
 
 
@@ -203,3 +206,87 @@ def test_the_key_never_appears_in_logs_or_items(lam: Lambda, capfd, captured_log
     assert '"payment_id":"pay_demo_1001"' in captured_logs.getvalue()
     assert API_KEY not in json.dumps(lam.items())
     assert API_KEY not in repr(lam.service.reditus.__dict__)
+
+
+def test_a_failing_counter_settlement_does_not_fail_the_batch(lam: Lambda) -> None:
+    table = FailingSettleTable(lam.service.store.table)
+    lam.service.store.table = table  # type: ignore[assignment]
+    good = [{"payment_id": p, "refund_id": f"set-{i}"} for i, p in enumerate(DEMO_REFUNDABLE[:2])]
+    _, failures = lam.run(*good)
+    assert failures == set()  # the results stand; SQS does not deliver the batch again
+    assert all(lam.record(f"set-{i}").outcome is Outcome.REFUNDED for i in range(2))
+    assert counted(lam) == {}  # not settled yet, and marked so on the items
+    assert all("counted_outcome" not in i for i in lam.items() if i["refund_id"]["S"].startswith("set-"))
+    assert len(lam.service.unsettled) == 2
+    # The next invocation settles what the last one could not, with its own records.
+    table.fail = False
+    _, failures = lam.run({"payment_id": DEMO_REFUNDABLE[2], "refund_id": "set-2"})
+    assert failures == set() and lam.service.unsettled == []
+    assert counted(lam) == {"refunded": 3}
+
+
+def counted(lam: Lambda) -> dict[str, int]:
+    totals: dict[str, int] = {}
+    for item in lam.items():
+        if item["refund_id"]["S"].startswith("counter#"):
+            for name, value in item.items():
+                if "N" in value and int(value["N"]):
+                    totals[name] = totals.get(name, 0) + int(value["N"])
+    return totals
+
+
+def test_every_log_line_of_a_record_carries_its_ids_while_records_run_at_once(
+    lam: Lambda, captured_logs
+) -> None:
+    lam.sim.configure(fault_rate=1.0, faults=("503",), retry_after=0)
+    lam.service.reditus.max_attempts = 1
+    bodies = [{"payment_id": f"pay_log_{i}", "refund_id": f"log-{i}"} for i in range(8)]
+    lam.run(*bodies)
+    lines = [json.loads(line) for line in captured_logs.getvalue().splitlines() if line.strip()]
+    domain = [line for line in lines if line.get("message") == "transient failure; SQS will deliver it again"]
+    assert len(domain) == len(bodies)
+    expected = {b["refund_id"]: b["payment_id"] for b in bodies}
+    for line in lines:
+        if "refund_id" in line:
+            assert expected.get(line["refund_id"]) == line["payment_id"], line
+    assert all("refund_id" in line and line["level"] == "WARNING" for line in domain)
+    assert {line["refund_id"] for line in domain} == set(expected)
+
+
+def test_the_record_reads_its_message_attributes() -> None:
+    record = {
+        "messageId": "m-1",
+        "body": "{}",
+        "attributes": {"ApproximateReceiveCount": "2"},
+        "messageAttributes": {
+            RECHECK_ATTRIBUTE: {"stringValue": "chain-1", "dataType": "String"},
+            REDRIVE_REFUND_ID_ATTRIBUTE: {"stringValue": "orig-1", "dataType": "String"},
+            "binary": {"binaryValue": "AAE=", "dataType": "Binary"},
+        },
+    }
+    message = inbound_from_record(record)
+    assert (message.recheck_token, message.redrive_refund_id, message.receive_count) == (
+        "chain-1",
+        "orig-1",
+        2,
+    )
+    assert "binary" not in message.attributes
+
+
+def test_a_redriven_message_settles_the_original_record(lam: Lambda) -> None:
+    lam.sim.configure(fault_rate=1.0, faults=("503",), retry_after=0)
+    lam.service.reditus.max_attempts = 1
+    event, _ = lam.run({"payment_id": DEMO_REFUNDABLE[0]})
+    original = event["Records"][0]["messageId"]
+    assert lam.record(original).outcome is Outcome.RETRYING
+    lam.aws.sqs.change_message_visibility(
+        QueueUrl=lam.aws.queue_url, ReceiptHandle=event["Records"][0]["receiptHandle"], VisibilityTimeout=0
+    )
+    lam.aws.sqs.receive_message(QueueUrl=lam.aws.queue_url)  # drop it: the redrive sends a copy
+    lam.aws.sqs.purge_queue(QueueUrl=lam.aws.queue_url)
+    lam.sim.configure(fault_rate=0.0)
+    lam.send({"payment_id": DEMO_REFUNDABLE[0]}, attributes={REDRIVE_REFUND_ID_ATTRIBUTE: original})
+    event, failures = lam.run()
+    assert failures == set() and event["Records"][0]["messageId"] != original
+    assert lam.record(original).outcome is Outcome.REFUNDED
+    assert lam.record(event["Records"][0]["messageId"]) is None

@@ -29,7 +29,6 @@ import subprocess
 import sys
 import threading
 import time
-import warnings
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -46,10 +45,8 @@ if TYPE_CHECKING:
     # plugin tests/conftest.py registers), so the simulator's module path lives in one place.
     from .lambda_rig import ReditusSimulator
 
-# `packaging` is not registered in pyproject.toml yet: keep pytest from warning about it until it is.
-with warnings.catch_warnings():
-    warnings.simplefilter("ignore", pytest.PytestUnknownMarkWarning)
-    pytestmark = [pytest.mark.packaging, pytest.mark.timeout(900)]
+# packaging: needs the package registry (the build pip-installs the function's requirements).
+pytestmark = [pytest.mark.packaging, pytest.mark.timeout(900)]
 
 ROOT = Path(__file__).resolve().parents[1]
 FUNCTIONS = ROOT / "functions"
@@ -61,6 +58,9 @@ REGION = "us-east-1"
 ACCOUNT = "123456789012"
 FUNCTION_ARN = f"arn:aws:lambda:{REGION}:{ACCOUNT}:function:{FUNCTION_NAME}"
 AWSLAMBDARIC = "awslambdaric>=3"
+# A record that raises is reported in batchItemFailures, and Powertools logs the exception only in
+# its debug mode: set this variable to run the function with POWERTOOLS_DEBUG=true and see it.
+DEBUG_SWITCH = "LAMBDA_RUNTIME_TEST_DEBUG"
 
 # The refunds in the event and what the simulator answers each.
 REFUNDED = ("rt-refunded-1", "pay_rt_known")  # 200
@@ -354,6 +354,8 @@ def function(
     (probe_dir / "sitecustomize.py").write_text(PROBE, encoding="utf-8")
     with RuntimeApi(FUNCTION_ARN) as api:
         env = function_env(runtime, api, aws, simulator.base_url, probe_dir, xray_address)
+        if os.environ.get(DEBUG_SWITCH):
+            env["POWERTOOLS_DEBUG"] = "true"
         stdout, stderr = tmp_path / "runtime.stdout", tmp_path / "runtime.stderr"
         started = time.monotonic()
         with stdout.open("wb") as out, stderr.open("wb") as err:
@@ -394,7 +396,7 @@ def test_the_built_package_handles_an_sqs_event_under_awslambdaric(
     # Init: the handler module is imported (settings read, clients built) before the first poll.
     polled = api.wait_for_polls(1, timeout=60)
     assert not api.init_errors, f"init error: {api.init_errors[0].payload}\n{fn.output()}"
-    assert polled, f"the runtime never polled for an event\n{fn.output()}"
+    assert polled, f"the runtime never polled for an event (exit code {fn.process.poll()})\n{fn.output()}"
     cold_start = time.monotonic() - fn.started
 
     for refund_id, payment_id in (REFUNDED, REJECTED, NOT_YET_FOUND):
@@ -410,7 +412,9 @@ def test_the_built_package_handles_an_sqs_event_under_awslambdaric(
     # A partial-batch response with no failures: every outcome is settled for this delivery (the
     # 404 is re-checked by a delayed copy of the message, not by an SQS retry).
     assert kind == "response", f"{kind}: {json.dumps(payload, indent=1)}\n{fn.output()}"
-    assert payload == {"batchItemFailures": []}, fn.output()
+    assert payload == {"batchItemFailures": []}, (
+        f"{fn.output()}\nrecords failed; if no cause is logged above, rerun with {DEBUG_SWITCH}=1"
+    )
 
     # The history, read from the table the function wrote to.
     refunded = history_item(aws, REFUNDED[0])

@@ -9,7 +9,9 @@ could see is captured: every process's stdout and stderr, the CLI's output (enqu
 history --json, dlq list, dlq list --json, dlq redrive), every history item and dead letter, each
 console page (Streamlit AppTest against the same AWS endpoint: every element of the rendered tree),
 the simulator's records and the texts of what the client returns and the handler raises for a 401.
-Neither key may appear in any of them.
+And Reditus is careless: every error answer repeats the key it was sent, upper-cased, escaped,
+encoded, cut and masked (the simulator's echo_key knob). Neither key may appear in any of them, in
+any of those forms.
 
 Access: with sign-in configured, no console page - queue, bulk upload, history, dead letters - shows
 anything but the sign-in until the operator signs in, so nothing can be queued or redriven.
@@ -28,9 +30,11 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import requests
 import streamlit as st
 from streamlit.testing.v1 import AppTest
 
+from reditus_local.simulator import echo_forms
 from reditus_refunds.app import StaticKeyProvider
 from reditus_refunds.reditus import ReditusClient
 from reditus_refunds.settings import Settings
@@ -139,7 +143,7 @@ def seen(tmp_path_factory: pytest.TempPathFactory) -> Seen:
     servers: Servers = start_servers(log_dir, SIMULATOR_KEY, verbose=True)
     system: System | None = None
     try:
-        servers.configure(add_payments=list(PAYMENTS))
+        servers.configure(add_payments=list(PAYMENTS), echo_key="all")
         settings = SystemSettings(
             visibility_timeout=2,
             max_receive_count=2,
@@ -188,6 +192,14 @@ def seen(tmp_path_factory: pytest.TempPathFactory) -> Seen:
         found.add("dead letters", "\n".join(letter.body for letter in system.dead_letters()))
         found.add("simulator config", json.dumps(servers.configure()))
         found.add("simulator requests", json.dumps(servers.requests()))
+        echoed = requests.post(
+            servers.reditus_url + "/v1/refunds",
+            json={"payment_id": PAYMENTS[0]},
+            headers={"Authorization": f"Bearer {WRONG_KEY}"},
+            timeout=10,
+        )
+        # Kept apart from what is searched: it is Reditus's answer itself.
+        found.texts["echoed 401"] = echoed.json()["errors"][0]["details"].encode()
         # The texts of what the client and the handler raise and keep for a 401.
         answer = ReditusClient(servers.reditus_url, lambda force: WRONG_KEY, max_attempts=2).refund(
             PAYMENTS[0], time.monotonic() + 10
@@ -208,12 +220,25 @@ def seen(tmp_path_factory: pytest.TempPathFactory) -> Seen:
     return found
 
 
+def key_forms(key: str) -> dict[str, str]:
+    """The key as the echoing simulator writes it; for the cut forms, the part of the key they show."""
+    third = len(key) * 2 // 3
+    return {**echo_forms(key), "prefix": key[:third], "suffix": key[-third:], "masked": key[:10]}
+
+
+def shows(text: bytes, shown: str) -> bool:
+    # Escaped forms written inside JSON (a log line, an item) have their backslashes doubled.
+    views = (text, text.replace(b"\\\\", b"\\"))
+    return any(shown.encode(encoding) in view for view in views for encoding in ("utf-8", "utf-16-le"))
+
+
 def leaks(texts: dict[str, bytes]) -> list[str]:
     return [
-        f"{which} in {source}"
+        f"{which} ({form}) in {source}"
         for source, text in texts.items()
         for which, key in KEYS.items()
-        if key.encode() in text or key.encode("utf-16-le") in text
+        for form, shown in key_forms(key).items()
+        if shows(text, shown)
     ]
 
 
@@ -254,9 +279,19 @@ def test_no_console_page_shows_the_key(seen: Seen) -> None:
 
 
 def test_the_search_would_find_a_leak() -> None:
-    assert leaks({"a log line": f'{{"detail": "Bearer {SIMULATOR_KEY}"}}'.encode()}) == [
-        "the right key in a log line"
-    ]
+    found = leaks({"a log line": f'{{"detail": "Bearer {SIMULATOR_KEY}"}}'.encode()})
+    assert "the right key (plain) in a log line" in found
+    assert all(text.startswith("the right key (") for text in found)
+    for form, text in echo_forms(WRONG_KEY).items():
+        assert f"the wrong key ({form}) in a detail" in leaks({"a detail": f"key received: {text}".encode()})
+        in_json = json.dumps({"detail": text}).encode()  # "\\u0072..." in a JSON log line
+        assert f"the wrong key ({form}) in a log" in leaks({"a log": in_json})
+
+
+def test_reditus_echoed_the_key(seen: Seen) -> None:
+    """The careless Reditus did repeat the key, so the checks above looked at echoes too."""
+    answer = seen.texts["echoed 401"].decode()
+    assert all(text in answer for text in echo_forms(WRONG_KEY).values())
 
 
 # ---- access -------------------------------------------------------------------------------------------

@@ -19,6 +19,7 @@ from typing import Any
 
 import pytest
 import requests
+
 from reditus_local.simulator import (
     DEMO_INVALID,
     DEMO_LATE,
@@ -27,9 +28,12 @@ from reditus_local.simulator import (
     DETAIL_BLANK,
     DETAIL_INVALID,
     DETAIL_NOT_FOUND,
+    DETAIL_UNAUTHORIZED,
+    ECHO_FORMS,
     FAULT_KINDS,
     PortInUseError,
     ReditusSimulator,
+    echo_forms,
 )
 
 KEY = "sim-test-key-7f3a9c"
@@ -119,6 +123,16 @@ def test_bad_json_is_400(sim: ReditusSimulator) -> None:
     assert response.status_code == 400
     assert response.json()["errors"][0]["title"] == "Bad Request"
     assert sim.records()[0].payment_id is None
+
+
+@pytest.mark.parametrize(
+    "body", [b'{"payment_id": ' + b"1" * 5_000 + b"}", b"[" * 5_000 + b"]" * 5_000, b"\xff{}"]
+)
+def test_a_body_json_cannot_read_is_400_not_a_hang_up(sim: ReditusSimulator, body: bytes) -> None:
+    """Python's json raises ValueError (not JSONDecodeError) for a 5,000-digit number."""
+    response = requests.post(sim.url, data=body, headers=AUTH, timeout=TIMEOUT)
+    assert response.status_code == 400
+    assert response.json()["errors"][0]["details"] == "Invalid JSON body"
 
 
 def test_unknown_payment_is_404(sim: ReditusSimulator) -> None:
@@ -397,6 +411,7 @@ def test_control_api_config_adds_payments(sim: ReditusSimulator, clock: FakeCloc
         {"nonsense": 1},
         {"add_payments": "pay"},
         {"latency": -1},
+        {"echo_key": ["rot13"]},
         [1],
     ],
 )
@@ -471,6 +486,57 @@ def test_the_key_is_never_logged_or_shown(sim: ReditusSimulator, caplog: pytest.
     assert not [text for text in shown if KEY in text]
 
 
+# -- the echo_key knob: a careless API repeating the key it was sent ------------------------------
+
+
+def test_echo_forms_are_all_different_and_all_hold_the_key() -> None:
+    key = "rk_live/0123456789abcdef0123456789"
+    forms = echo_forms(key)
+    assert tuple(forms) == ECHO_FORMS
+    assert len(set(forms.values())) == len(forms)
+    assert forms["json"].startswith("\\u0072\\u006b") and forms["json_first"].startswith("\\u0072k_live")
+    assert forms["slashes"] == "rk_live\\/0123456789abcdef0123456789"
+    assert forms["url"].startswith("%72%6B%5F") and forms["masked"] == "rk_live/01" + "*" * 20 + "6789"
+
+
+def test_echo_key_is_off_by_default(sim: ReditusSimulator) -> None:
+    response = refund(sim, "pay_unknown")
+    assert response.json() == errors("Not Found", DETAIL_NOT_FOUND)
+    assert sim.config()["echo_key"] == []
+
+
+def test_echo_key_repeats_the_presented_key_in_every_error_body(clock: FakeClock) -> None:
+    with ReditusSimulator(KEY, payments=("pay_ok",), late=(), clock=clock, echo_key="all") as sim:
+        wrong = "wrong-key-0123456789"
+        unauthorized = refund(sim, "pay_ok", headers={"Authorization": f"Bearer {wrong}"})
+        not_found = refund(sim, "pay_unknown")
+        ok = refund(sim, "pay_ok")
+        sim.configure(fault_rate=1.0, faults=("503",))
+        unavailable = refund(sim, "pay_ok")
+        no_key = refund(sim, "pay_ok", headers={})
+        config = sim.config()
+    echoes = {
+        wrong: unauthorized.json()["errors"][0]["details"],
+        KEY: not_found.json()["errors"][0]["details"],
+    }
+    assert echoes[wrong].startswith(DETAIL_UNAUTHORIZED + " (key received: ")
+    for key, details in echoes.items():
+        assert all(form in details for form in echo_forms(key).values()), details
+    assert all(form in unavailable.json()["errors"][0]["details"] for form in echo_forms(KEY).values())
+    assert ok.json() == {"message": "ok"}  # a success body is left alone
+    assert "key received" not in no_key.text  # nothing presented, nothing to echo
+    assert config["echo_key"] == list(ECHO_FORMS) and KEY not in str(config)
+
+
+def test_echo_key_through_the_control_api(sim: ReditusSimulator) -> None:
+    answer = requests.post(sim.control_url + "/config", json={"echo_key": "upper,url"}, timeout=TIMEOUT)
+    assert answer.json()["echo_key"] == ["upper", "url"]
+    details = refund(sim, "pay_unknown").json()["errors"][0]["details"]
+    assert details == f"{DETAIL_NOT_FOUND} (key received: {KEY.upper()}, {echo_forms(KEY)['url']})"
+    sim.configure(echo_key=())
+    assert refund(sim, "pay_unknown").json() == errors("Not Found", DETAIL_NOT_FOUND)
+
+
 def test_needs_a_key() -> None:
     with pytest.raises(ValueError, match="API key"):
         ReditusSimulator("")
@@ -524,6 +590,37 @@ def test_runs_as_a_process_and_stops_on_sigterm() -> None:
             proc.communicate()
     assert proc.returncode == 0
     assert KEY not in line + out + err
+
+
+def test_the_echo_key_flag() -> None:
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "reditus_local.simulator", "--port", "0", "--echo-key", "base64,masked"],
+        env=_env(REDITUS_API_KEY=KEY),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        base_url = _first_line(proc).split(": ", 1)[1].strip()
+        answer = requests.post(f"{base_url}/v1/refunds", json={"payment_id": "pay_nope"}, headers=AUTH)
+        proc.send_signal(signal.SIGTERM)
+        proc.communicate(timeout=15)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate()
+    forms = echo_forms(KEY)
+    assert answer.json()["errors"][0]["details"].endswith(
+        f"(key received: {forms['base64']}, {forms['masked']})"
+    )
+    refused = subprocess.run(
+        [sys.executable, "-m", "reditus_local.simulator", "--echo-key", "rot13"],
+        env=_env(REDITUS_API_KEY=KEY),
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    assert refused.returncode == 2 and "unknown form(s) ['rot13']" in refused.stderr
 
 
 def test_process_refuses_to_start_without_a_key() -> None:

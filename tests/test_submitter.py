@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+import itertools
 import json
 import threading
 import time
@@ -10,15 +12,22 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 
 import pytest
-from reditus_operators.history import HistoryReader
 
+from reditus_operators.history import HistoryReader
 from reditus_refunds.aws_errors import StoreError
 from reditus_refunds.contract import RefundRequest
 from reditus_refunds.history_writer import HistoryWriter
+from reditus_refunds.layout import INDEX_KEY_ATTRIBUTES
+from reditus_refunds.outcomes import RECHECK_ATTRIBUTE, REDRIVE_REFUND_ID_ATTRIBUTE
 from reditus_refunds.producer import RefundProducer
-from reditus_refunds.records import Outcome, iso, utc_now
+from reditus_refunds.records import MAX_ATTEMPT_LOG, Attempt, Outcome, iso, utc_now
 from reditus_refunds.reditus import ReditusAnswer, Verdict
 from reditus_refunds.submitter import InboundMessage, Ledger, RefundSubmitter, RetryLater, SubmitterConfig
+
+from .fakes import Clock as FakeClock
+from .fakes import FailingSettleTable, FakeQueue, FakeStore, QueuedMessage
+from .fakes import FakeReditus as FakeReditusInMemory
+from .fakes import answer as fake_answer
 
 
 @dataclass
@@ -67,12 +76,15 @@ class Rig:
         message_id: str = "m-1",
         receive_count: int = 1,
         sent_at: str | None = None,
+        attributes: dict[str, str] | None = None,
     ) -> Outcome:
         text = json.dumps(body) if isinstance(body, dict) else body
         ledger = Ledger()
         try:
             return self.submitter.process(
-                InboundMessage(message_id, text, receive_count, sent_at or iso(self.clock())),
+                InboundMessage(
+                    message_id, text, receive_count, sent_at or iso(self.clock()), attributes or {}
+                ),
                 time.monotonic() + 30,
                 ledger,
             )
@@ -150,8 +162,19 @@ def test_not_found_within_grace_is_rechecked_later_then_found(rig: Rig) -> None:
     ).get("Messages", [])
     assert messages == []  # still delayed
     rig.clock.now += timedelta(seconds=61)
+    # The delayed copy carries its chain's token (a message attribute); a copy without it (a
+    # producer sending the same request again meanwhile) changes nothing while the chain is live.
+    chain = rig.store.get_state("r3").recheck_token  # type: ignore[union-attr]
+    assert chain
+    assert rig.deliver({"payment_id": "late", "refund_id": "r3"}, message_id="m-copy") is Outcome.RETRYING
+    assert rig.reditus.calls["late"] == 1
     assert (
-        rig.deliver({"payment_id": "late", "refund_id": "r3"}, message_id="m-2", sent_at=iso(rig.clock.now))
+        rig.deliver(
+            {"payment_id": "late", "refund_id": "r3"},
+            message_id="m-2",
+            sent_at=iso(rig.clock.now),
+            attributes={RECHECK_ATTRIBUTE: chain},
+        )
         is Outcome.REFUNDED
     )
     record = rig.history.get("r3")
@@ -343,3 +366,312 @@ def test_a_failing_result_write_is_retried_not_resubmitted(rig: Rig, aws, applie
     # Not applied: every failure was waited out. Applied: the first retry saw it had landed.
     assert store.failures == (1 if applied else 0)
     assert counters(rig.history) == {"refunded": 1}
+
+
+# ---- moto-backed: issue 12's faults -------------------------------------------------------------
+def test_a_requeue_right_after_a_rejection_is_not_bounced(rig: Rig) -> None:
+    rig.reditus.answers["pay_r"] = [
+        answer(Verdict.REJECTED, 400, "nope"),
+        answer(Verdict.REFUNDED, 200, "ok"),
+    ]
+    assert rig.deliver({"payment_id": "pay_r", "refund_id": "first"}) is Outcome.REJECTED
+    # The operator requeues under a new refund_id at once: the payment's lease is released.
+    assert rig.deliver({"payment_id": "pay_r", "refund_id": "again"}, message_id="m-2") is Outcome.REFUNDED
+    assert rig.reditus.calls["pay_r"] == 2
+
+
+def test_a_rejection_releases_only_its_own_lease_on_the_payment(rig: Rig, aws) -> None:
+    """Our lease expired and another refund of the payment took it over: our late result must not
+    clear their lease (that would let a third delivery submit the payment concurrently)."""
+    request = RefundRequest(payment_id="pay_own", refund_id="slow")
+    view = rig.store.read_for_claim("slow", "pay_own")
+    rig.store.claim(
+        request,
+        view,
+        message_id="m-slow",
+        queued_at=iso(rig.clock.now),
+        token="t-slow",
+        lease_until=rig.clock.now + timedelta(seconds=60),
+    )
+    # Another refund of the payment holds the marker now.
+    taken_until = int((rig.clock.now + timedelta(seconds=300)).timestamp() * 1000)
+    aws.dynamodb.update_item(
+        TableName=aws.table,
+        Key={"refund_id": {"S": "payment#pay_own"}},
+        UpdateExpression="SET lease_token = :t, lease_holder = :h, lease_until = :u",
+        ExpressionAttributeValues={
+            ":t": {"S": "t-other"},
+            ":h": {"S": "other"},
+            ":u": {"N": str(taken_until)},
+        },
+    )
+    attempt = Attempt(at=iso(rig.clock.now), http_status=400, kind="rejected", detail="nope")
+    rig.store.finish(
+        "slow", "t-slow", Outcome.REJECTED, attempt, detail="nope", http_status=400, payment_id="pay_own"
+    )
+    marker = aws.dynamodb.get_item(TableName=aws.table, Key={"refund_id": {"S": "payment#pay_own"}})["Item"]
+    assert marker["lease_holder"]["S"] == "other" and int(marker["lease_until"]["N"]) == taken_until
+
+
+def test_a_redriven_dead_letter_without_refund_id_keeps_its_identity(rig: Rig) -> None:
+    rig.reditus.answers["pay_dl"] = [answer(Verdict.TRANSIENT, 503, "busy")]
+    for receive in range(1, 6):
+        with pytest.raises(RetryLater):
+            rig.deliver({"payment_id": "pay_dl"}, message_id="m-orig", receive_count=receive)
+    assert rig.history.get("m-orig").outcome is Outcome.DEAD_LETTERED  # type: ignore[union-attr]
+    rig.reditus.answers["pay_dl"] = [answer(Verdict.REFUNDED, 200, "ok")]
+    # The redrive sends the body again with the original id as an attribute; SQS gives a new id.
+    outcome = rig.deliver(
+        {"payment_id": "pay_dl"}, message_id="m-redriven", attributes={REDRIVE_REFUND_ID_ATTRIBUTE: "m-orig"}
+    )
+    assert outcome is Outcome.REFUNDED
+    assert rig.history.get("m-orig").outcome is Outcome.REFUNDED  # type: ignore[union-attr]
+    assert rig.history.get("m-redriven") is None
+    assert counters(rig.history) == {"refunded": 1}
+
+
+def test_a_redrive_attribute_that_is_not_a_refund_id_is_invalid(rig: Rig) -> None:
+    outcome = rig.deliver(
+        {"payment_id": "pay_x"}, message_id="m-bad", attributes={REDRIVE_REFUND_ID_ATTRIBUTE: "payment#pay_x"}
+    )
+    assert outcome is Outcome.INVALID
+    assert "reditus_refund_id" in rig.history.get("m-bad").detail  # type: ignore[union-attr]
+    assert sum(rig.reditus.calls.values()) == 0
+
+
+def test_a_whitespace_payment_id_never_writes_an_empty_index_key(rig: Rig, aws) -> None:
+    assert rig.deliver('{"payment_id": "   ", "refund_id": "r-ws"}', message_id="m-ws") is Outcome.INVALID
+    item = aws.dynamodb.get_item(TableName=aws.table, Key={"refund_id": {"S": "r-ws"}})["Item"]
+    assert item["outcome"] == {"S": "invalid"} and "payment_id" not in item
+    # Every write path guards it, not only the contract.
+    rig.store.record_without_claim(
+        "r-direct", Outcome.INVALID, detail="x", message_id="m", queued_at=iso(rig.clock.now), payment_id=""
+    )
+    item = aws.dynamodb.get_item(TableName=aws.table, Key={"refund_id": {"S": "r-direct"}})["Item"]
+    assert "payment_id" not in item
+    for attrs in (i for i in aws.dynamodb.scan(TableName=aws.table)["Items"]):
+        assert all(attrs[k] != {"S": ""} for k in INDEX_KEY_ATTRIBUTES if k in attrs)
+
+
+def test_the_attempt_log_is_capped_and_counts_what_it_dropped(rig: Rig) -> None:
+    rig.reditus.answers["pay_many"] = [answer(Verdict.TRANSIENT, 503, "busy")]
+    total = MAX_ATTEMPT_LOG + 5
+    for i in range(total):
+        with pytest.raises(RetryLater):
+            rig.deliver({"payment_id": "pay_many", "refund_id": "r-many"}, message_id=f"m-{i}")
+        rig.clock.now += timedelta(seconds=1)
+    record = rig.history.get("r-many")
+    assert record and record.attempts == total and record.attempts_dropped == 5
+    assert len(record.attempt_log) == MAX_ATTEMPT_LOG
+    first, last = record.attempt_log[0].at, record.attempt_log[-1].at
+    assert first < record.attempt_log[1].at and last == max(a.at for a in record.attempt_log)
+
+
+def test_unsettled_counters_stay_marked_and_the_repair_settles_them(rig: Rig) -> None:
+    table = FailingSettleTable(rig.store.table)
+    rig.store.table = table  # type: ignore[assignment]
+    ledger = Ledger()
+    for i in range(3):
+        rig.submitter.process(
+            InboundMessage(
+                f"m-{i}", json.dumps({"payment_id": f"p{i}", "refund_id": f"s{i}"}), 1, iso(rig.clock.now)
+            ),
+            time.monotonic() + 30,
+            ledger,
+        )
+    pending = ledger.drain()
+    assert rig.store.settle(pending) == pending  # nothing written, nothing raised
+    assert counters(rig.history) == {}
+    assert all(rig.store.get_state(f"s{i}").counted_outcome is None for i in range(3))  # type: ignore[union-attr]
+    table.fail = False
+    assert rig.store.settle_days([rig.clock.now.date()]) == 3
+    assert counters(rig.history) == {"refunded": 3}
+    assert rig.store.settle_days([iso(rig.clock.now)[:10]]) == 0  # idempotent
+
+
+# ---- orchestration against the in-memory store (tests/fakes.py) ---------------------------------
+VISIBILITY = timedelta(seconds=360)
+
+
+class Killed(BaseException):
+    """The invocation ended (a Lambda timeout): nothing after this point runs."""
+
+
+class KillingStore(FakeStore):
+    def __init__(self, clock, kill_finishes: int) -> None:
+        super().__init__(clock)
+        self.kill_finishes = kill_finishes
+
+    def finish(self, *args, **kwargs) -> None:
+        if self.kill_finishes:
+            self.kill_finishes -= 1
+            raise Killed()
+        super().finish(*args, **kwargs)
+
+
+@dataclass
+class FakeRig:
+    clock: FakeClock
+    store: FakeStore
+    queue: FakeQueue
+    reditus: FakeReditusInMemory
+    submitter: RefundSubmitter
+    dead: list[QueuedMessage] = field(default_factory=list)
+
+    def produce(self, body: dict, message_id: str = "m-1") -> QueuedMessage:
+        message = QueuedMessage(json.dumps(body), self.clock.now, {}, message_id)
+        self.queue.messages.append(message)
+        return message
+
+    def deliver(self, message: QueuedMessage) -> Outcome | None:
+        """One receive: SQS leaves it in flight for the visibility timeout unless it succeeds."""
+        message.receive_count += 1
+        message.visible_at = self.clock.now + VISIBILITY
+        inbound = InboundMessage(
+            message.message_id, message.body, message.receive_count, iso(self.clock.now), message.attributes
+        )
+        ledger = Ledger()
+        try:
+            outcome = self.submitter.process(inbound, time.monotonic() + 30, ledger)
+        except RetryLater:
+            return None
+        finally:
+            self.store.settle(ledger.drain())
+        self.queue.messages.remove(message)
+        return outcome
+
+    def drain(self, until: timedelta = timedelta(hours=2)) -> None:
+        """Deliver every message when it becomes visible, in order, moving the clock."""
+        end = self.clock.now + until
+        while self.queue.messages and self.clock.now < end:
+            message = min(self.queue.messages, key=lambda m: m.visible_at)
+            self.clock.now = max(self.clock.now, message.visible_at)
+            if message.receive_count >= 5:  # the redrive policy moves it on the next receive
+                self.queue.messages.remove(message)
+                self.dead.append(message)
+                continue
+            with contextlib.suppress(Killed):  # the invocation died: the message stays in flight
+                self.deliver(message)
+
+    def call_gaps(self, payment_id: str) -> list[float]:
+        times = [t for p, t in self.reditus.call_times if p == payment_id]
+        return [(b - a).total_seconds() for a, b in itertools.pairwise(times)]
+
+
+@pytest.fixture
+def fake() -> FakeRig:
+    clock = FakeClock()
+    store = FakeStore(clock)
+    queue = FakeQueue(clock)
+    reditus = FakeReditusInMemory(clock=clock)
+    submitter = RefundSubmitter(
+        store,
+        reditus,
+        queue,
+        SubmitterConfig(not_found_grace_seconds=600, not_found_recheck_delay_seconds=60, max_receive_count=5),
+        clock=clock,
+    )
+    return FakeRig(clock, store, queue, reditus, submitter)
+
+
+def test_fake_orchestration_refunds_once_and_counts(fake: FakeRig) -> None:
+    fake.produce({"payment_id": "p1", "refund_id": "r1"})
+    fake.produce({"payment_id": "p1", "refund_id": "r1"}, message_id="m-again")
+    fake.produce({"payment_id": "p1", "refund_id": "r2"}, message_id="m-other")
+    fake.drain()
+    assert fake.reditus.calls["p1"] == 1
+    assert fake.store.outcomes() == {"refunded": 1, "duplicate": 1}
+    assert fake.store.counts() == {"refunded": 1, "duplicate": 1}
+
+
+def always_not_found(fake: FakeRig, payment_id: str) -> None:
+    fake.reditus.answers[payment_id] = [fake_answer(Verdict.NOT_FOUND, 404, "Payment not found")]
+
+
+def assert_one_chain(fake: FakeRig, payment_id: str) -> None:
+    gaps = fake.call_gaps(payment_id)
+    # One chain: one call per re-check period; a second chain would put calls closer together.
+    assert gaps and min(gaps) >= 60, gaps
+    assert fake.reditus.calls[payment_id] <= 600 // 60 + 1
+    state = fake.store.get_state("r1")
+    assert state is not None and state.outcome is Outcome.NOT_FOUND
+    assert fake.queue.messages == [] and fake.dead == []
+
+
+def test_a_producer_copy_during_the_grace_window_starts_no_second_chain(fake: FakeRig) -> None:
+    always_not_found(fake, "late")
+    fake.produce({"payment_id": "late", "refund_id": "r1"})
+    fake.drain(until=timedelta(seconds=90))
+    fake.produce({"payment_id": "late", "refund_id": "r1"}, message_id="m-copy")
+    fake.drain()
+    assert_one_chain(fake, "late")
+
+
+def test_a_redelivered_batch_starts_no_second_chain(fake: FakeRig) -> None:
+    always_not_found(fake, "late")
+    first = fake.produce({"payment_id": "late", "refund_id": "r1"})
+    assert fake.deliver(first) is Outcome.RETRYING
+    # The batch failed after all (e.g. its settlement raised): SQS delivers the message again.
+    fake.queue.messages.append(first)
+    fake.drain()
+    assert_one_chain(fake, "late")
+
+
+@pytest.mark.parametrize("order", ["recheck first", "redelivery first"])
+def test_a_timeout_between_the_recheck_send_and_the_result_leaves_one_chain(
+    fake: FakeRig, order: str
+) -> None:
+    fake.store = KillingStore(fake.clock, kill_finishes=1)
+    fake.submitter.store = fake.store
+    always_not_found(fake, "late")
+    first = fake.produce({"payment_id": "late", "refund_id": "r1"})
+    with pytest.raises(Killed):
+        fake.deliver(first)
+    (recheck,) = [m for m in fake.queue.messages if m is not first]
+    if order == "redelivery first":
+        recheck.visible_at = first.visible_at + timedelta(seconds=1)
+    fake.drain()
+    assert_one_chain(fake, "late")
+
+
+def test_a_stale_recheck_changes_nothing_and_is_not_sent_on(fake: FakeRig) -> None:
+    always_not_found(fake, "late")
+    fake.deliver(fake.produce({"payment_id": "late", "refund_id": "r1"}))
+    before = fake.store.get_state("r1")
+    stale = QueuedMessage(
+        json.dumps({"payment_id": "late", "refund_id": "r1"}),
+        fake.clock.now,
+        {RECHECK_ATTRIBUTE: "old"},
+        "m-stale",
+    )
+    fake.queue.messages.append(stale)
+    assert fake.deliver(stale) is Outcome.RETRYING
+    assert fake.store.get_state("r1") == before
+    assert fake.reditus.calls["late"] == 1 and len(fake.queue.messages) == 1
+
+
+def test_a_lost_recheck_send_never_strands_the_refund(fake: FakeRig) -> None:
+    fake.reditus.answers["late"] = [
+        fake_answer(Verdict.NOT_FOUND, 404, "Payment not found"),
+        fake_answer(Verdict.NOT_FOUND, 404, "Payment not found"),
+        fake_answer(Verdict.REFUNDED, 200, "ok"),
+    ]
+    fake.queue.fail_next = 1
+    first = fake.produce({"payment_id": "late", "refund_id": "r1"})
+    assert fake.deliver(first) is None  # SQS will deliver it again
+    state = fake.store.get_state("r1")
+    assert state and state.outcome is Outcome.RETRYING and state.lease_token is None
+    fake.drain()
+    assert fake.store.get_state("r1").outcome is Outcome.REFUNDED  # type: ignore[union-attr]
+    assert fake.reditus.calls["late"] == 3 and fake.queue.messages == []
+
+
+def test_the_payment_lease_is_released_on_every_terminal_outcome(fake: FakeRig) -> None:
+    for verdict, status in ((Verdict.REJECTED, 400), (Verdict.FAILED, 418)):
+        payment = f"p-{status}"
+        fake.reditus.answers[payment] = [fake_answer(verdict, status), fake_answer(Verdict.REFUNDED, 200)]
+        fake.deliver(
+            fake.produce({"payment_id": payment, "refund_id": f"a-{status}"}, message_id=f"m-a-{status}")
+        )
+        second = fake.produce({"payment_id": payment, "refund_id": f"b-{status}"}, message_id=f"m-b-{status}")
+        assert fake.deliver(second) is Outcome.REFUNDED

@@ -5,6 +5,7 @@ Every adapter can be handed in, so tests pass moto-backed clients or fakes.
 
 from __future__ import annotations
 
+import logging
 import threading
 import time
 from collections.abc import Iterator
@@ -19,13 +20,23 @@ from botocore.config import Config
 
 from .history_writer import HistoryWriter
 from .producer import RefundProducer
-from .records import Outcome, iso
-from .reditus import RateLimiter, ReditusAnswer, ReditusClient
+from .records import Outcome, Settlement, iso
+from .reditus import RateLimiter, ReditusClient
 from .settings import Settings
-from .submitter import InboundMessage, Ledger, NoTelemetry, RefundSubmitter, SubmitterConfig, Telemetry
+from .submitter import (
+    InboundMessage,
+    Ledger,
+    NoTelemetry,
+    RefundAnswer,
+    RefundSubmitter,
+    SubmitterConfig,
+    Telemetry,
+)
 
 if TYPE_CHECKING:
     from aws_lambda_powertools import Metrics, Tracer
+
+logger = logging.getLogger(__name__)
 
 # Standard retry mode: botocore backs off on throttling and transient AWS errors.
 AWS_CONFIG = Config(retries={"mode": "standard", "max_attempts": 5}, max_pool_connections=32)
@@ -100,7 +111,7 @@ class PowertoolsTelemetry:
         with self._lock:
             self._metrics.add_metric(name=f"Outcome_{outcome.value}", unit=self._unit.Count, value=1)
 
-    def reditus_call(self, answer: ReditusAnswer) -> None:
+    def reditus_call(self, answer: RefundAnswer) -> None:
         with self._lock:
             self._metrics.add_metric(
                 name="ReditusLatency", unit=self._unit.Milliseconds, value=answer.latency_ms
@@ -176,19 +187,42 @@ class SubmitterService:
         )
         self.executor = ThreadPoolExecutor(max_workers=settings.max_concurrency, thread_name_prefix="refund")
         self.current: Invocation | None = None
+        # Counter settlements an earlier invocation could not write; retried at the next one.
+        self.unsettled: list[Settlement] = []
 
     @contextmanager
     def invocation(self, remaining_ms: int) -> Iterator[Invocation]:
         """One Lambda invocation: its deadline, and the counter settlement at its end."""
         current = Invocation(deadline=time.monotonic() + remaining_ms / 1000.0)
+        current.ledger.add_all(self.unsettled)
+        self.unsettled = []
         self.current = current
         try:
             yield current
         finally:
             self.current = None
-            # After every record ran, whatever happened: one transaction moves the day counters.
+            self.settle(current.ledger.drain())
+
+    def settle(self, settlements: list[Settlement]) -> None:
+        """After every record ran, whatever happened: one transaction moves the day counters.
+
+        Never raises: the records' results are stored already, and failing the batch for its
+        counters would make SQS deliver every record again. What could not be settled stays
+        marked on its items (outcome != counted_outcome) and is retried at the next invocation
+        (HistoryWriter.settle_days repairs what an instance that went away left behind).
+        """
+        try:
             with self.telemetry.span("history settle counters"):
-                self.store.settle(current.ledger.drain())
+                failed = self.store.settle(settlements)
+        except Exception:
+            logger.exception("settling the day counters failed; retried at the next invocation")
+            failed = settlements
+        if failed:
+            logger.warning(
+                "day counters not settled yet; retried at the next invocation",
+                extra={"unsettled": len(failed)},
+            )
+            self.unsettled = failed
 
     def handle(self, message: InboundMessage) -> Outcome:
         current = self.current
@@ -208,9 +242,16 @@ def inbound_from_record(record: dict[str, Any]) -> InboundMessage:
         receive_count = int(attributes.get("ApproximateReceiveCount", "1"))
     except ValueError:
         receive_count = 1
+    # Lambda's shape: {"name": {"stringValue": "...", "dataType": "String"}}; only strings count.
+    message_attributes = {
+        str(name): value["stringValue"]
+        for name, value in (record.get("messageAttributes") or {}).items()
+        if isinstance(value, dict) and isinstance(value.get("stringValue"), str)
+    }
     return InboundMessage(
         message_id=str(record.get("messageId")),
         body=record.get("body"),
         receive_count=receive_count,
         sent_at=sent_at,
+        attributes=message_attributes,
     )

@@ -1,8 +1,16 @@
 """The message contract: what a producer puts on the refund queue.
 
 One definition for the Lambda, the console and the CLI. The published JSON Schema
-(schema/refund-request.schema.json) says the same thing for other producers; a test
-keeps the two in step.
+(schema/refund-request.schema.json) says the same thing for other producers: its text patterns
+are generated from the character tables below, and a test runs both on a corpus.
+
+Decisions, the same on both sides:
+* Text fields are trimmed (str.strip()) and their limits apply to the trimmed text: a 256-character
+  payment_id whose first character is a space is the 255-character id that is stored and sent.
+* Ids (payment_id, refund_id, requeue_of) refuse invisible Unicode format characters (zero-width
+  space and joiners, bidi controls, the BOM...), so look-alike ids cannot get separate markers.
+* A body is plain JSON (RFC 8259): NaN and Infinity are refused, as is a key given twice in one
+  object (parsers disagree on which value counts); numbers are never converted.
 """
 
 from __future__ import annotations
@@ -64,17 +72,109 @@ def new_refund_id() -> str:
     return str(uuid.uuid4())
 
 
-def _bad_chars(text: str, allow_newlines: bool = False) -> str | None:
+# What str.strip() trims (str.isspace), as code point ranges: the JSON Schema's patterns are built
+# from this same table, and a test checks it against the running Python.
+TRIMMED: tuple[tuple[int, int], ...] = (
+    (0x09, 0x0D),
+    (0x1C, 0x20),
+    (0x85, 0x85),
+    (0xA0, 0xA0),
+    (0x1680, 0x1680),
+    (0x2000, 0x200A),
+    (0x2028, 0x2029),
+    (0x202F, 0x202F),
+    (0x205F, 0x205F),
+    (0x3000, 0x3000),
+)
+CONTROLS: tuple[tuple[int, int], ...] = ((0x00, 0x1F), (0x7F, 0x9F))  # category Cc
+SURROGATES: tuple[tuple[int, int], ...] = ((0xD800, 0xDFFF),)  # category Cs
+# Unicode format characters (category Cf, Unicode 15.1): zero-width space and joiners, bidi controls,
+# the BOM, tag characters... Invisible, so inside an id they make look-alikes that would get their own
+# markers. A fixed table, not unicodedata, so that every Python (3.11 knows Unicode 14) and the JSON
+# Schema refuse the same characters; a test checks that the running Python's Cf is inside it.
+FORMAT_CHARS: tuple[tuple[int, int], ...] = (
+    (0x00AD, 0x00AD),
+    (0x0600, 0x0605),
+    (0x061C, 0x061C),
+    (0x06DD, 0x06DD),
+    (0x070F, 0x070F),
+    (0x0890, 0x0891),
+    (0x08E2, 0x08E2),
+    (0x180E, 0x180E),
+    (0x200B, 0x200F),
+    (0x202A, 0x202E),
+    (0x2060, 0x2064),
+    (0x2066, 0x206F),
+    (0xFEFF, 0xFEFF),
+    (0xFFF9, 0xFFFB),
+    (0x110BD, 0x110BD),
+    (0x110CD, 0x110CD),
+    (0x13430, 0x1343F),
+    (0x1BCA0, 0x1BCA3),
+    (0x1D173, 0x1D17A),
+    (0xE0001, 0xE0001),
+    (0xE0020, 0xE007F),
+)
+_FORMAT_SET = frozenset(c for low, high in FORMAT_CHARS for c in range(low, high + 1))
+
+
+def _format_char(text: str) -> str | None:
     for ch in text:
-        category = unicodedata.category(ch)
-        if category == "Cs":
-            return "an unpaired surrogate (invalid UTF-16 escape)"
-        if category == "Cc" and not (allow_newlines and ch in "\n\r\t"):
-            return f"a control character (U+{ord(ch):04X})"
+        if ord(ch) in _FORMAT_SET:
+            name = unicodedata.name(ch, "")
+            return (
+                f"an invisible format character (U+{ord(ch):04X}{' ' + name if name else ''}), "
+                "which would let two ids look the same"
+            )
     return None
 
 
+def _bad_chars(text: str, allow_newlines: bool = False, identifier: bool = False) -> str | None:
+    for ch in text:
+        code = ord(ch)
+        if 0xD800 <= code <= 0xDFFF:
+            return "an unpaired surrogate (invalid UTF-16 escape)"
+        if (code <= 0x1F or 0x7F <= code <= 0x9F) and not (allow_newlines and ch in "\n\r\t"):
+            return f"a control character (U+{code:04X})"
+    return _format_char(text) if identifier else None
+
+
+class _JsonNumber:
+    """A number as read from a body, never converted: no field of the contract is a number, and
+    converting is what fails (a 5,000-digit integer) or misleads (1e999 is inf)."""
+
+    __slots__ = ("text",)
+
+    def __init__(self, text: str):
+        self.text = text
+
+    def __repr__(self) -> str:
+        return self.text[:40]
+
+
+class _Unreadable(Exception):
+    """Raised by the JSON hooks; parse_body turns it into a ContractError."""
+
+
+def _refuse_constant(name: str) -> Any:
+    raise _Unreadable(f"{name} is not a JSON value")
+
+
+def _object(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    data = dict(pairs)
+    if len(data) != len(pairs):
+        # Parsers disagree on which of two values counts (json keeps the last): refuse, never guess.
+        seen: set[str] = set()
+        for key, _ in pairs:
+            if key in seen:
+                raise _Unreadable(f"the key {key[:40]!r} appears more than once in one object")
+            seen.add(key)
+    return data
+
+
 def _describe(value: Any) -> str:
+    if isinstance(value, _JsonNumber):
+        return "a number"
     return {dict: "an object", list: "an array", bool: "a boolean", type(None): "null"}.get(
         type(value), "a number" if isinstance(value, int | float) else type(value).__name__
     )
@@ -99,8 +199,10 @@ def _refund_id(value: Any, name: str) -> str:
     if not isinstance(value, str):
         raise ContractError(f"{name} must be a string, not {_describe(value)}")
     if not REFUND_ID_PATTERN.fullmatch(value):
+        invisible = _format_char(value)
+        reason = f"{name} contains {invisible}; " if invisible else ""
         raise ContractError(
-            f"{name} must be 1-128 characters of letters, digits, '.', '_', ':' or '-', "
+            f"{reason}{name} must be 1-128 characters of letters, digits, '.', '_', ':' or '-', "
             "starting with a letter or digit"
         )
     return value
@@ -133,7 +235,7 @@ def validate(data: Any, default_refund_id: str | None = None) -> RefundRequest:
             raise ContractError(
                 f"payment_id is {len(payment_id)} characters long; the limit is {MAX_PAYMENT_ID}"
             )
-        bad = _bad_chars(payment_id)
+        bad = _bad_chars(payment_id, identifier=True)
         if bad:
             raise ContractError(f"payment_id contains {bad}")
         force = data.get("force", False)
@@ -157,15 +259,22 @@ def validate(data: Any, default_refund_id: str | None = None) -> RefundRequest:
     except ContractError as err:
         err.refund_id = refund_id
         safe_payment = payment_hint.strip() if payment_hint else None
-        if safe_payment and (len(safe_payment) > MAX_PAYMENT_ID or _bad_chars(safe_payment)):
+        if safe_payment and (len(safe_payment) > MAX_PAYMENT_ID or _bad_chars(safe_payment, identifier=True)):
             safe_payment = None
-        err.payment_id = safe_payment
+        # Never "": a blank id is no id (and DynamoDB refuses an empty string as an index key).
+        err.payment_id = safe_payment or None
         raise
     return request
 
 
 def parse_body(body: str | bytes | None, default_refund_id: str | None = None) -> RefundRequest:
-    """Decode an SQS message body and validate it."""
+    """Decode an SQS message body and validate it.
+
+    Whatever the body, the answer is a request or a ContractError with a reason, never another
+    exception: a message that raised anything else would be retried into the dead-letter queue
+    without a history record. Stricter than json.loads: NaN and Infinity (not JSON) and a key
+    repeated in one object are refused; numbers are never converted (no field is a number).
+    """
     if body is None:
         raise ContractError("the message body is empty")
     if isinstance(body, bytes):
@@ -173,16 +282,28 @@ def parse_body(body: str | bytes | None, default_refund_id: str | None = None) -
             body = body.decode("utf-8")
         except UnicodeDecodeError:
             raise ContractError("the message body is not valid UTF-8") from None
+    if not isinstance(body, str):
+        raise ContractError(f"the message body must be text, not {type(body).__name__}")
     if len(body.encode("utf-8", "surrogatepass")) > MAX_BODY_BYTES:
         raise ContractError(f"the message body is larger than {MAX_BODY_BYTES} bytes")
     if not body.strip():
         raise ContractError("the message body is empty")
     try:
-        data = json.loads(body)
-    except (json.JSONDecodeError, RecursionError) as err:
-        raise ContractError(
-            f"the message body is not JSON ({err.msg if hasattr(err, 'msg') else err})"
-        ) from None
+        data = json.loads(
+            body,
+            object_pairs_hook=_object,
+            parse_int=_JsonNumber,
+            parse_float=_JsonNumber,
+            parse_constant=_refuse_constant,
+        )
+    except json.JSONDecodeError as err:
+        raise ContractError(f"the message body is not JSON ({err.msg})") from None
+    except _Unreadable as err:
+        raise ContractError(f"the message body is not valid JSON: {err}") from None
+    except RecursionError:
+        raise ContractError("the message body is not JSON we accept (nested too deeply)") from None
+    except ValueError as err:  # anything else the decoder refuses; its text is ours, not the body's
+        raise ContractError(f"the message body is not JSON ({type(err).__name__})") from None
     return validate(data, default_refund_id=default_refund_id)
 
 

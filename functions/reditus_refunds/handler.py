@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextvars
+import logging
 from typing import Any
 
 from aws_lambda_powertools import Logger, Metrics, Tracer
@@ -20,6 +21,22 @@ from .app import PowertoolsTelemetry, SubmitterService, inbound_from_record
 from .settings import Settings
 
 logger = Logger()
+
+
+class ToPowertools(logging.Handler):
+    """Hands the package's standard-library log records (the domain logs through `logging`) to the
+    Powertools logger, so they come out as its JSON lines: its handlers, formatter and Lambda
+    context keys, plus each line's own `extra` keys (refund_id, payment_id)."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        logging.getLogger(logger.name).handle(record)
+
+
+_package_logger = logging.getLogger(__package__ or "reditus_refunds")
+_package_logger.handlers = [h for h in _package_logger.handlers if type(h).__name__ != "ToPowertools"]
+_package_logger.addHandler(ToPowertools())
+_package_logger.setLevel(logger.log_level)
+_package_logger.propagate = False  # Lambda's root handler would print each line a second time
 # Only what the function calls: DynamoDB/SQS/Secrets Manager (botocore) and Reditus (requests).
 # Patching every library the X-Ray SDK knows imports each one present at cold start.
 tracer = Tracer(patch_modules=("botocore", "requests"))

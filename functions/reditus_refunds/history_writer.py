@@ -10,14 +10,25 @@ from __future__ import annotations
 
 from collections import defaultdict
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass
-from datetime import datetime
+from datetime import date, datetime
 from typing import TYPE_CHECKING, Any
 
 from .aws_errors import ConditionFailed, StoreError
 from .contract import RefundRequest
-from .layout import HASH_KEY, PAYMENT_MARKER_PREFIX, counter_key, item_key, marker_key, to_attr, to_item
-from .records import Attempt, Outcome, day_of, iso, utc_now
+from .layout import (
+    GSI_BY_DAY,
+    HASH_KEY,
+    INDEX_KEY_ATTRIBUTES,
+    PAYMENT_MARKER_PREFIX,
+    counter_key,
+    from_item,
+    item_key,
+    marker_key,
+    to_attr,
+    to_item,
+)
+from .outcomes import ClaimView, PaymentMarker, RefundState, unsettled
+from .records import Attempt, Outcome, Settlement, attempt_from_map, capped_attempt_log, day_of, iso, utc_now
 from .table import HistoryTable
 
 if TYPE_CHECKING:
@@ -26,26 +37,35 @@ else:
     DynamoDBClient = Any
 
 
-@dataclass(frozen=True)
-class Settlement:
-    """An item whose counted outcome must move from `old` to `new` in the day counters."""
+def state_from_item(item: dict[str, Any]) -> RefundState:
+    """The typed view of a refund item (parsed here, so the domain never reads raw items)."""
+    return RefundState(
+        refund_id=str(item[HASH_KEY]),
+        outcome=Outcome(item.get("outcome", Outcome.PENDING)),
+        payment_id=item.get("payment_id"),
+        queued_at=str(item.get("queued_at", "")),
+        counted_outcome=item.get("counted_outcome"),
+        lease_token=item.get("lease_token"),
+        lease_until_ms=int(item.get("lease_until", 0)),
+        recheck_token=item.get("recheck_token"),
+        message_id=item.get("message_id"),
+        attempt_log=tuple(attempt_from_map(a) for a in item.get("attempt_log", [])),
+        attempts_dropped=int(item.get("attempts_dropped", 0)),
+    )
 
-    refund_id: str
-    day: str
-    old: str | None
-    new: str
+
+def marker_from_item(item: dict[str, Any]) -> PaymentMarker:
+    return PaymentMarker(
+        refunded_by=None if item.get("refunded_by") is None else str(item["refunded_by"]),
+        lease_holder=item.get("lease_holder"),
+        lease_until_ms=int(item.get("lease_until", 0)),
+    )
 
 
-@dataclass
-class ClaimView:
-    """What the store holds for a refund_id and its payment before a claim."""
-
-    item: dict[str, Any] | None
-    marker: dict[str, Any] | None
-
-    @property
-    def counted(self) -> str | None:
-        return None if self.item is None else self.item.get("counted_outcome")
+def without_empty_index_keys(data: dict[str, Any]) -> dict[str, Any]:
+    """DynamoDB refuses an empty string in any attribute that keys an index (moto misses it on
+    some write paths): such a value is left out, so the item is simply not in that index."""
+    return {k: v for k, v in data.items() if not (k in INDEX_KEY_ATTRIBUTES and v == "")}
 
 
 def _now_ms(ts: datetime) -> int:
@@ -88,21 +108,23 @@ class HistoryWriter:
         actions: list[dict[str, Any]] = []
         per_day: dict[str, int] = defaultdict(int)
         for request, message_id, queued_at in entries:
-            data = {
-                HASH_KEY: request.refund_id,
-                "payment_id": request.payment_id,
-                "outcome": Outcome.PENDING.value,
-                "counted_outcome": Outcome.PENDING.value,
-                "queued_at": queued_at,
-                "queued_day": day_of(queued_at),
-                "requested_by": request.requested_by,
-                "note": request.note,
-                "source": request.source,
-                "force": request.force or None,
-                "requeue_of": request.requeue_of,
-                "message_id": message_id,
-                "attempts": 0,
-            }
+            data = without_empty_index_keys(
+                {
+                    HASH_KEY: request.refund_id,
+                    "payment_id": request.payment_id,
+                    "outcome": Outcome.PENDING.value,
+                    "counted_outcome": Outcome.PENDING.value,
+                    "queued_at": queued_at,
+                    "queued_day": day_of(queued_at),
+                    "requested_by": request.requested_by,
+                    "note": request.note,
+                    "source": request.source,
+                    "force": request.force or None,
+                    "requeue_of": request.requeue_of,
+                    "message_id": message_id,
+                    "attempts": 0,
+                }
+            )
             actions.append(
                 {
                     "Put": {
@@ -121,10 +143,16 @@ class HistoryWriter:
     def read_for_claim(self, refund_id: str, payment_id: str) -> ClaimView:
         keys = [item_key(refund_id), marker_key(payment_id)]
         found = self.table.batch_get(keys, consistent=True)
+        item = found.get(refund_id)
+        marker = found.get(PAYMENT_MARKER_PREFIX + payment_id)
         return ClaimView(
-            item=found.get(refund_id),
-            marker=found.get(PAYMENT_MARKER_PREFIX + payment_id),
+            state=None if item is None else state_from_item(item),
+            marker=None if marker is None else marker_from_item(marker),
         )
+
+    def get_state(self, refund_id: str) -> RefundState | None:
+        item = self.table.get_item(refund_id, consistent=True)
+        return None if item is None else state_from_item(item)
 
     def claim(
         self,
@@ -136,11 +164,14 @@ class HistoryWriter:
         token: str,
         lease_until: datetime,
     ) -> None:
-        """Take the refund and its payment for one call to Reditus, or raise ConditionFailed."""
+        """Take the refund and its payment for one call to Reditus, or raise ConditionFailed.
+
+        The claim holds only if the item is still as read (outcome, lease, re-check chain), so
+        two deliveries that decided on the same view cannot both call Reditus.
+        """
         now = self.clock()
         values: dict[str, Any] = {
             ":pending": Outcome.PENDING.value,
-            ":payment": request.payment_id,
             ":queued_at": queued_at,
             ":day": day_of(queued_at),
             ":message_id": message_id,
@@ -152,7 +183,6 @@ class HistoryWriter:
             ":one": 1,
         }
         sets = [
-            "payment_id = :payment",
             "outcome = if_not_exists(outcome, :pending)",
             "queued_at = if_not_exists(queued_at, :queued_at)",
             "queued_day = if_not_exists(queued_day, :day)",
@@ -162,6 +192,9 @@ class HistoryWriter:
             "last_attempt_at = :now",
             "attempts = if_not_exists(attempts, :zero) + :one",
         ]
+        if without_empty_index_keys({"payment_id": request.payment_id}):
+            sets.insert(0, "payment_id = :payment")
+            values[":payment"] = request.payment_id
         names: dict[str, str] = {}
         for name in ("requested_by", "note", "source", "requeue_of"):
             value = getattr(request, name)
@@ -173,11 +206,16 @@ class HistoryWriter:
             sets.append("#force = :force")
             names["#force"] = "force"
             values[":force"] = True
-        if view.item is None:
+        if view.state is None:
             condition = "attribute_not_exists(refund_id)"
         else:
             condition = "outcome = :seen AND (attribute_not_exists(lease_until) OR lease_until < :now_ms)"
-            values[":seen"] = view.item.get("outcome", Outcome.PENDING.value)
+            values[":seen"] = view.state.outcome.value
+            if view.state.recheck_token is None:
+                condition += " AND attribute_not_exists(recheck_token)"
+            else:
+                condition += " AND recheck_token = :recheck"
+                values[":recheck"] = view.state.recheck_token
         marker_condition = (
             "(attribute_not_exists(lease_until) OR lease_until < :now_ms OR lease_holder = :rid)"
         )
@@ -223,26 +261,41 @@ class HistoryWriter:
         error_kind: str | None = None,
         latency_ms: int | None = None,
         payment_id: str | None = None,
+        previous: RefundState | None = None,
+        recheck_token: str | None = None,
+        keep_recheck: bool = False,
     ) -> None:
         """Record what a claimed attempt ended in and release the lease.
 
-        A 200 also marks the payment as refunded, in the same transaction, so that no
-        later request for it is submitted without `force`.
+        `previous` is the item as read before the claim (the lease kept anyone else from changing
+        it since): the attempt log is rewritten from it, capped (records.MAX_ATTEMPT_LOG).
+        `recheck_token` starts the next link of a 404 re-check chain; `keep_recheck` leaves the
+        current one (SQS delivers the same message again); otherwise the chain ends here.
+
+        A 200 marks the payment as refunded in the same transaction, so that no later request for
+        it is submitted without `force`; any other terminal outcome then releases our lease on the
+        payment, so another refund of it need not wait for the lease to expire.
         """
         now = self.clock()
-        values: dict[str, Any] = {
-            ":outcome": outcome.value,
-            ":detail": detail,
-            ":token": token,
-            ":attempt": [self._attempt_map(attempt)],
-            ":empty": [],
-        }
-        sets = [
-            "outcome = :outcome",
-            "detail = :detail",
-            "attempt_log = list_append(if_not_exists(attempt_log, :empty), :attempt)",
-        ]
+        values: dict[str, Any] = {":outcome": outcome.value, ":detail": detail, ":token": token}
+        sets = ["outcome = :outcome", "detail = :detail"]
+        if previous is None:
+            values[":attempt"] = [self._attempt_map(attempt)]
+            values[":empty"] = []
+            sets.append("attempt_log = list_append(if_not_exists(attempt_log, :empty), :attempt)")
+        else:
+            log, dropped = capped_attempt_log(previous.attempt_log, previous.attempts_dropped, attempt)
+            values[":log"] = [self._attempt_map(a) for a in log]
+            sets.append("attempt_log = :log")
+            if dropped:
+                values[":dropped"] = dropped
+                sets.append("attempts_dropped = :dropped")
         removes = ["lease_token", "lease_until"]
+        if recheck_token is not None:
+            sets.append("recheck_token = :recheck")
+            values[":recheck"] = recheck_token
+        elif not keep_recheck:
+            removes.append("recheck_token")
         for name, value in (
             ("http_status", http_status),
             ("error_kind", error_kind),
@@ -264,19 +317,43 @@ class HistoryWriter:
             "ExpressionAttributeValues": {k: to_attr(v) for k, v in values.items()},
         }
         if outcome is Outcome.REFUNDED and payment_id is not None:
+            # The mark and the result stand or fall together: a 200 recorded without its mark would
+            # let a later request for the payment be submitted again without `force`.
             marker = {
                 "TableName": self.table.table_name,
                 "Key": marker_key(payment_id),
-                "UpdateExpression": "SET refunded_by = :rid, refunded_at = :now, lease_until = :zero",
+                "UpdateExpression": "SET lease_until = :zero, refunded_by = :rid, refunded_at = :now",
                 "ExpressionAttributeValues": {
+                    ":zero": to_attr(0),
                     ":rid": to_attr(refund_id),
                     ":now": to_attr(iso(now)),
-                    ":zero": to_attr(0),
                 },
             }
             self.table.transact([{"Update": update}, {"Update": marker}])
-        else:
-            self.table.update(update)
+            return
+        self.table.update(update)
+        if outcome.terminal and payment_id is not None:
+            self._release_payment_lease(payment_id, token)
+
+    def _release_payment_lease(self, payment_id: str, token: str) -> None:
+        """Let the next refund of the payment go now rather than when our lease expires.
+
+        Only our own lease (the claim wrote our token on the marker): if it expired and another
+        refund took the payment over, theirs stands. Two single writes cost half a transaction of
+        two, and a failure here loses nothing: the lease still expires by itself.
+        """
+        try:
+            self.table.update(
+                {
+                    "TableName": self.table.table_name,
+                    "Key": marker_key(payment_id),
+                    "UpdateExpression": "SET lease_until = :zero",
+                    "ConditionExpression": "lease_token = :token",
+                    "ExpressionAttributeValues": {":zero": to_attr(0), ":token": to_attr(token)},
+                }
+            )
+        except StoreError:
+            return
 
     @staticmethod
     def _attempt_map(attempt: Attempt) -> dict[str, Any]:
@@ -326,6 +403,7 @@ class HistoryWriter:
                 force=request.force or None,
                 requeue_of=request.requeue_of,
             )
+        data = without_empty_index_keys(data)
         sets = [f"#{name} = :{name}" for name, value in data.items() if value is not None]
         names = {f"#{name}": name for name, value in data.items() if value is not None}
         values = {f":{name}": to_attr(value) for name, value in data.items() if value is not None}
@@ -345,7 +423,10 @@ class HistoryWriter:
             {
                 "TableName": self.table.table_name,
                 "Key": item_key(refund_id),
-                "UpdateExpression": "SET " + ", ".join(sets) + " ADD attempts :one",
+                # A decision without a call is final: any re-check chain ends, any lease goes.
+                "UpdateExpression": "SET "
+                + ", ".join(sets)
+                + " REMOVE recheck_token, lease_token, lease_until ADD attempts :one",
                 "ConditionExpression": condition,
                 "ExpressionAttributeNames": names,
                 "ExpressionAttributeValues": {**values, ":one": to_attr(1)},
@@ -367,21 +448,59 @@ class HistoryWriter:
             }
         }
 
-    def settle(self, settlements: Iterable[Settlement]) -> None:
+    def settle(self, settlements: Iterable[Settlement]) -> list[Settlement]:
         """Move the day counters for items whose outcome changed, once per item change.
 
         Each item remembers which outcome it is counted under (counted_outcome); the
         counter update and that mark are written in one transaction, so a crash can
         neither lose nor double a count. Call once per batch.
+
+        Returns the settlements that could not be written (the store failed): their items stay
+        marked (outcome != counted_outcome) and settle later, by a retry or by `settle_days`.
         """
         pending = [s for s in settlements if s.old != s.new]
+        failed: list[Settlement] = []
         for start in range(0, len(pending), 80):
             chunk = pending[start : start + 80]
             try:
-                self.table.transact(self._settle_actions(chunk))
-            except ConditionFailed:
-                for item in chunk:
-                    self._settle_one(item.refund_id)
+                try:
+                    self.table.transact(self._settle_actions(chunk))
+                except ConditionFailed:
+                    for item in chunk:
+                        self._settle_one(item.refund_id)
+            except StoreError:
+                failed += chunk
+        return failed
+
+    def settle_days(self, days: Iterable[date | str]) -> int:
+        """Repair: settle every item of the given days (UTC, e.g. "2026-11-30") whose counted
+        outcome lags its outcome, walking the by_day index. Returns how many were settled;
+        raises StoreError if some could not be (run it again)."""
+        settled = 0
+        for day in days:
+            key = day if isinstance(day, str) else day.isoformat()
+            query: dict[str, Any] = {
+                "IndexName": GSI_BY_DAY,
+                "KeyConditionExpression": "queued_day = :day",
+                "FilterExpression": "attribute_not_exists(counted_outcome) OR counted_outcome <> outcome",
+                "ExpressionAttributeValues": {":day": to_attr(key)},
+            }
+            while True:
+                response = self.table.query(query)
+                found = [state_from_item(from_item(raw)) for raw in response.get("Items", [])]
+                due = [s for s in map(self.settlement_for, found) if s is not None]
+                failed = self.settle(due)
+                if failed:
+                    raise StoreError(
+                        f"could not settle the day counters of {len(failed)} item(s) of {key}; "
+                        "run the repair again"
+                    )
+                settled += len(due)
+                last = response.get("LastEvaluatedKey")
+                if not last:
+                    break
+                query["ExclusiveStartKey"] = last
+        return settled
 
     def _settle_actions(self, chunk: Sequence[Settlement]) -> list[dict[str, Any]]:
         actions: list[dict[str, Any]] = []
@@ -414,12 +533,10 @@ class HistoryWriter:
 
     def _settle_one(self, refund_id: str) -> None:
         for _ in range(3):
-            item = self.get_item(refund_id)
-            if item is None or item.get("counted_outcome") == item.get("outcome"):
+            state = self.get_state(refund_id)
+            settlement = None if state is None else self.settlement_for(state)
+            if settlement is None:
                 return
-            settlement = Settlement(
-                refund_id, day_of(str(item["queued_at"])), item.get("counted_outcome"), str(item["outcome"])
-            )
             try:
                 self.table.transact(self._settle_actions([settlement]))
                 return
@@ -427,17 +544,22 @@ class HistoryWriter:
                 continue
         raise StoreError(f"could not settle the day counters for {refund_id}")
 
-    def settlement_for(self, item: dict[str, Any]) -> Settlement | None:
+    @staticmethod
+    def settlement_for(state: RefundState) -> Settlement | None:
         """The settlement an item read from the table still needs, if any."""
-        outcome = item.get("outcome")
-        if outcome is None or item.get("counted_outcome") == outcome:
-            return None
-        return Settlement(
-            str(item[HASH_KEY]), day_of(str(item["queued_at"])), item.get("counted_outcome"), outcome
-        )
+        return unsettled(state)
 
     def get_item(self, refund_id: str) -> dict[str, Any] | None:
         return self.table.get_item(refund_id, consistent=True)
 
 
-__all__ = ["ClaimView", "ConditionFailed", "HistoryWriter", "Settlement", "StoreError"]
+__all__ = [
+    "ClaimView",
+    "ConditionFailed",
+    "HistoryWriter",
+    "Settlement",
+    "StoreError",
+    "marker_from_item",
+    "state_from_item",
+    "without_empty_index_keys",
+]

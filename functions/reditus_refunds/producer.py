@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -11,12 +11,22 @@ from botocore.exceptions import BotoCoreError, ClientError
 from .aws_errors import QueueError, aws_error
 from .contract import RefundRequest
 from .history_writer import HistoryWriter
+from .outcomes import RECHECK_ATTRIBUTE, REDRIVE_REFUND_ID_ATTRIBUTE
 from .records import iso, utc_now
 
 if TYPE_CHECKING:
     from mypy_boto3_sqs import SQSClient
 else:
     SQSClient = Any
+
+__all__ = [
+    "RECHECK_ATTRIBUTE",
+    "REDRIVE_REFUND_ID_ATTRIBUTE",
+    "QueueError",
+    "RefundProducer",
+    "SendReport",
+    "queue_error",
+]
 
 SQS_BATCH = 10
 PENDING_BATCH = 90  # items per pending-record transaction (DynamoDB allows 100 actions)
@@ -54,11 +64,23 @@ class RefundProducer:
         self.store = store
         self.clock = clock
 
-    def send(self, request: RefundRequest, delay_seconds: int = 0) -> str:
-        """Queue one request; returns the SQS message id."""
+    def send(
+        self, request: RefundRequest, delay_seconds: int = 0, attributes: Mapping[str, str] | None = None
+    ) -> str:
+        """Queue one request; returns the SQS message id.
+
+        `attributes` become String message attributes (e.g. RECHECK_ATTRIBUTE on a 404
+        re-check, REDRIVE_REFUND_ID_ATTRIBUTE on a redriven dead letter); the body is the
+        published contract, unchanged.
+        """
+        extra: dict[str, Any] = {}
+        if attributes:
+            extra["MessageAttributes"] = {
+                name: {"DataType": "String", "StringValue": value} for name, value in attributes.items()
+            }
         try:
             response = self.sqs.send_message(
-                QueueUrl=self.queue_url, MessageBody=request.to_body(), DelaySeconds=delay_seconds
+                QueueUrl=self.queue_url, MessageBody=request.to_body(), DelaySeconds=delay_seconds, **extra
             )
         except (ClientError, BotoCoreError) as err:
             raise queue_error(err, self.queue_url) from None

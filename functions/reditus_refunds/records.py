@@ -5,6 +5,7 @@ This is the single definition shared by the Lambda, the console and the CLI.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from enum import StrEnum
@@ -53,11 +54,14 @@ class ErrorKind(StrEnum):
     TRANSIENT = "transient"  # 429, 5xx, timeout, connection error
     AUTH = "auth_error"  # 401/403: our key is wrong or missing
     AWAITING_PAYMENT = "awaiting_payment"  # 404 inside the grace window
-    BUSY = "busy"  # another delivery holds the lease
 
 
+# The attempt log keeps the first attempt and the latest ones, MAX_ATTEMPT_LOG in all; the item
+# counts the ones left out (attempts_dropped), so a refund retried for days stays one small item.
 MAX_ATTEMPT_LOG = 20
 DETAIL_LIMIT = 1000
+# "All of history" for queries and filters: older than any record this system can hold.
+START_OF_TIME = datetime(2000, 1, 1, tzinfo=UTC)
 
 
 def utc_now() -> datetime:
@@ -88,6 +92,37 @@ class Attempt:
     latency_ms: int | None = None
 
 
+def capped_attempt_log(log: Sequence[Attempt], dropped: int, attempt: Attempt) -> tuple[list[Attempt], int]:
+    """The log with `attempt` appended, cut to MAX_ATTEMPT_LOG entries: the first and the latest
+    stay, and `dropped` grows by the number of entries left out."""
+    entries = [*log, attempt]
+    excess = len(entries) - MAX_ATTEMPT_LOG
+    if excess <= 0:
+        return entries, dropped
+    return [entries[0], *entries[1 + excess :]], dropped + excess
+
+
+@dataclass(frozen=True)
+class Settlement:
+    """An item whose counted outcome must move from `old` to `new` in the day counters."""
+
+    refund_id: str
+    day: str
+    old: str | None
+    new: str
+
+
+def attempt_from_map(data: dict[str, Any]) -> Attempt:
+    """One attempt_log entry as stored (numbers arrive as Decimal)."""
+    return Attempt(
+        at=str(data.get("at", "")),
+        http_status=None if data.get("http_status") is None else int(data["http_status"]),
+        kind=str(data.get("kind", "")),
+        detail=str(data.get("detail", "")),
+        latency_ms=None if data.get("latency_ms") is None else int(data["latency_ms"]),
+    )
+
+
 @dataclass
 class HistoryRecord:
     refund_id: str
@@ -109,6 +144,7 @@ class HistoryRecord:
     requeue_of: str | None = None
     message_id: str | None = None
     attempt_log: list[Attempt] = field(default_factory=list)
+    attempts_dropped: int = 0  # attempts left out of attempt_log (see MAX_ATTEMPT_LOG)
 
     @property
     def queued_day(self) -> str:
@@ -128,16 +164,8 @@ class HistoryRecord:
             value = item.get(name)
             return None if value is None else int(value)
 
-        log = [
-            Attempt(
-                at=str(a.get("at", "")),
-                http_status=None if a.get("http_status") is None else int(a["http_status"]),
-                kind=str(a.get("kind", "")),
-                detail=str(a.get("detail", "")),
-                latency_ms=None if a.get("latency_ms") is None else int(a["latency_ms"]),
-            )
-            for a in item.get("attempt_log", [])
-        ]
+        # Items written before the log was capped have no attempts_dropped: nothing was dropped.
+        log = [attempt_from_map(a) for a in item.get("attempt_log", [])]
         return cls(
             refund_id=str(item[HASH_KEY]),
             payment_id=item.get("payment_id"),
@@ -158,4 +186,5 @@ class HistoryRecord:
             requeue_of=item.get("requeue_of"),
             message_id=item.get("message_id"),
             attempt_log=log,
+            attempts_dropped=int(item.get("attempts_dropped", 0)),
         )

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import binascii
+import contextlib
 import json
 import random
+import re
 import threading
 import time
 from collections.abc import Callable
@@ -41,11 +44,20 @@ KeyProvider = Callable[[bool], str]  # force_refresh -> API key
 
 
 class RateLimiter:
-    """A token bucket shared by the threads of one instance (0 = unlimited)."""
+    """A token bucket shared by the threads of one instance (0 = unlimited).
 
-    def __init__(self, per_second: float, clock: Callable[[], float] = time.monotonic):
+    ``clock`` and ``sleep`` are injectable so a test can see the spacing without waiting for it.
+    """
+
+    def __init__(
+        self,
+        per_second: float,
+        clock: Callable[[], float] = time.monotonic,
+        sleep: Callable[[float], None] = time.sleep,
+    ):
         self.per_second = per_second
         self._clock = clock
+        self._sleep = sleep
         self._lock = threading.Lock()
         self._next = 0.0
 
@@ -61,14 +73,131 @@ class RateLimiter:
             self._next = slot + 1.0 / self.per_second
         delay = slot - now
         if delay > 0:
-            time.sleep(delay)
+            self._sleep(delay)
         return True
+
+
+REDACTED = "[redacted]"
+MIN_SECRET_RUN = 8  # this many characters of the key in a row are the key
+# One escape of a common encoding: JSON/JavaScript (\u0073, \x73, \/), URL (%73), HTML (&#115; &#x73;).
+_ESCAPE = re.compile(
+    r"\\u([0-9a-fA-F]{4})|\\x([0-9a-fA-F]{2})|\\([^ux])|%([0-9a-fA-F]{2})|&#([0-9]{1,7});|&#[xX]([0-9a-fA-F]{1,6});"
+)
+_BASE64_RUN = re.compile(r"[A-Za-z0-9+/_-]{11,}=*")
+_HEX_RUN = re.compile(r"[0-9a-fA-F]{16,}")
+
+
+def _decode_escapes(text: str, spans: list[tuple[int, int]]) -> tuple[str, list[tuple[int, int]]]:
+    """One round of unescaping; each character keeps the span of the original text it came from."""
+    out: list[str] = []
+    out_spans: list[tuple[int, int]] = []
+    last = 0
+    for match in _ESCAPE.finditer(text):
+        out.append(text[last : match.start()])
+        out_spans.extend(spans[last : match.start()])
+        hex4, hex2, char, pct, dec, hexn = match.groups()
+        if char:
+            code = ord(char)
+        elif dec:
+            code = int(dec)
+        else:
+            code = int(hex4 or hex2 or pct or hexn, 16)
+        out.append(chr(code) if code <= 0x10FFFF else "\ufffd")
+        out_spans.append((spans[match.start()][0], spans[match.end() - 1][1]))
+        last = match.end()
+    out.append(text[last:])
+    out_spans.extend(spans[last:])
+    return "".join(out), out_spans
+
+
+def _lower(text: str) -> str:
+    lowered = text.lower()
+    # A few characters lower to two; keep one character per character so positions still map.
+    return (
+        lowered
+        if len(lowered) == len(text)
+        else "".join(c if len(c.lower()) != 1 else c.lower() for c in text)
+    )
+
+
+def _decoded_runs(text: str) -> list[tuple[int, int, str]]:
+    """Base64 and hex runs of the text with what they decode to (every alignment, as Latin-1)."""
+    runs: list[tuple[int, int, str]] = []
+    for match in _BASE64_RUN.finditer(text):
+        run = match.group().rstrip("=").replace("-", "+").replace("_", "/")
+        for offset in range(4):
+            part = run[offset:]
+            part = part[: len(part) - len(part) % 4]
+            with contextlib.suppress(binascii.Error, ValueError):
+                runs.append((match.start(), match.end(), binascii.a2b_base64(part).decode("latin-1")))
+    for match in _HEX_RUN.finditer(text):
+        for offset in range(2):
+            part = match.group()[offset:]
+            runs.append(
+                (
+                    match.start(),
+                    match.end(),
+                    bytes.fromhex(part[: len(part) - len(part) % 2]).decode("latin-1"),
+                )
+            )
+    return runs
+
+
+def redact(text: str, secret: str) -> str:
+    """The text with every trace of the secret replaced by [redacted].
+
+    A trace is any run of MIN_SECRET_RUN (8) or more consecutive characters of the secret (all of
+    it, if shorter), in any letter case, found in the text as it is, after undoing up to three
+    layers of JSON/JavaScript, URL or HTML escaping, or inside a base64 or hex run. So an echo of the
+    key upper-cased, escaped, encoded, cut, or masked but for a long prefix or suffix, is caught;
+    fewer than 8 characters of a key are not treated as the key (a masked "sk_...3c8e" stays).
+    What is replaced is the original text the trace came from (a whole escape, a whole base64 run).
+    """
+    if not secret or not text:
+        return text
+    key = _lower(secret)
+    width = min(MIN_SECRET_RUN, len(key))
+    grams = {key[i : i + width] for i in range(len(key) - width + 1)}
+
+    def found(decoded: str) -> list[int]:
+        low = _lower(decoded)
+        return [i for i in range(len(low) - width + 1) if low[i : i + width] in grams]
+
+    hidden: list[tuple[int, int]] = []
+    view, spans = text, [(i, i + 1) for i in range(len(text))]
+    for _ in range(4):  # as it is, then up to three layers of escaping undone
+        hidden += [(spans[i][0], spans[i + width - 1][1]) for i in found(view)]
+        hidden += [
+            (spans[start][0], spans[end - 1][1])
+            for start, end, decoded in _decoded_runs(view)
+            if found(decoded)
+        ]
+        if "\\" not in view and "%" not in view and "&#" not in view:
+            break
+        decoded_view, spans = _decode_escapes(view, spans)
+        if decoded_view == view:
+            break
+        view = decoded_view
+    if not hidden:
+        return text
+    out: list[str] = []
+    position = 0
+    for start, end in sorted(hidden):
+        if end <= position:
+            continue
+        if start >= position:
+            out.append(text[position:start])
+            out.append(REDACTED)
+        position = end
+    out.append(text[position:])
+    return "".join(out)
 
 
 def _excerpt(text: str, secret: str) -> str:
     text = text.strip()
-    if secret and secret in text:
-        text = text.replace(secret, "[redacted]")
+    # Only the start of a long body is kept; redact enough of it that a key beginning in the kept part
+    # is seen whole, even encoded (an escaped or percent-encoded character takes up to 16 characters).
+    text = redact(text[: DETAIL_LIMIT + 16 * len(secret) + 64], secret)
     return text[:DETAIL_LIMIT]
 
 

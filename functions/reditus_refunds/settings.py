@@ -10,6 +10,13 @@ import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
+from .outcomes import (
+    DEFAULT_MAX_RECEIVE_COUNT,
+    DEFAULT_NOT_FOUND_GRACE_SECONDS,
+    DEFAULT_RECHECK_DELAY_SECONDS,
+    SQS_MAX_DELAY_SECONDS,
+)
+
 DEFAULT_REDITUS_API_BASE_URL = "https://api.getreditus.com/api"
 
 
@@ -62,9 +69,9 @@ class Settings:
     backoff_cap: float = 8.0
     max_concurrency: int = 10
     max_requests_per_second: float = 0.0
-    not_found_grace_seconds: int = 900
-    not_found_recheck_delay_seconds: int = 60
-    max_receive_count: int = 5
+    not_found_grace_seconds: int = DEFAULT_NOT_FOUND_GRACE_SECONDS
+    not_found_recheck_delay_seconds: int = DEFAULT_RECHECK_DELAY_SECONDS
+    max_receive_count: int = DEFAULT_MAX_RECEIVE_COUNT
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
@@ -88,9 +95,11 @@ class Settings:
             backoff_cap=_float(env, "REDITUS_BACKOFF_CAP", 8.0),
             max_concurrency=_int(env, "REDITUS_MAX_CONCURRENCY", 10, 1),
             max_requests_per_second=_float(env, "REDITUS_MAX_RPS", 0.0),
-            not_found_grace_seconds=_int(env, "NOT_FOUND_GRACE_SECONDS", 900),
-            not_found_recheck_delay_seconds=_int(env, "NOT_FOUND_RECHECK_DELAY_SECONDS", 60),
-            max_receive_count=_int(env, "MAX_RECEIVE_COUNT", 5, 1),
+            not_found_grace_seconds=_int(env, "NOT_FOUND_GRACE_SECONDS", DEFAULT_NOT_FOUND_GRACE_SECONDS),
+            not_found_recheck_delay_seconds=_int(
+                env, "NOT_FOUND_RECHECK_DELAY_SECONDS", DEFAULT_RECHECK_DELAY_SECONDS
+            ),
+            max_receive_count=_int(env, "MAX_RECEIVE_COUNT", DEFAULT_MAX_RECEIVE_COUNT, 1),
         )
         if not settings.reditus_api_key_secret and not settings.reditus_api_key:
             raise SettingsError(
@@ -98,8 +107,10 @@ class Settings:
             )
         if settings.not_found_grace_seconds and not settings.refund_queue_url:
             raise SettingsError("REFUND_QUEUE_URL is needed to re-check payments within the 404 grace window")
-        if settings.not_found_recheck_delay_seconds > 900:
-            raise SettingsError("NOT_FOUND_RECHECK_DELAY_SECONDS is at most 900 (the SQS delay limit)")
+        if settings.not_found_recheck_delay_seconds > SQS_MAX_DELAY_SECONDS:
+            raise SettingsError(
+                f"NOT_FOUND_RECHECK_DELAY_SECONDS is at most {SQS_MAX_DELAY_SECONDS} (the SQS delay limit)"
+            )
         return settings
 
 

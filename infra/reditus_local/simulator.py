@@ -28,6 +28,11 @@ Knobs (constructor, :meth:`ReditusSimulator.configure`, ``POST /_sim/config`` or
   connection (``outage_mode="drop"``), before authentication; togglable at run time.
 * Late payments (:meth:`ReditusSimulator.add_late_payment`) answer 404 until ``after_seconds`` have
   passed on the simulator's clock (injectable, for tests), then 200: the 404 grace window.
+* ``echo_key`` (off by default): a careless API that repeats the key it was sent in its error bodies.
+  Every error answer's ``details`` then ends with ``(key received: ...)``, the presented Bearer key
+  written in each enabled form of :data:`ECHO_FORMS` (upper-cased, JSON-escaped, URL-encoded,
+  base64, cut, masked...; :func:`echo_forms` gives the texts, so a test can look for each). For
+  testing the client's redaction only: with it on, the simulator's answers hold the key.
 
 Every request to the API (not to the control API) is recorded: see :class:`RecordedRequest`.
 
@@ -40,9 +45,10 @@ default when the server binds a non-loopback address):
 * ``GET  /_sim/refunds``  - ``{"applied": {payment_id: count}, "successful": [payment_id, ...]}``
 * ``GET  /_sim/config``   - the current knobs and payment sets (never the API key)
 * ``POST /_sim/config``   - change knobs (``fault_rate``, ``faults``, ``latency``, ``jitter``,
-  ``retry_after``, ``slow_seconds``, ``outage``, ``outage_mode``, ``drop_applies``, ``seed``) and add
-  payments (``add_payments``, ``add_invalid``: lists of ids; ``add_late``: ``{id: seconds}``);
-  ``remove_payments``: a list of ids to forget. Answers the new config; 400 on a bad value.
+  ``retry_after``, ``slow_seconds``, ``outage``, ``outage_mode``, ``drop_applies``, ``echo_key``,
+  ``seed``) and add payments (``add_payments``, ``add_invalid``: lists of ids; ``add_late``:
+  ``{id: seconds}``); ``remove_payments``: a list of ids to forget. Answers the new config; 400 on a
+  bad value.
 * ``POST /_sim/reset``    - back to the state the simulator was constructed with: log cleared,
   applied refunds forgotten, knobs and payments restored, random generators re-seeded, late
   payments counted again from now.
@@ -57,6 +63,7 @@ It prints one line, ``Reditus simulator ready: <base_url>``, and stops on SIGTER
 from __future__ import annotations
 
 import argparse
+import base64
 import contextlib
 import errno
 import hmac
@@ -113,6 +120,39 @@ DETAIL_NOT_FOUND = "Payment not found"
 DETAIL_UNAUTHORIZED = "Missing or invalid API key"
 
 MAX_BODY_BYTES = 1024 * 1024
+
+# How the echo_key knob writes the key it received: the forms a redaction must see through.
+ECHO_FORMS: tuple[str, ...] = (
+    "plain",  # as sent
+    "upper",  # upper-cased
+    "json",  # every character a JSON \uXXXX escape, as text
+    "json_first",  # the first character escaped, the rest as is ("\u0073k_...")
+    "slashes",  # JSON with escaped slashes ("\/")
+    "url",  # every character percent-encoded
+    "base64",  # standard base64 of the key
+    "basic",  # base64 of "user:<key>", as in a Basic Authorization header
+    "prefix",  # the first two thirds, cut
+    "suffix",  # the last two thirds
+    "masked",  # the first 10 and last 4 characters, asterisks between
+)
+
+
+def echo_forms(key: str) -> dict[str, str]:
+    """The key as the echo_key knob writes it, by form."""
+    third = max(len(key) * 2 // 3, 1)
+    return {
+        "plain": key,
+        "upper": key.upper(),
+        "json": "".join(f"\\u{ord(c):04x}" for c in key),
+        "json_first": "".join(f"\\u{ord(c):04x}" for c in key[:1]) + key[1:],
+        "slashes": key.replace("/", "\\/"),
+        "url": "".join(f"%{byte:02X}" for byte in key.encode("utf-8")),
+        "base64": base64.b64encode(key.encode("utf-8")).decode("ascii"),
+        "basic": base64.b64encode(f"api:{key}".encode()).decode("ascii"),
+        "prefix": key[:third] + "...",
+        "suffix": "..." + key[-third:],
+        "masked": key[:10] + "*" * max(len(key) - 14, 0) + key[-4:],
+    }
 
 
 class SimulatorError(RuntimeError):
@@ -183,6 +223,7 @@ class Knobs:
     outage: bool = False
     outage_mode: str = "503"
     drop_applies: bool = False
+    echo_key: tuple[str, ...] = ()  # ECHO_FORMS written into error bodies; () = off
 
     def validated(self) -> Knobs:
         for name in ("latency", "jitter", "slow_seconds"):
@@ -211,6 +252,9 @@ class Knobs:
         for name in ("outage", "drop_applies"):
             if not isinstance(getattr(self, name), bool):
                 raise ValueError(f"{name} must be true or false")
+        unknown = [form for form in self.echo_key if form not in ECHO_FORMS]
+        if unknown:
+            raise ValueError(f"unknown echo_key form(s) {unknown}; use all or {', '.join(ECHO_FORMS)}")
         # Keep FAULT_KINDS order, without repeats: the fault draw must not depend on how they were listed.
         faults = tuple(kind for kind in FAULT_KINDS if kind in self.faults)
         return replace(
@@ -220,7 +264,21 @@ class Knobs:
             fault_rate=float(self.fault_rate),
             slow_seconds=float(self.slow_seconds),
             faults=faults,
+            echo_key=tuple(form for form in ECHO_FORMS if form in self.echo_key),
         )
+
+
+def _parse_echo(value: Any) -> tuple[str, ...]:
+    """``all``, a comma-separated string or a list of ECHO_FORMS; "", None or false: off."""
+    if value is None or value is False or value == "":
+        return ()
+    if value is True or value == "all":
+        return ECHO_FORMS
+    if isinstance(value, str):
+        return tuple(part.strip() for part in value.split(",") if part.strip())
+    if isinstance(value, list | tuple | set | frozenset):
+        return tuple(str(part) for part in value)
+    raise ValueError(f"echo_key must be a list of forms, a comma-separated string or all, got {value!r}")
 
 
 def _parse_faults(value: Any) -> tuple[str, ...]:
@@ -496,6 +554,7 @@ class ReditusSimulator:
         outage: bool = False,
         outage_mode: str = "503",
         drop_applies: bool = False,
+        echo_key: Iterable[str] | str | bool = (),
         seed: int = 0,
         clock: Callable[[], float] = time.monotonic,
         control_api: bool | None = None,
@@ -506,6 +565,8 @@ class ReditusSimulator:
         ``late`` maps payment ids to the seconds after :meth:`start` when they become known.
         ``clock`` is read for late payments and the records' ``at``; inject a fake one in tests.
         ``control_api`` defaults to on when ``host`` is a loopback address, off otherwise.
+        ``echo_key``: forms of :data:`ECHO_FORMS` (or ``"all"``) in which error bodies repeat the key
+        they were sent - a test of the client's redaction; off by default.
         """
         if not isinstance(api_key, str) or not api_key:
             raise ValueError("the simulator needs a non-empty API key")
@@ -529,6 +590,7 @@ class ReditusSimulator:
             outage=outage,
             outage_mode=outage_mode,
             drop_applies=drop_applies,
+            echo_key=_parse_echo(echo_key if isinstance(echo_key, str | bool) else list(echo_key)),
         ).validated()
         self._initial_payments = tuple(DEMO_REFUNDABLE if payments is None else payments)
         self._initial_invalid = tuple(DEMO_INVALID if invalid is None else invalid)
@@ -693,6 +755,8 @@ class ReditusSimulator:
             raise ValueError("seed must be an integer")
         if "faults" in changes:
             changes["faults"] = _parse_faults(changes["faults"])
+        if "echo_key" in changes:
+            changes["echo_key"] = _parse_echo(changes["echo_key"])
         unknown = sorted(set(changes) - set(Knobs.__dataclass_fields__))
         if unknown:
             raise ValueError(f"unknown setting(s) {unknown}")
@@ -761,6 +825,7 @@ class ReditusSimulator:
             late.update({pid: {"available_in": None, "known": False} for pid in self._pending_late})
             knobs = asdict(self._state.knobs)
             knobs["faults"] = list(knobs["faults"])
+            knobs["echo_key"] = list(knobs["echo_key"])
             return {
                 **knobs,
                 "path_prefix": self.path_prefix,
@@ -831,13 +896,16 @@ class ReditusSimulator:
 
     # -- the API --------------------------------------------------------------------------------
 
-    def _auth_ok(self, header: str | None) -> bool:
+    @staticmethod
+    def _bearer(header: str | None) -> str | None:
         if not header:
-            return False
+            return None
         scheme, _, token = header.strip().partition(" ")
-        if scheme.lower() != "bearer":
-            return False
-        return hmac.compare_digest(token.strip().encode("utf-8"), self._api_key)
+        return token.strip() if scheme.lower() == "bearer" else None
+
+    def _auth_ok(self, header: str | None) -> bool:
+        token = self._bearer(header)
+        return token is not None and hmac.compare_digest(token.encode("utf-8"), self._api_key)
 
     def _decide(self, method: str, path: str, authorization: str | None, body: bytes) -> _Decision:
         """Decide the answer to one API request, apply the refund if it is due, and record it."""
@@ -850,7 +918,7 @@ class ReditusSimulator:
         else:
             try:
                 data = json.loads(body.decode("utf-8")) if body.strip() else {}
-            except (UnicodeDecodeError, json.JSONDecodeError, RecursionError):
+            except (ValueError, RecursionError):  # not UTF-8, not JSON, a 5,000-digit number, too deep
                 data = None
                 problem = (400, _errors("Bad Request", DETAIL_BAD_JSON))
             if problem is None:
@@ -911,6 +979,16 @@ class ReditusSimulator:
                     drop = True
                     applied = applied and knobs.drop_applies
                     status, payload = None, {}
+            token = self._bearer(authorization)
+            if knobs.echo_key and token and isinstance(payload.get("errors"), list):
+                forms = echo_forms(token)
+                echo = ", ".join(forms[form] for form in knobs.echo_key)
+                payload = {
+                    "errors": [
+                        {**error, "details": f"{error.get('details', '')} (key received: {echo})"}
+                        for error in payload["errors"]
+                    ]
+                }
             if applied:
                 pid = cast(str, payment_id)
                 self._state.applied[pid] = self._state.applied.get(pid, 0) + 1
@@ -962,6 +1040,14 @@ def _fault_list(text: str) -> tuple[str, ...]:
     return kinds
 
 
+def _echo_list(text: str) -> tuple[str, ...]:
+    forms = _parse_echo(text)
+    unknown = [form for form in forms if form not in ECHO_FORMS]
+    if unknown:
+        raise argparse.ArgumentTypeError(f"unknown form(s) {unknown}; use all or {','.join(ECHO_FORMS)}")
+    return forms
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="python -m reditus_local.simulator",
@@ -999,6 +1085,14 @@ def build_parser() -> argparse.ArgumentParser:
         "--drop-applies",
         action="store_true",
         help="a dropped connection happens after the refund was applied",
+    )
+    parser.add_argument(
+        "--echo-key",
+        type=_echo_list,
+        default=(),
+        metavar="FORMS",
+        help="error bodies repeat the Bearer key they were sent, in these forms (comma-separated, or all: "
+        f"{','.join(ECHO_FORMS)}); to test a client's redaction, never for a demo",
     )
     parser.add_argument("--seed", type=int, default=0, help="seed of the fault generator (default 0)")
     parser.add_argument("--payment", action="append", default=[], metavar="ID", help="a refundable payment")
@@ -1045,6 +1139,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         outage=args.outage,
         outage_mode=args.outage_mode,
         drop_applies=args.drop_applies,
+        echo_key=args.echo_key,
         seed=args.seed,
     )
     try:

@@ -1,0 +1,297 @@
+"""In-memory fakes of the submitter's collaborators: the store (same conditional semantics as
+HistoryWriter: claim conditions, leases, the payment marker), a queue and Reditus.
+
+They let the orchestration tests run without moto; the moto-backed tests keep the real store honest.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import threading
+from collections import Counter
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+
+from reditus_refunds.aws_errors import ConditionFailed, StoreError
+from reditus_refunds.contract import RefundRequest
+from reditus_refunds.outcomes import ClaimView, PaymentMarker, RefundState, unsettled
+from reditus_refunds.records import Attempt, Outcome, Settlement, capped_attempt_log, day_of, iso, utc_now
+from reditus_refunds.reditus import ReditusAnswer, Verdict
+
+
+def _ms(ts: datetime) -> int:
+    return int(ts.timestamp() * 1000)
+
+
+class FakeStore:
+    """The ClaimStore protocol over dicts. Every method holds one lock: each is one atomic write."""
+
+    def __init__(self, clock: Callable[[], datetime] = utc_now):
+        self.clock = clock
+        self.items: dict[str, RefundState] = {}
+        self.markers: dict[str, PaymentMarker] = {}
+        self.counters: Counter[tuple[str, str]] = Counter()  # (day, outcome) -> count
+        self.extra: dict[str, dict[str, object]] = {}  # refund_id -> attributes the domain never reads
+        self.lock = threading.RLock()
+
+    # ---- ClaimStore --------------------------------------------------------------------------
+    def read_for_claim(self, refund_id: str, payment_id: str) -> ClaimView:
+        with self.lock:
+            return ClaimView(self.items.get(refund_id), self.markers.get(payment_id))
+
+    def get_state(self, refund_id: str) -> RefundState | None:
+        with self.lock:
+            return self.items.get(refund_id)
+
+    def claim(
+        self,
+        request: RefundRequest,
+        view: ClaimView,
+        *,
+        message_id: str,
+        queued_at: str,
+        token: str,
+        lease_until: datetime,
+    ) -> None:
+        with self.lock:
+            now_ms = _ms(self.clock())
+            item = self.items.get(request.refund_id)
+            if view.state is None:
+                if item is not None:
+                    raise ConditionFailed("exists")
+            elif (
+                item is None
+                or item.outcome is not view.state.outcome
+                or item.lease_until_ms >= now_ms
+                or item.recheck_token != view.state.recheck_token
+            ):
+                raise ConditionFailed("changed")
+            marker = self.markers.get(request.payment_id, PaymentMarker())
+            if marker.lease_until_ms >= now_ms and marker.lease_holder != request.refund_id:
+                raise ConditionFailed("payment leased")
+            if not request.force and marker.refunded_by not in (None, request.refund_id):
+                raise ConditionFailed("payment refunded")
+            base = item or RefundState(
+                refund_id=request.refund_id, outcome=Outcome.PENDING, payment_id=None, queued_at=queued_at
+            )
+            self.items[request.refund_id] = dataclasses.replace(
+                base,
+                payment_id=request.payment_id or None,
+                message_id=message_id,
+                lease_token=token,
+                lease_until_ms=_ms(lease_until),
+            )
+            self.extra.setdefault(request.refund_id, {})["attempts"] = (
+                int(self.extra.get(request.refund_id, {}).get("attempts", 0) or 0) + 1  # type: ignore[call-overload]
+            )
+            self.markers[request.payment_id] = dataclasses.replace(
+                marker, lease_holder=request.refund_id, lease_until_ms=_ms(lease_until)
+            )
+
+    def finish(
+        self,
+        refund_id: str,
+        token: str,
+        outcome: Outcome,
+        attempt: Attempt,
+        *,
+        detail: str,
+        http_status: int | None,
+        error_kind: str | None = None,
+        latency_ms: int | None = None,
+        payment_id: str | None = None,
+        previous: RefundState | None = None,
+        recheck_token: str | None = None,
+        keep_recheck: bool = False,
+    ) -> None:
+        with self.lock:
+            item = self.items.get(refund_id)
+            if item is None or item.lease_token != token:
+                raise ConditionFailed("lease lost")
+            base = previous or item
+            log, dropped = capped_attempt_log(base.attempt_log, base.attempts_dropped, attempt)
+            chain = (
+                recheck_token if recheck_token is not None else (item.recheck_token if keep_recheck else None)
+            )
+            self.items[refund_id] = dataclasses.replace(
+                item,
+                outcome=outcome,
+                lease_token=None,
+                lease_until_ms=0,
+                recheck_token=chain,
+                attempt_log=tuple(log),
+                attempts_dropped=dropped,
+            )
+            self.extra.setdefault(refund_id, {}).update(detail=detail, error_kind=error_kind)
+            if outcome.terminal and payment_id is not None:
+                marker = self.markers.get(payment_id, PaymentMarker())
+                if outcome is Outcome.REFUNDED:
+                    self.markers[payment_id] = dataclasses.replace(
+                        marker, lease_until_ms=0, refunded_by=refund_id
+                    )
+                elif marker.lease_holder == refund_id:  # only our own lease, as the real store
+                    self.markers[payment_id] = dataclasses.replace(marker, lease_until_ms=0)
+
+    def record_without_claim(
+        self,
+        refund_id: str,
+        outcome: Outcome,
+        *,
+        detail: str,
+        message_id: str,
+        queued_at: str,
+        request: RefundRequest | None = None,
+        payment_id: str | None = None,
+        duplicate_of: str | None = None,
+        body_excerpt: str | None = None,
+        seen_outcome: str | None = None,
+    ) -> None:
+        with self.lock:
+            item = self.items.get(refund_id)
+            if seen_outcome is None:
+                if item is not None:
+                    raise ConditionFailed("exists")
+            elif (
+                item is None or item.outcome.value != seen_outcome or item.lease_until_ms >= _ms(self.clock())
+            ):
+                raise ConditionFailed("changed")
+            payment = payment_id if request is None else request.payment_id
+            self.items[refund_id] = RefundState(
+                refund_id=refund_id,
+                outcome=outcome,
+                payment_id=payment or None,  # never an empty index key
+                queued_at=item.queued_at if item else queued_at,
+                counted_outcome=item.counted_outcome if item else None,
+                message_id=message_id,
+            )
+            self.extra.setdefault(refund_id, {}).update(detail=detail, duplicate_of=duplicate_of)
+
+    # ---- counters (what HistoryWriter.settle does) --------------------------------------------
+    def settle(self, settlements: Iterable[Settlement]) -> list[Settlement]:
+        with self.lock:
+            for s in settlements:
+                item = self.items.get(s.refund_id)
+                if item is None or item.outcome.value != s.new or item.counted_outcome == s.new:
+                    continue
+                if item.counted_outcome is not None:
+                    self.counters[(s.day, item.counted_outcome)] -= 1
+                self.counters[(s.day, s.new)] += 1
+                self.items[s.refund_id] = dataclasses.replace(item, counted_outcome=s.new)
+        return []
+
+    @staticmethod
+    def settlement_for(state: RefundState) -> Settlement | None:
+        return unsettled(state)
+
+    def counts(self) -> dict[str, int]:
+        totals: Counter[str] = Counter()
+        for (_, outcome), n in self.counters.items():
+            totals[outcome] += n
+        return {k: v for k, v in totals.items() if v}
+
+    def outcomes(self) -> dict[str, int]:
+        return dict(Counter(i.outcome.value for i in self.items.values()))
+
+
+@dataclass
+class QueuedMessage:
+    body: str
+    visible_at: datetime
+    attributes: dict[str, str]
+    message_id: str
+    receive_count: int = 0
+
+
+@dataclass
+class FakeQueue:
+    """The DelayedSender protocol: what was sent, with its delay and attributes."""
+
+    clock: Callable[[], datetime]
+    messages: list[QueuedMessage] = field(default_factory=list)
+    fail_next: int = 0
+    sent: int = 0
+
+    def send(
+        self, request: RefundRequest, delay_seconds: int = 0, attributes: Mapping[str, str] | None = None
+    ) -> str:
+        if self.fail_next:
+            self.fail_next -= 1
+            raise RuntimeError("SQS is unavailable")
+        from datetime import timedelta
+
+        self.sent += 1
+        message_id = f"sent-{self.sent}"
+        self.messages.append(
+            QueuedMessage(
+                request.to_body(),
+                self.clock() + timedelta(seconds=delay_seconds),
+                dict(attributes or {}),
+                message_id,
+            )
+        )
+        return message_id
+
+
+@dataclass
+class FakeReditus:
+    """Answers by payment id (a list is consumed, its last answer repeats); records each call."""
+
+    answers: dict[str, list[ReditusAnswer]] = field(default_factory=dict)
+    calls: Counter[str] = field(default_factory=Counter)
+    call_times: list[tuple[str, datetime]] = field(default_factory=list)
+    clock: Callable[[], datetime] = utc_now
+    lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def refund(self, payment_id: str, deadline: float) -> ReditusAnswer:
+        with self.lock:
+            self.calls[payment_id] += 1
+            self.call_times.append((payment_id, self.clock()))
+            queue = self.answers.get(payment_id)
+            if queue:
+                return queue.pop(0) if len(queue) > 1 else queue[0]
+        return ReditusAnswer(Verdict.REFUNDED, 200, "ok", 5, 1)
+
+
+def answer(verdict: Verdict, status: int | None, detail: str = "") -> ReditusAnswer:
+    return ReditusAnswer(verdict, status, detail, 7, 1)
+
+
+class FailingSettleTable:
+    """Wraps a HistoryWriter's table: its counter settlements fail (a throttle) while `fail` is set;
+    every other call goes through."""
+
+    def __init__(self, table: Any) -> None:
+        self._table = table
+        self.fail = True
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._table, name)
+
+    def transact(self, actions: list[dict[str, Any]]) -> None:
+        settling = any("counted_outcome" in a.get("Update", {}).get("UpdateExpression", "") for a in actions)
+        if self.fail and settling:
+            raise StoreError("DynamoDB answered ThrottlingException")
+        self._table.transact(actions)
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = utc_now()
+
+    def __call__(self) -> datetime:
+        return self.now
+
+
+__all__ = [
+    "Clock",
+    "FailingSettleTable",
+    "FakeQueue",
+    "FakeReditus",
+    "FakeStore",
+    "QueuedMessage",
+    "answer",
+    "day_of",
+    "iso",
+]

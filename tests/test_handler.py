@@ -253,6 +253,21 @@ def test_every_log_line_of_a_record_carries_its_ids_while_records_run_at_once(
     assert {line["refund_id"] for line in domain} == set(expected)
 
 
+def test_an_unexpected_error_in_a_record_is_logged_and_retried(
+    lam: Lambda, captured_logs, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def broken(*args: object, **kwargs: object) -> None:
+        raise KeyError("a bug")
+
+    monkeypatch.setattr(lam.service.submitter, "process", broken)
+    event, failures = lam.run({"payment_id": "pay_bug", "refund_id": "bug-1"})
+    assert failures == {event["Records"][0]["messageId"]}
+    lines = [json.loads(line) for line in captured_logs.getvalue().splitlines() if line.strip()]
+    logged = [line for line in lines if line.get("message", "").startswith("unexpected error")]
+    assert len(logged) == 1 and "KeyError" in logged[0]["exception"]
+    assert logged[0]["message_id"] == event["Records"][0]["messageId"]
+
+
 def test_the_record_reads_its_message_attributes() -> None:
     record = {
         "messageId": "m-1",

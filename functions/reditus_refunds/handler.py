@@ -19,6 +19,7 @@ from aws_lambda_powertools.utilities.typing import LambdaContext
 
 from .app import PowertoolsTelemetry, SubmitterService, inbound_from_record
 from .settings import Settings
+from .submitter import RetryLater
 
 logger = Logger()
 
@@ -50,7 +51,17 @@ service = SubmitterService(Settings.from_env(), telemetry=telemetry)
 @tracer.capture_method
 def process_record(record: SQSRecord) -> str:
     """Raises for retryable failures; returns the recorded outcome for the rest."""
-    return service.handle(inbound_from_record(record.raw_event)).value
+    try:
+        return service.handle(inbound_from_record(record.raw_event)).value
+    except RetryLater:
+        raise  # expected: the domain logged why
+    except Exception:
+        # The batch processor turns it into a batch item failure and logs nothing outside debug
+        # mode: without this line an on-call engineer would see retries with no cause.
+        logger.exception(
+            "unexpected error; SQS will deliver the message again", extra={"message_id": record.message_id}
+        )
+        raise
 
 
 def process_record_on_worker(record: SQSRecord, trace_parent: object | None) -> str:

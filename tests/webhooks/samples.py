@@ -69,7 +69,9 @@ def polar_headers(
 # ---- Stripe --------------------------------------------------------------------------------
 
 
-def stripe_event(event_type: str, obj: dict[str, Any], event_id: str = "evt_3QxyZ2LkdIwHu7ix1a2b3c4d") -> dict:
+def stripe_event(
+    event_type: str, obj: dict[str, Any], event_id: str = "evt_3QxyZ2LkdIwHu7ix1a2b3c4d"
+) -> dict:
     return {
         "id": event_id,
         "object": "event",
@@ -83,7 +85,9 @@ def stripe_event(event_type: str, obj: dict[str, Any], event_id: str = "evt_3Qxy
     }
 
 
-def stripe_refund(refund_id: str, amount: int, created: int, charge: str = "ch_3MmlLrLkdIwHu7ix0snN0B15") -> dict:
+def stripe_refund(
+    refund_id: str, amount: int, created: int, charge: str = "ch_3MmlLrLkdIwHu7ix0snN0B15"
+) -> dict:
     return {
         "id": refund_id,
         "object": "refund",
@@ -136,7 +140,9 @@ def stripe_charge(
     return charge
 
 
-def stripe_dispute(status: str = "lost", charge: str = "ch_3MmlLrLkdIwHu7ix0snN0B15", amount: int = 1099) -> dict:
+def stripe_dispute(
+    status: str = "lost", charge: str = "ch_3MmlLrLkdIwHu7ix0snN0B15", amount: int = 1099
+) -> dict:
     return {
         "id": "dp_1MtJUT2eZvKYlo2CNaw2HvEv",
         "object": "dispute",
@@ -376,7 +382,9 @@ def lemonsqueezy_order_event(
 POLAR_ORDER_ID = "6f5d3c1a-2b4e-4c8d-9a7f-0e1d2c3b4a59"
 
 
-def polar_order(refunded: int = 1000, total: int = 1000, status: str | None = None, metadata: dict | None = None) -> dict:
+def polar_order(
+    refunded: int = 1000, total: int = 1000, status: str | None = None, metadata: dict | None = None
+) -> dict:
     return {
         "id": POLAR_ORDER_ID,
         "created_at": "2026-11-01T10:00:00Z",
@@ -410,7 +418,9 @@ def polar_order(refunded: int = 1000, total: int = 1000, status: str | None = No
     }
 
 
-def polar_refund(amount: int = 1000, status: str = "succeeded", order_id: str | None = POLAR_ORDER_ID) -> dict:
+def polar_refund(
+    amount: int = 1000, status: str = "succeeded", order_id: str | None = POLAR_ORDER_ID
+) -> dict:
     return {
         "created_at": "2026-11-29T10:00:00Z",
         "modified_at": None,

@@ -187,7 +187,9 @@ CB = [(s.CHARGEBEE_USER, s.CHARGEBEE_PASSWORD)]
 
 def test_chargebee_basic_auth():
     sig.verify_chargebee(s.chargebee_header(), CB)
-    sig.verify_chargebee({"authorization": s.chargebee_header()["Authorization"].replace("Basic", "basic")}, CB)
+    sig.verify_chargebee(
+        {"authorization": s.chargebee_header()["Authorization"].replace("Basic", "basic")}, CB
+    )
     assert _code(sig.verify_chargebee, s.chargebee_header(password="wrong"), CB) == "bad_signature"
     assert _code(sig.verify_chargebee, s.chargebee_header(user="someone"), CB) == "bad_signature"
     # A second credential pair (rotation) is accepted too.
@@ -222,7 +224,10 @@ def test_lemonsqueezy_signature():
     assert _code(sig.verify_lemonsqueezy, body, headers, ["other-secret"]) == "bad_signature"
     sig.verify_lemonsqueezy(body, headers, ["new-secret", s.LEMONSQUEEZY_SECRET])  # rotation
     assert _code(sig.verify_lemonsqueezy, body, {}, [s.LEMONSQUEEZY_SECRET]) == "missing_header"
-    assert _code(sig.verify_lemonsqueezy, body, {"X-Signature": "zz"}, [s.LEMONSQUEEZY_SECRET]) == "malformed_header"
+    assert (
+        _code(sig.verify_lemonsqueezy, body, {"X-Signature": "zz"}, [s.LEMONSQUEEZY_SECRET])
+        == "malformed_header"
+    )
 
 
 # ---- Polar (Standard Webhooks) -------------------------------------------------------------

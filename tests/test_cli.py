@@ -7,6 +7,7 @@ import os
 import socket
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -15,11 +16,14 @@ from typing import Any
 import boto3
 import pytest
 from moto import mock_aws
-from reditus_local.resources import TemplateModel, create_resources
-from reditus_operators.cli import main, parse_time
-from reditus_operators.config import SystemConfig, write_local_state
 
-from reditus_refunds.layout import HASH_KEY, to_item
+from reditus_local.resources import TemplateModel, create_resources
+from reditus_operators.cli import json_line, main, parse_time, terminal_safe
+from reditus_operators.config import SystemConfig, write_local_state
+from reditus_operators.console import STREAMLIT_OPTIONS, console_app, console_argv
+from reditus_operators.csv_import import MAX_BYTES, MAX_LINES, CsvError, parse_csv
+from reditus_refunds.layout import HASH_KEY, PAYMENT_MARKER_PREFIX, to_item
+from reditus_refunds.outcomes import REDRIVE_REFUND_ID_ATTRIBUTE
 from reditus_refunds.records import Outcome, day_of, iso, utc_now
 
 from .conftest import API_KEY
@@ -82,6 +86,13 @@ class System:
             **extra,
         }
         self.dynamodb.put_item(TableName=self.table, Item=to_item(item))
+        if outcome is Outcome.REFUNDED:  # the payment marker the submitter leaves with every 200
+            marker = {
+                HASH_KEY: PAYMENT_MARKER_PREFIX + payment_id,
+                "refunded_by": refund_id,
+                "refunded_at": queued_at,
+            }
+            self.dynamodb.put_item(TableName=self.table, Item=to_item(marker))
 
 
 @pytest.fixture
@@ -403,3 +414,169 @@ def test_local_up_refuses_a_second_stack_on_the_same_data(system: System, tmp_pa
     finally:
         other.kill()
         other.wait()
+
+
+# ---- untrusted text on a terminal (issue 12) -------------------------------------------------------
+HOSTILE_TEXT = "ok \x1b[31mred\x1b[0m \x07bell \x9b2J c1 \u202eevil\u202c \u200bzero \x00nul \r\nline \udc80"
+
+
+def obeyable(text: str) -> list[str]:
+    """Characters a terminal would act on instead of showing (newlines between lines excepted)."""
+    import unicodedata
+
+    return [c for c in text.replace("\n", "") if unicodedata.category(c) in ("Cc", "Cf", "Cs", "Co")]
+
+
+def test_terminal_safe_shows_controls_escaped() -> None:
+    shown = terminal_safe(HOSTILE_TEXT)
+    assert obeyable(shown) == []
+    for escaped in ("\\x1b[31m", "\\x07", "\\x9b", "\\u202e", "\\u200b", "\\x00", "\\x0d\\x0a", "\\udc80"):
+        assert escaped in shown
+    assert terminal_safe("pay_123 café 日本") == "pay_123 café 日本"  # readable text stays readable
+
+
+def test_json_lines_escape_controls_and_stay_valid_json() -> None:
+    data = {"detail": HOSTILE_TEXT.replace("\udc80", ""), "note": "café \U000e0041 tag"}
+    line = json_line(data)
+    assert obeyable(line) == [] and "\n" not in line
+    assert json.loads(line) == data
+    assert "café" in line  # not \u-escaped when harmless
+
+
+def test_history_and_dlq_list_show_untrusted_text_escaped(system: System) -> None:
+    system.put_record(
+        "r-hostile", "pay_h", Outcome.REJECTED, 400, detail=HOSTILE_TEXT.replace("\udc80", ""),
+        requested_by="mallory\x1b]0;pwned\x07",
+    )  # fmt: skip
+    body = json.dumps({"payment_id": "pay_\x1b[2Jx\u202e\x9b", "refund_id": "r-dl"}, ensure_ascii=False)
+    system.sqs.send_message(QueueUrl=system.dlq_url, MessageBody=body)
+    for args in (("history",), ("history", "--json"), ("dlq", "list"), ("dlq", "list", "--json")):
+        run = system.run(*args)
+        assert run.code == 0, run.err
+        assert obeyable(run.out) == [] and obeyable(run.err) == [], (args, run.out)
+    table = system.run("history").out
+    assert "mallory\\x1b]0;pwned\\x07" in table
+    (record,) = map(json.loads, system.run("history", "--json").out.splitlines())
+    assert record["requested_by"] == "mallory\x1b]0;pwned\x07"  # JSON readers get the value back
+    assert "pay_\\x1b[2Jx\\u202e\\x9b" in system.run("dlq", "list").out
+
+
+def test_csv_problems_are_shown_escaped(system: System, tmp_path: Path) -> None:
+    path = tmp_path / "refunds.csv"
+    path.write_text("payment_id\npay\x1b[31m\u202e,x\n", encoding="utf-8")
+    run = system.run("enqueue", "--csv", str(path))
+    assert run.code == 2 and obeyable(run.err) == []
+
+
+# ---- hostile dead letters ----------------------------------------------------------------------------
+def test_dlq_list_survives_any_body(system: System) -> None:
+    bodies = ["[" * 100_000 + "]" * 100_000, '{"payment_id": ' + "9" * 10_000 + "}",
+              '{"payment_id": "\\ud800", "refund_id": "\\udfff"}', '{"payment_id": 1e99999}']  # fmt: skip
+    ids = {system.sqs.send_message(QueueUrl=system.dlq_url, MessageBody=b)["MessageId"] for b in bodies}
+    table = system.run("dlq", "list")
+    assert table.code == 0, table.err
+    assert "4 message(s)" in table.err and all(i in table.out for i in ids)
+    listed = system.run("dlq", "list", "--json")
+    assert listed.code == 0, listed.err
+    assert {json.loads(line)["message_id"] for line in listed.out.splitlines()} == ids
+
+
+def test_dlq_redrive_keeps_the_original_refund_id(system: System) -> None:
+    no_id = system.sqs.send_message(QueueUrl=system.dlq_url, MessageBody='{"payment_id": "pay_r"}')[
+        "MessageId"
+    ]
+    run = system.run("dlq", "redrive", "--all")
+    assert run.code == 0 and run.out.split() == [no_id]
+    (moved,) = system.sqs.receive_message(QueueUrl=system.queue_url, MessageAttributeNames=["All"])[
+        "Messages"
+    ]
+    assert moved["MessageAttributes"][REDRIVE_REFUND_ID_ATTRIBUTE]["StringValue"] == no_id
+
+
+# ---- bulk files: size, lines, delimiters ---------------------------------------------------------------
+def test_a_file_of_newlines_is_refused_quickly() -> None:
+    data = b"payment_id\n" + b"\n" * (MAX_BYTES - 20)
+    started = time.process_time()
+    with pytest.raises(CsvError, match="lines"):
+        parse_csv(data)
+    with pytest.raises(CsvError, match="lines"):
+        parse_csv(b"payment_id\r" + b"\r\n" * (MAX_LINES + 1))
+    assert time.process_time() - started < 2
+    with pytest.raises(CsvError, match="MB"):
+        parse_csv("payment_id\n" + "x" * MAX_BYTES)
+    # Blank lines count toward the limit, not only rows.
+    assert parse_csv(b"payment_id\npay_1\n" + b"\n" * (MAX_LINES - 10)).rows == 1
+
+
+@pytest.mark.parametrize(("delimiter", "name"), [(",", "comma"), (";", "semicolon"), ("\t", "tab")])
+def test_the_delimiter_is_read_from_the_header(
+    system: System, tmp_path: Path, delimiter: str, name: str
+) -> None:
+    path = tmp_path / "refunds.csv"
+    other = ";" if delimiter == "," else ","
+    path.write_text(
+        f"payment_id{delimiter}note\npay_d1{delimiter}refund{other} ticket 1\npay_d2{delimiter}\n",
+        encoding="utf-8",
+    )
+    report = parse_csv(path.read_bytes())
+    assert report.delimiter == delimiter
+    assert [(r.payment_id, r.note) for r in report.requests] == [
+        ("pay_d1", f"refund{other} ticket 1"),
+        ("pay_d2", None),
+    ]
+    run = system.run("enqueue", "--csv", str(path))
+    assert run.code == 0, run.err
+    assert "queued 2 of 2 refund(s)" in run.out and f"{name}-separated" in run.out
+    assert sorted(json.loads(m["Body"])["payment_id"] for m in system.messages()) == ["pay_d1", "pay_d2"]
+
+
+# ---- one rule for "needs force", without the local stack, the console launcher -----------------------
+def test_local_up_without_the_local_stack_says_so_plainly(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    for name in [m for m in sys.modules if m == "reditus_local" or m.startswith("reditus_local.")]:
+        monkeypatch.delitem(sys.modules, name)
+    monkeypatch.setitem(sys.modules, "reditus_local", None)  # as if not installed: import fails
+    code = main(["local", "up", "--no-console"])
+    err = capsys.readouterr().err
+    assert code == 2 and len(err.strip().splitlines()) == 1
+    assert "local stack is not installed" in err and "make run" in err
+
+
+def test_the_console_launcher_carries_the_console_settings() -> None:
+    """Streamlit reads .streamlit/config.toml only from its start directory: the launcher passes
+    the same settings as flags, so the console is the same from anywhere."""
+    import tomllib
+
+    config = tomllib.loads((Path(__file__).parents[1] / ".streamlit" / "config.toml").read_text())
+    from_file = {f"{section}.{key}": str(value).lower() if isinstance(value, bool) else str(value)
+                 for section, values in config.items() for key, value in values.items()}  # fmt: skip
+    assert from_file == STREAMLIT_OPTIONS
+    argv = console_argv(8999)
+    assert argv[:3] == ["streamlit", "run", str(console_app())]
+    assert console_app() == Path(__file__).parents[1] / "ui" / "app.py"
+    flags = dict(zip(argv[3::2], argv[4::2], strict=True))
+    assert flags == {**{f"--{k}": v for k, v in STREAMLIT_OPTIONS.items()}, "--server.port": "8999"}
+
+
+def test_console_refuses_a_taken_port(system: System) -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        run = system.run("console", "--port", str(port))
+    assert_one_line_error(run, code=1)
+    assert f"port {port} is taken" in run.err
+
+
+def test_stderr_lines_show_history_text_escaped(system: System) -> None:
+    """What the history holds reaches stderr too (here a marker's refunded_by): escaped there as well."""
+    marker = {
+        HASH_KEY: PAYMENT_MARKER_PREFIX + "pay_m",
+        "refunded_by": "r\x1b[2J\u202e",
+        "refunded_at": "x\x07",
+    }
+    system.dynamodb.put_item(TableName=system.table, Item=to_item(marker))
+    run = system.run("enqueue", "pay_m")
+    assert_one_line_error(run, code=1)
+    assert "already refunded by r\\x1b[2J\\u202e at x\\x07" in run.err and obeyable(run.err) == []

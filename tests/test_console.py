@@ -14,9 +14,9 @@ from typing import Any
 
 import pytest
 import streamlit as st
-from reditus_operators.history import HistoryReader
 from streamlit.testing.v1 import AppTest
 
+from reditus_operators.history import HistoryReader
 from reditus_refunds.records import Outcome
 from tests.conftest import AwsFixture
 from tests.console_support import counter_item, history_item, marker_item
@@ -663,6 +663,7 @@ def moto_item_level_rollback(monkeypatch: pytest.MonkeyPatch) -> None:
     recording 10,000 pending refunds is quadratic (minutes), which DynamoDB is not. The local stack's
     moto server saves only the touched items instead; this test does the same, and undoes it after."""
     import moto.dynamodb.models as moto_dynamodb
+
     from reditus_local import motoserver
 
     # Setting each to its own value records it, so that monkeypatch puts it back afterwards.
@@ -733,3 +734,102 @@ def test_bulk_upload_of_ten_thousand_rows_goes_through_in_chunks(
     at.run()
     assert len(sqs.bodies) == 10_000
     assert time.monotonic() - started < 120
+
+
+# ---- one rule for "needs force"; hostile input (issues 11 and 12) -----------------------------------
+def test_cli_and_console_agree_on_which_payments_need_force(
+    open_console: AwsFixture, capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    """One check (operations.history_matches) behind the console's single and bulk queueing and the
+    CLI's `enqueue` and `enqueue --csv --check-history`: the four answers are the same."""
+    from reditus_operators.cli import main as cli
+    from ui.bulk import start_upload
+
+    aws = open_console
+    put_records(
+        aws, [(Outcome.REFUNDED, "pay_done"), (Outcome.PENDING, "pay_wait"), (Outcome.RETRYING, "pay_retry")]
+    )
+    put_records(aws, [(Outcome.REJECTED, "pay_rejected"), (Outcome.NOT_FOUND, "pay_gone")])
+    # Queued 20 days ago and never settled: SQS has long dropped it, so it is not in flight.
+    put_records(aws, [(Outcome.PENDING, "pay_stale")], when=datetime.now(UTC) - timedelta(days=20))
+    payments = ["pay_done", "pay_wait", "pay_retry", "pay_rejected", "pay_gone", "pay_stale", "pay_new"]
+    expected = {"pay_done", "pay_wait", "pay_retry"}
+
+    services = data.services()
+    bulk = start_upload(("payment_id\n" + "\n".join(payments)).encode(), "f.csv", {}, "t")
+    bulk.check_history(services.store)
+    console_bulk = set(bulk.in_history)
+    console_single = {
+        p
+        for p in payments
+        if not data.queue_refund(services, payment_id=p, note=None, force=False, requested_by="t").sent
+    }
+    for queued in set(payments) - expected:  # what the console just queued would now count as pending
+        aws.dynamodb.delete_item(
+            TableName=aws.table,
+            Key={"refund_id": {"S": store(aws).query(payment_id=queued).records[0].refund_id}},
+        )
+
+    cli_single = {p for p in payments if cli(["enqueue", p]) != 0}
+    refusals = capsys.readouterr().err
+    assert all("--force" in line for line in refusals.splitlines() if "error" in line), refusals
+    path = tmp_path / "f.csv"
+    path.write_text("payment_id\n" + "\n".join(expected) + "\n")
+    assert cli(["enqueue", "--csv", str(path), "--check-history", "--dry-run"]) == 0
+    cli_csv = {line.split(":")[0] for line in capsys.readouterr().err.splitlines() if "skipped" in line}
+    assert console_single == console_bulk == cli_single == expected
+    assert cli_csv == expected
+
+
+HOSTILE_BODIES = [
+    "[" * 100_000 + "]" * 100_000,
+    '{"payment_id": ' + "9" * 10_000 + "}",
+    '{"payment_id": 1e999999}',
+    '{"payment_id": "\\ud800", "refund_id": "\\udfff"}',
+    '{"payment_id": "pay_\\u001b[2J\\u202e", "refund_id": "r-x"}',
+]
+
+
+def test_dead_letters_page_survives_any_body(open_console: AwsFixture) -> None:
+    aws = open_console
+    for body in HOSTILE_BODIES:
+        aws.sqs.send_message(QueueUrl=aws.dlq_url, MessageBody=body)
+    at = app(DEAD_LETTER_PAGE)
+    assert not at.error, errors(at)
+    assert metric(at, "Messages in the dead-letter queue") == "5"
+    assert len(at.dataframe[0].value) == 5
+
+
+def test_dead_letters_redrive_keeps_the_refund_id(open_console: AwsFixture) -> None:
+    from reditus_refunds.outcomes import REDRIVE_REFUND_ID_ATTRIBUTE
+
+    aws = open_console
+    message_id = aws.sqs.send_message(QueueUrl=aws.dlq_url, MessageBody='{"payment_id": "pay_no_id"}')[
+        "MessageId"
+    ]
+    at = app(DEAD_LETTER_PAGE)
+    click(at, "Redrive all (1)")
+    click(at, "Redrive")
+    (moved,) = aws.sqs.receive_message(QueueUrl=aws.queue_url, MessageAttributeNames=["All"])["Messages"]
+    assert moved["MessageAttributes"][REDRIVE_REFUND_ID_ATTRIBUTE]["StringValue"] == message_id
+
+
+@pytest.mark.parametrize(("delimiter", "name"), [(";", "semicolon"), ("\t", "tab")])
+def test_bulk_upload_reads_semicolon_and_tab_files(
+    open_console: AwsFixture, delimiter: str, name: str
+) -> None:
+    at = upload(app(BULK_PAGE), f"payment_id{delimiter}note\npay_s1{delimiter}a, b\npay_s2{delimiter}\n")
+    assert metric(at, "Ready to queue") == "2"
+    assert any(f"{name}-separated" in c for c in captions(at))
+    ready = at.dataframe[0].value
+    assert list(ready["payment_id"]) == ["pay_s1", "pay_s2"] and list(ready["note"]) == ["a, b", ""]
+
+
+def test_bulk_upload_refuses_a_file_of_newlines(open_console: AwsFixture) -> None:
+    at = app(BULK_PAGE)
+    at.file_uploader[0].set_value(("refunds.csv", b"payment_id\n" + b"\n" * 5_000_000, "text/csv"))
+    started = time.monotonic()
+    at.run()
+    assert any("cannot be used" in e.value for e in at.error)
+    assert any("lines" in t for t in texts(at))
+    assert time.monotonic() - started < 30

@@ -16,13 +16,16 @@ import boto3
 import pytest
 import streamlit as st
 from moto import mock_aws
-from reditus_operators.history import HistoryReader
 from streamlit.testing.v1 import AppTest
 
+from reditus_operators.history import HistoryReader
 from reditus_refunds.records import Outcome
 from tests.conftest import TABLE, create_history_table
 from tests.console_support import Seeded, seed_history
 from ui import data
+
+# Seeds 100,000 items: `make test` runs it, the fast `make unit` does not.
+pytestmark = pytest.mark.slow
 
 ITEMS = 100_000
 DAYS = 30

@@ -6,11 +6,12 @@ import json
 from datetime import timedelta
 
 import pytest
-from reditus_operators.dlq import DeadLetterQueue
-from reditus_operators.history import HistoryReader
 
+from reditus_operators.dlq import DeadLetterQueue, _peek_ids, original_refund_id
+from reditus_operators.history import HistoryReader
 from reditus_refunds.contract import RefundRequest
 from reditus_refunds.history_writer import HistoryWriter
+from reditus_refunds.outcomes import REDRIVE_REFUND_ID_ATTRIBUTE
 from reditus_refunds.producer import QueueError, RefundProducer
 from reditus_refunds.records import Outcome, utc_now
 
@@ -89,3 +90,76 @@ def test_history_pages_newest_first_without_scan(aws) -> None:
     assert pending.items_read == 5
     one = store.query(payment_id="pay_7", since=now - timedelta(days=30), until=now)
     assert [r.refund_id for r in one.records] == ["r-007"]
+
+
+# ---- hostile dead letters, redrive identity (issue 12) ------------------------------------------------
+HOSTILE_BODIES = [
+    "[" * 100_000 + "]" * 100_000,  # RecursionError in the parser
+    '{"payment_id": ' + "[" * 50_000 + "]" * 50_000 + "}",
+    '{"payment_id": ' + "1" * 10_000 + "}",  # longer than int's digit limit: ValueError
+    '{"payment_id": 1e999999, "refund_id": -1e999999}',  # inf
+    '{"payment_id": "\\ud800", "refund_id": "\\udfff"}',  # lone surrogates
+    '{"payment_id": "pay\\u0000x", "refund_id": "r\\u001b[31m"}',
+    "\x00\x1b[2J not json \u202e",
+    "",
+    "null",
+    '"just a string"',
+]
+
+
+@pytest.mark.parametrize("body", HOSTILE_BODIES, ids=range(len(HOSTILE_BODIES)))
+def test_peeking_at_a_dead_letter_survives_any_body(body: str) -> None:
+    payment_id, refund_id = _peek_ids(body)
+    for value in (payment_id, refund_id):
+        assert value is None or isinstance(value, str)
+        if value is not None:
+            value.encode("utf-8")  # printable somewhere: no lone surrogate
+    assert original_refund_id("msg-1", body) in ("msg-1", refund_id)
+
+
+def test_dead_letters_with_hostile_bodies_are_listed_and_redriven(aws) -> None:
+    bodies = [b for b in HOSTILE_BODIES if b]  # SQS refuses an empty body
+    sent = {
+        aws.sqs.send_message(QueueUrl=aws.dlq_url, MessageBody=body)["MessageId"]: body for body in bodies
+    }
+    dlq = DeadLetterQueue(aws.sqs, aws.dlq_url, aws.queue_url)
+    letters = dlq.peek()
+    assert {letter.message_id for letter in letters} == set(sent)
+    assert sorted(dlq.redrive()) == sorted(sent)
+
+
+def receive_all(aws, url: str) -> list[dict]:
+    got: list[dict] = []
+    while batch := aws.sqs.receive_message(
+        QueueUrl=url, MaxNumberOfMessages=10, MessageAttributeNames=["All"], VisibilityTimeout=60
+    ).get("Messages", []):
+        got += batch
+    return got
+
+
+def test_a_redriven_dead_letter_keeps_its_refund_id(aws) -> None:
+    """The copy carries reditus_refund_id: the body's refund_id if valid, else the dead letter's
+    MessageId (the refund_id the Lambda used), so the redrive settles the original record."""
+    with_id = aws.sqs.send_message(
+        QueueUrl=aws.dlq_url, MessageBody=json.dumps({"payment_id": "p1", "refund_id": "r-original"})
+    )["MessageId"]
+    without_id = aws.sqs.send_message(QueueUrl=aws.dlq_url, MessageBody=json.dumps({"payment_id": "p2"}))[
+        "MessageId"
+    ]
+    bad_id = aws.sqs.send_message(
+        QueueUrl=aws.dlq_url, MessageBody=json.dumps({"payment_id": "p3", "refund_id": "not valid!"})
+    )["MessageId"]
+    junk = aws.sqs.send_message(QueueUrl=aws.dlq_url, MessageBody="[" * 10_000)["MessageId"]
+    dlq = DeadLetterQueue(aws.sqs, aws.dlq_url, aws.queue_url)
+    assert sorted(dlq.redrive()) == sorted([with_id, without_id, bad_id, junk])
+    moved = receive_all(aws, aws.queue_url)
+    kept = {m["Body"][:40]: m["MessageAttributes"][REDRIVE_REFUND_ID_ATTRIBUTE]["StringValue"] for m in moved}
+    assert kept == {
+        json.dumps({"payment_id": "p1", "refund_id": "r-original"})[:40]: "r-original",
+        json.dumps({"payment_id": "p2"}): without_id,
+        json.dumps({"payment_id": "p3", "refund_id": "not valid!"})[:40]: bad_id,
+        "[" * 40: junk,
+    }
+    assert all(
+        m["MessageId"] not in (without_id, bad_id, junk) for m in moved
+    )  # new ids: hence the attribute

@@ -17,7 +17,6 @@ from dataclasses import dataclass, field, replace
 from reditus_operators.csv_import import NOTE_COLUMN, PAYMENT_COLUMN, CsvReport, RowProblem, parse_csv
 from reditus_operators.history import HistoryReader
 from reditus_operators.operations import history_warnings
-
 from reditus_refunds.contract import RefundRequest
 from reditus_refunds.producer import SendReport
 

@@ -18,30 +18,15 @@ from datetime import UTC, date, datetime, time, timedelta
 from urllib.parse import urlparse
 
 import streamlit as st
-from botocore.exceptions import (
-    BotoCoreError,
-    ClientError,
-    ConnectionClosedError,
-    CredentialRetrievalError,
-    EndpointConnectionError,
-    NoCredentialsError,
-    NoRegionError,
-    PartialCredentialsError,
-    ProfileNotFound,
-    ReadTimeoutError,
-    SSOError,
-    TokenRetrievalError,
-)
-from botocore.exceptions import ConnectionError as BotoConnectionError
-from reditus_operators.config import ConfigError, SystemConfig, resolve
-from reditus_operators.dlq import DeadLetter, DeadLetterQueue
-from reditus_operators.history import HistoryReader, Page
-from reditus_operators.operations import PaymentStatus, build_request, payment_status, requeue
 
-from reditus_refunds.aws_errors import StoreError
+from reditus_operators.config import ConfigError, SystemConfig, resolve
+from reditus_operators.dlq import DeadLetter, DeadLetterQueue, original_refund_id
+from reditus_operators.history import HistoryReader, Page
+from reditus_operators.operations import HistoryMatch, build_request, payment_match, requeue
+from reditus_refunds.aws_errors import AwsError, BotoCoreError, ClientError, QueueError, StoreError, aws_error
 from reditus_refunds.contract import RefundRequest
 from reditus_refunds.history_writer import HistoryWriter
-from reditus_refunds.producer import QueueError, RefundProducer, SendReport
+from reditus_refunds.producer import RefundProducer, SendReport
 from reditus_refunds.records import REQUEUEABLE, HistoryRecord, Outcome
 
 ENV_STACK_NAME = "REDITUS_STACK_NAME"
@@ -54,14 +39,9 @@ EXPORT_PAGE_SIZE = 500
 EXPORT_LIMIT = 50_000
 DEAD_LETTER_PEEK_LIMIT = 500
 
-# Everything AWS or our adapters raise that a page turns into a message instead of a traceback.
-AWS_ERRORS: tuple[type[BaseException], ...] = (
-    ConfigError,
-    StoreError,
-    QueueError,
-    BotoCoreError,
-    ClientError,
-)
+# Everything AWS or our adapters raise that a page turns into a message instead of a traceback
+# (the adapters map botocore's errors to AwsError; the raw ones are the last guard).
+AWS_ERRORS: tuple[type[BaseException], ...] = (ConfigError, AwsError, BotoCoreError, ClientError)
 
 
 # ---- what went wrong, and what to check -----------------------------------------------------
@@ -72,60 +52,24 @@ class Problem:
 
 
 def explain(err: BaseException) -> Problem:
-    """A sentence for the page: what failed and what the operator should look at."""
+    """A sentence for the page: what failed (reditus_refunds.aws_errors says it) and what to check."""
     if isinstance(err, ConfigError):
         return Problem(
             f"The console does not know which system to use: {err}",
             f"Set {ENV_STACK_NAME} to a deployed stack's name, or HISTORY_TABLE_NAME and REFUND_QUEUE_URL "
             "(and DEAD_LETTER_QUEUE_URL), or start the local stack with `make run`.",
         )
-    if isinstance(err, StoreError):
-        return Problem(f"The history table could not be used: {err}.", _credentials_or_names(str(err)))
-    if isinstance(err, QueueError):
-        return Problem(f"The refund queue could not be used: {err}.", _credentials_or_names(str(err)))
-    if isinstance(err, NoCredentialsError | PartialCredentialsError | CredentialRetrievalError):
-        return Problem(
-            "No usable AWS credentials were found.",
-            "Set AWS_PROFILE (or AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY), or run the console with a "
-            "role that may read the history table and send to the queue.",
-        )
-    if isinstance(err, SSOError | TokenRetrievalError):
-        return Problem(
-            "The AWS sign-in has expired.", "Sign in again (for example `aws sso login`), then reload."
-        )
-    if isinstance(err, ProfileNotFound):
-        return Problem(f"{err}.", "Check AWS_PROFILE against ~/.aws/config.")
-    if isinstance(err, NoRegionError):
-        return Problem("No AWS region is set.", "Set AWS_REGION to the region of the stack.")
-    if isinstance(
-        err, EndpointConnectionError | BotoConnectionError | ReadTimeoutError | ConnectionClosedError
-    ):
-        return Problem(
-            "AWS could not be reached.",
-            "Check the network and AWS_REGION; for the local stack, check that `make run` is still running "
-            "(and AWS_ENDPOINT_URL, if you set it).",
-        )
-    if isinstance(err, ClientError):
-        code = err.response.get("Error", {}).get("Code", "Unknown")
-        message = err.response.get("Error", {}).get("Message", "")[:200]
-        if "Expired" in code:
-            return Problem("The AWS credentials have expired.", "Refresh them, then reload the page.")
-        return Problem(f"AWS answered {code}: {message}", "Check the console's AWS permissions and settings.")
-    if isinstance(err, BotoCoreError):
-        return Problem(f"The AWS SDK failed: {err}", "Check the AWS settings of the console.")
-    return Problem(f"{type(err).__name__}: {err}", "See the console's log for details.")
-
-
-def _credentials_or_names(message: str) -> str:
-    if "credentials" in message:
-        return "Refresh the AWS credentials of the console (or its role), then reload."
-    if "cannot reach" in message:
-        return (
-            "Check the network and AWS_REGION; for the local stack, check that `make run` is still running."
-        )
-    if "does not exist" in message:
-        return f"Check {ENV_STACK_NAME}, or HISTORY_TABLE_NAME / REFUND_QUEUE_URL / DEAD_LETTER_QUEUE_URL."
-    return "Check the console's AWS permissions and settings."
+    if not isinstance(err, AwsError):
+        err = aws_error(err, AwsError, service="AWS", resource="an AWS resource", names_hint=ENV_STACK_NAME)
+    what = (
+        "The history table"
+        if isinstance(err, StoreError)
+        else "The queue"
+        if isinstance(err, QueueError)
+        else "AWS"
+    )
+    verb = "could not be reached" if err.code == "Unreachable" else "could not be used"
+    return Problem(f"{what} {verb}: {err}.", err.hint or "See the console's log for details.")
 
 
 # ---- the system and its adapters --------------------------------------------------------------
@@ -364,13 +308,13 @@ class QueueResult:
     """What happened to one refund asked for on the Queue page."""
 
     request: RefundRequest
-    status: PaymentStatus
+    match: HistoryMatch | None  # why the history says it needs force (None: it does not)
     sent: bool
     message_id: str | None = None
 
     @property
     def warning(self) -> str | None:
-        return self.status.warning()
+        return self.match.warning if self.match else None
 
 
 def queue_refund(
@@ -378,12 +322,12 @@ def queue_refund(
 ) -> QueueResult:
     """Validate (raises ContractError), look at the payment's history, and send unless it needs force."""
     request = build_request(payment_id, note=note, requested_by=requested_by, source=SOURCE, force=force)
-    status = payment_status(services.store, request.payment_id)
-    if status.needs_force and not force:
-        return QueueResult(request, status, sent=False)
+    match = payment_match(services.store, request.payment_id)
+    if match and not force:
+        return QueueResult(request, match, sent=False)
     message_id = services.producer.send(request)
     clear_query_caches()
-    return QueueResult(request, status, sent=True, message_id=message_id)
+    return QueueResult(request, match, sent=True, message_id=message_id)
 
 
 @dataclass
@@ -440,13 +384,14 @@ def read_dead_letters(
     records: dict[str, HistoryRecord | None] = {}
     rows: list[DeadLetterRow] = []
     for letter in letters:
-        if letter.refund_id is None:
+        # A body without a valid refund_id went by its MessageId (kept when SQS dead-letters it).
+        refund_id = original_refund_id(letter.message_id, letter.body)
+        if refund_id not in records:
+            records[refund_id] = read_refund(store, refund_id)
+        record = records[refund_id]
+        if record is None and letter.refund_id is None:
             rows.append(DeadLetterRow(letter, None, "the message is not a readable refund request"))
-            continue
-        if letter.refund_id not in records:
-            records[letter.refund_id] = read_refund(store, letter.refund_id)
-        record = records[letter.refund_id]
-        if record is None:
+        elif record is None:
             rows.append(DeadLetterRow(letter, None, "no history record (the submitter never recorded it)"))
         else:
             rows.append(DeadLetterRow(letter, record.outcome.value, record.detail or record.error_kind or ""))

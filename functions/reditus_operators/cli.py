@@ -14,25 +14,17 @@ import getpass
 import json
 import os
 import re
-import subprocess
 import sys
+import unicodedata
 from collections.abc import Sequence
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any, NoReturn
 
-from botocore.exceptions import (
-    BotoCoreError,
-    ClientError,
-    EndpointConnectionError,
-    NoCredentialsError,
-    PartialCredentialsError,
-)
-
-from reditus_refunds.aws_errors import StoreError
+from reditus_refunds.aws_errors import AwsError, BotoCoreError, ClientError, aws_error
 from reditus_refunds.contract import ContractError
 from reditus_refunds.history_writer import HistoryWriter
-from reditus_refunds.producer import QueueError, RefundProducer
+from reditus_refunds.producer import RefundProducer
 from reditus_refunds.records import HistoryRecord, Outcome
 from reditus_refunds.settings import SettingsError
 
@@ -45,14 +37,18 @@ from .config import (
     read_local_state,
     resolve,
 )
-from .csv_import import CsvError, parse_csv
+from .console import HOST, ConsoleError, check_port, port_from_env, run_console
+from .csv_import import DELIMITER_NAMES, CsvError, parse_csv
 from .dlq import DeadLetterQueue
-from .history import HistoryReader
-from .operations import build_request, dedupe_against_history, payment_status
+from .history import START_OF_TIME, HistoryReader
+from .operations import build_request, history_matches, payment_match
 
 PROG = "reditus-refunds"
-EPOCH = datetime(2000, 1, 1, tzinfo=UTC)
 DETAIL_WIDTH = 60
+LOCAL_STACK_MISSING = (
+    "the local stack is not installed: it is part of a checkout of reditus-refunds "
+    "(clone the repository, then `make run`); this tool works with a deployed stack through --stack-name"
+)
 
 
 class CliError(Exception):
@@ -70,8 +66,53 @@ class OneLineParser(argparse.ArgumentParser):
         raise CliError(f"{self.prog}: error: {message} (see --help)", 2)
 
 
+# Shown escaped, never obeyed by a terminal: controls (C0, DEL, C1 such as CSI), format characters
+# (bidi overrides, zero-width), lone surrogates, private use, line and paragraph separators.
+_UNSAFE_CATEGORIES = frozenset({"Cc", "Cf", "Cs", "Co", "Zl", "Zp"})
+
+
+def _unsafe(char: str) -> bool:
+    return unicodedata.category(char) in _UNSAFE_CATEGORIES
+
+
+def terminal_safe(text: object) -> str:
+    """Untrusted text (Reditus's detail, message bodies, notes, names) as a terminal shows it safely."""
+    value = str(text)
+    if value.isprintable():
+        return value
+    out = []
+    for char in value:
+        if not _unsafe(char):
+            out.append(char)
+            continue
+        code = ord(char)
+        out.append(
+            f"\\x{code:02x}" if code < 0x100 else f"\\u{code:04x}" if code < 0x10000 else f"\\U{code:08x}"
+        )
+    return "".join(out)
+
+
+def json_line(data: object) -> str:
+    """One JSON object, non-ASCII text kept readable, anything a terminal would obey as \\u escapes
+    (valid JSON: outside strings json.dumps writes ASCII only)."""
+    text = json.dumps(data, default=str, ensure_ascii=False)
+    if text.isprintable():
+        return text
+    out = []
+    for char in text:
+        code = ord(char)
+        if not _unsafe(char):
+            out.append(char)
+        elif code < 0x10000:
+            out.append(f"\\u{code:04x}")
+        else:  # a UTF-16 surrogate pair, as JSON spells characters beyond the BMP
+            code -= 0x10000
+            out.append(f"\\u{0xD800 + (code >> 10):04x}\\u{0xDC00 + (code & 0x3FF):04x}")
+    return "".join(out)
+
+
 def _eprint(text: str) -> None:
-    print(text, file=sys.stderr, flush=True)
+    print(terminal_safe(text), file=sys.stderr, flush=True)
 
 
 def _one_line(text: str) -> str:
@@ -146,13 +187,14 @@ def cmd_enqueue(args: argparse.Namespace) -> int:
         raise CliError(err.reason, 2) from None
     config = system(args)
     store = _store(config)
-    warning = payment_status(store, request.payment_id).warning()
+    match = payment_match(store, request.payment_id)
+    warning = match.warning if match else None
     if warning and not args.force:
         raise CliError(f"{warning}; not queued (--force queues it anyway)")
     if warning:
         _eprint(f"warning: {warning}; queued anyway (--force)")
     _producer(config).send(request)
-    print(request.refund_id, flush=True)
+    print(terminal_safe(request.refund_id), flush=True)
     _eprint(f"queued payment {request.payment_id} as refund {request.refund_id} ({config.origin})")
     return 0
 
@@ -183,17 +225,17 @@ def _enqueue_csv(args: argparse.Namespace, requested_by: str | None) -> int:
     store = _store(config)
     held_back = 0
     if args.check_history and requests:
-        found = dedupe_against_history(store, requests)
-        for payment_id, status in found.items():
+        found = history_matches(store, [r.payment_id for r in requests])
+        for payment_id, match in found.items():
             action = "queued anyway (--force)" if args.force else "skipped"
-            _eprint(f"{payment_id}: {status.warning()}; {action}")
+            _eprint(f"{payment_id}: {match.warning}; {action}")
         if not args.force:
             requests = [r for r in requests if r.payment_id not in found]
             held_back = len(found)
     skipped = (
         f"{len(report.duplicates)} duplicate row(s), {len(report.invalid)} invalid row(s)"
         + (f", {held_back} already refunded or in flight" if args.check_history else "")
-        + " skipped"
+        + f" skipped; read as {DELIMITER_NAMES[report.delimiter]}-separated"
     )
     if args.dry_run or not requests:
         verb = "would queue" if args.dry_run else "queued"
@@ -247,7 +289,7 @@ def _history_row(record: HistoryRecord) -> list[str]:
     detail = " ".join(record.detail.split())
     if len(detail) > DETAIL_WIDTH:
         detail = detail[: DETAIL_WIDTH - 3] + "..."
-    return [
+    cells = [
         record.queued_at.replace("T", " ")[:19],
         record.refund_id,
         record.payment_id or "-",
@@ -257,6 +299,7 @@ def _history_row(record: HistoryRecord) -> list[str]:
         record.requested_by or "-",
         detail,
     ]
+    return [terminal_safe(cell) for cell in cells]
 
 
 def cmd_history(args: argparse.Namespace) -> int:
@@ -274,7 +317,7 @@ def cmd_history(args: argparse.Namespace) -> int:
         records = [found] if found else []
     else:
         if since is None and args.payment_id:
-            since = EPOCH  # a payment's whole story, not just the last 30 days
+            since = START_OF_TIME  # a payment's whole story, not just the last 30 days
         records = store.query(
             outcome=outcome,
             payment_id=args.payment_id,
@@ -285,7 +328,7 @@ def cmd_history(args: argparse.Namespace) -> int:
         ).records
     if args.json:
         for record in records:
-            print(json.dumps(record.to_dict(), default=str, ensure_ascii=False))
+            print(json_line(record.to_dict()))
         sys.stdout.flush()
         return 0
     if not records:
@@ -311,7 +354,7 @@ def cmd_dlq_list(args: argparse.Namespace) -> int:
     if args.json:
         for letter in letters:
             print(
-                json.dumps(
+                json_line(
                     {
                         "message_id": letter.message_id,
                         "payment_id": letter.payment_id,
@@ -319,8 +362,7 @@ def cmd_dlq_list(args: argparse.Namespace) -> int:
                         "receive_count": letter.receive_count,
                         "sent_at": _ms_iso(letter.sent_at_ms),
                         "body": letter.body,
-                    },
-                    ensure_ascii=False,
+                    }
                 )
             )
         sys.stdout.flush()
@@ -330,11 +372,14 @@ def cmd_dlq_list(args: argparse.Namespace) -> int:
         return 0
     rows = [
         [
-            letter.message_id,
-            letter.payment_id or "-",
-            letter.refund_id or "-",
-            str(letter.receive_count),
-            _ms_iso(letter.sent_at_ms),
+            terminal_safe(cell)
+            for cell in (
+                letter.message_id,
+                letter.payment_id or "-",
+                letter.refund_id or "-",
+                str(letter.receive_count),
+                _ms_iso(letter.sent_at_ms),
+            )
         ]
         for letter in letters
     ]
@@ -354,7 +399,7 @@ def cmd_dlq_redrive(args: argparse.Namespace) -> int:
         raise CliError("give --all or the MESSAGE_IDs to send back (see `dlq list`)", 2)
     moved = _dlq(args).redrive(None if args.all else args.message_ids)
     for message_id in moved:
-        print(message_id)
+        print(terminal_safe(message_id))
     sys.stdout.flush()
     sent = f"sent {len(moved)} message(s) back to the refund queue"
     missing = [] if args.all else [m for m in args.message_ids if m not in moved]
@@ -368,36 +413,29 @@ def cmd_dlq_redrive(args: argparse.Namespace) -> int:
 
 
 def cmd_console(args: argparse.Namespace) -> int:
-    from reditus_local.stack import (
-        CONSOLE_APP,
-        PROJECT_ROOT,
-        console_argv,
-        port_from_env,
-        port_is_free,
-        system_env,
-    )
-
-    if not CONSOLE_APP.is_file():
-        raise CliError(f"the console app {CONSOLE_APP} does not exist")
     config = system(args)
-    port = args.port or port_from_env("console")
-    if not port_is_free(port):
-        raise CliError(f"port {port} is taken; choose another with --port or REDITUS_LOCAL_CONSOLE_PORT")
-    env = {**os.environ, **system_env(config)}
-    if config.local:
-        env.update({"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing"})
-        env.setdefault("CONSOLE_OPEN", "1")  # the local stack's console runs open, and says so
-        env.pop("AWS_PROFILE", None)
-        env.pop("AWS_SESSION_TOKEN", None)
-    _eprint(f"console for {config.origin}: http://127.0.0.1:{port} (Ctrl-C stops it)")
-    argv = [sys.executable, "-m", *console_argv(port)]
     try:
-        return subprocess.call(argv, env=env, cwd=PROJECT_ROOT)  # noqa: S603 - our own argv, no shell
-    except KeyboardInterrupt:
-        return 130
+        port = check_port(args.port or port_from_env())
+        _eprint(f"console for {config.origin}: http://{HOST}:{port} (Ctrl-C stops it)")
+        return run_console(config, port)
+    except ConsoleError as err:
+        raise CliError(str(err)) from None
+
+
+def _import_local_stack() -> None:
+    """The local stack (infra/reditus_local), only when asked for: an installed tool has none."""
+    try:
+        import reditus_local.stack  # noqa: F401 - only whether it imports
+    except ModuleNotFoundError as err:
+        if (err.name or "").split(".")[0] == "reditus_local":
+            raise CliError(LOCAL_STACK_MISSING, 2) from None
+        raise CliError(
+            f"the local stack cannot start: {err.name} is not installed (run `make install`)"
+        ) from None
 
 
 def cmd_local_up(args: argparse.Namespace) -> int:
+    _import_local_stack()
     from reditus_local.resources import DEFAULT_TEMPLATE, parse_parameter
     from reditus_local.stack import StackError, StackOptions, port_from_env, real_reditus_from_env, up
 
@@ -556,20 +594,14 @@ def build_parser() -> OneLineParser:
     return parser
 
 
-def _aws_message(err: Exception, args: argparse.Namespace | None) -> str:
-    local_hint = (
-        ""
-        if args is None or getattr(args, "stack_name", None)
-        else " - is the local stack running? (make run)"
-    )
-    if isinstance(err, NoCredentialsError | PartialCredentialsError):
-        return "no AWS credentials found: set AWS_PROFILE (or AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY)"
-    if isinstance(err, EndpointConnectionError):
-        return f"cannot reach {err.kwargs.get('endpoint_url', 'AWS')}{local_hint}"
-    if isinstance(err, ClientError):
-        error = err.response.get("Error", {})
-        return f"AWS answered {error.get('Code', 'an error')}: {error.get('Message', '')}"
-    return f"AWS could not be reached: {err}"
+def _aws_message(err: BaseException, args: argparse.Namespace | None) -> str:
+    """One line: what failed (reditus_refunds.aws_errors says it) and what to check."""
+    if not isinstance(err, AwsError):
+        err = aws_error(err, AwsError, service="AWS", resource="an AWS resource", names_hint="the stack name")
+    message = str(err)
+    if err.code == "Unreachable" and args is not None and not getattr(args, "stack_name", None):
+        return f"{message} - is the local stack running? (make run)"
+    return f"{message}. {err.hint}" if err.hint else message
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -581,9 +613,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         code, message = err.code, str(err)
     except (ContractError, CsvError) as err:
         code, message = 2, str(err)
-    except (ConfigError, QueueError, StoreError, SettingsError) as err:
+    except (ConfigError, SettingsError) as err:
         code, message = 1, str(err)
-    except (BotoCoreError, ClientError) as err:
+    except (AwsError, BotoCoreError, ClientError) as err:
         code, message = 1, _aws_message(err, args)
     except KeyboardInterrupt:
         code, message = 130, "interrupted"

@@ -15,7 +15,8 @@ from typing import Any
 
 import boto3
 from botocore.config import Config
-from botocore.exceptions import BotoCoreError, ClientError
+
+from reditus_refunds.aws_errors import AwsError, BotoCoreError, ClientError, aws_error
 
 DEFAULT_DATA_DIR = Path(".local-data")
 STATE_FILE_NAME = "stack.json"
@@ -116,16 +117,25 @@ def pid_alive(pid: int) -> bool:
 
 def from_stack(stack_name: str, region: str | None = None, endpoint_url: str | None = None) -> SystemConfig:
     region = region or os.environ.get("AWS_REGION") or os.environ.get("AWS_DEFAULT_REGION") or "us-east-1"
-    session = boto3.session.Session(region_name=region)
-    cfn = session.client("cloudformation", endpoint_url=endpoint_url, config=CLIENT_CONFIG)
     try:
+        session = boto3.session.Session(region_name=region)
+        cfn = session.client("cloudformation", endpoint_url=endpoint_url, config=CLIENT_CONFIG)
         stacks = cfn.describe_stacks(StackName=stack_name)["Stacks"]
-    except ClientError as err:
+    except (ClientError, BotoCoreError) as err:
+        if isinstance(err, ClientError) and err.response.get("Error", {}).get("Code") == "ValidationError":
+            # CloudFormation's answer for a stack that does not exist (its message says so).
+            message = str(err.response["Error"].get("Message", ""))[:200]
+            raise ConfigError(f"stack {stack_name!r} not found in {region}: {message}") from None
+        mapped = aws_error(
+            err,
+            AwsError,
+            service="CloudFormation",
+            resource=f"the stack {stack_name!r}",
+            names_hint="the stack name and AWS_REGION",
+        )
         raise ConfigError(
-            f"stack {stack_name!r} not found in {region}: {err.response['Error'].get('Message')}"
+            f"stack {stack_name!r} could not be read in {region}: {mapped}. {mapped.hint}"
         ) from None
-    except BotoCoreError as err:
-        raise ConfigError(f"could not reach CloudFormation in {region}: {err}") from None
     outputs = {o["OutputKey"]: o["OutputValue"] for o in stacks[0].get("Outputs", [])}
     missing = [name for name in STACK_OUTPUTS if name not in outputs]
     if missing:

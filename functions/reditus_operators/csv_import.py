@@ -1,4 +1,9 @@
-"""CSV of refunds (a payment_id column, optional note): validated row by row before anything is sent."""
+"""CSV of refunds (a payment_id column, optional note): validated row by row before anything is sent.
+
+The work is bounded by the file's bytes and lines (blank lines count), not only its rows, and the
+delimiter is read from the header line: comma, semicolon (what Excel saves as "CSV" where the
+comma is the decimal separator) or tab.
+"""
 
 from __future__ import annotations
 
@@ -6,6 +11,7 @@ import csv
 import io
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
+from typing import Any
 
 from reditus_refunds.contract import ContractError, RefundRequest, new_refund_id, validate
 
@@ -13,6 +19,10 @@ PAYMENT_COLUMN = "payment_id"
 NOTE_COLUMN = "note"
 MAX_ROWS = 100_000
 MAX_BYTES = 20 * 1024 * 1024
+# Physical lines, blank ones and a quoted note's own line breaks included: room for every row
+# to span a few lines, never the millions of a file of newlines.
+MAX_LINES = 2 * MAX_ROWS
+DELIMITER_NAMES = {",": "comma", ";": "semicolon", "\t": "tab"}
 
 
 class CsvError(ValueError):
@@ -29,6 +39,7 @@ class RowProblem:
 @dataclass
 class CsvReport:
     header: list[str]
+    delimiter: str = ","
     valid: list[tuple[int, RefundRequest]] = field(default_factory=list)
     invalid: list[RowProblem] = field(default_factory=list)
     duplicates: list[RowProblem] = field(default_factory=list)  # repeats within the file
@@ -42,26 +53,47 @@ class CsvReport:
         return len(self.valid) + len(self.invalid) + len(self.duplicates)
 
 
-def read_header(data: bytes | str) -> list[str]:
-    text = _decode(data)
-    reader = csv.reader(io.StringIO(text))
+def detect_delimiter(text: str) -> str:
+    """The header line's delimiter (comma when the header is a single column or says nothing)."""
+    first = text.lstrip("\ufeff").splitlines()[0] if text.strip() else ""
     try:
-        return [h.strip() for h in next(reader)]
+        return csv.Sniffer().sniff(first, delimiters="".join(DELIMITER_NAMES)).delimiter
+    except csv.Error:
+        return ","
+
+
+def read_header(data: bytes | str) -> list[str]:
+    return _header(_decode(data))[0]
+
+
+def _header(text: str) -> tuple[list[str], str, Any]:
+    """(header, delimiter, the reader positioned at the first data row)."""
+    delimiter = detect_delimiter(text)
+    reader = csv.reader(io.StringIO(text, newline=""), delimiter=delimiter)
+    try:
+        header = [h.strip() for h in next(reader)]
     except StopIteration:
         raise CsvError("the file is empty") from None
     except csv.Error as err:
         raise CsvError(f"the file is not valid CSV: {err}") from None
+    return header, delimiter, reader
 
 
 def _decode(data: bytes | str) -> str:
-    if isinstance(data, str):
-        return data.lstrip("\ufeff")
-    if len(data) > MAX_BYTES:
+    size = len(data) if isinstance(data, bytes) else len(data.encode("utf-8", "surrogatepass"))
+    if size > MAX_BYTES:
         raise CsvError(f"the file is larger than {MAX_BYTES // (1024 * 1024)} MB; split it")
-    try:
-        return data.decode("utf-8-sig")
-    except UnicodeDecodeError:
-        raise CsvError("the file is not UTF-8 text; save it as CSV UTF-8") from None
+    if isinstance(data, str):
+        text = data.lstrip("\ufeff")
+    else:
+        try:
+            text = data.decode("utf-8-sig")
+        except UnicodeDecodeError:
+            raise CsvError("the file is not UTF-8 text; save it as CSV UTF-8") from None
+    # Counted before parsing (fast, in C): a file of blank lines is refused, not walked through.
+    if max(text.count("\n"), text.count("\r")) > MAX_LINES:
+        raise CsvError(f"the file has more than {MAX_LINES:,} lines; split it (blank lines count too)")
+    return text
 
 
 def parse_csv(
@@ -75,27 +107,27 @@ def parse_csv(
     """Validate every row with the shared contract; `columns` maps our names to the file's headers."""
     text = _decode(data)
     mapping = {PAYMENT_COLUMN: PAYMENT_COLUMN, NOTE_COLUMN: NOTE_COLUMN, **(columns or {})}
-    reader = csv.reader(io.StringIO(text, newline=""))
-    try:
-        header = [h.strip() for h in next(reader)]
-    except StopIteration:
-        raise CsvError("the file is empty") from None
-    except csv.Error as err:
-        raise CsvError(f"the file is not valid CSV: {err}") from None
+    header, delimiter, reader = _header(text)
     lowered = [h.lower() for h in header]
     payment_header = mapping[PAYMENT_COLUMN].lower()
     if payment_header not in lowered:
+        shown = ", ".join(repr(h) for h in header[:10])
         raise CsvError(
-            f"no {mapping[PAYMENT_COLUMN]!r} column; the header has {', '.join(repr(h) for h in header[:10])}"
+            f"no {mapping[PAYMENT_COLUMN]!r} column; the header has {shown} "
+            f"(read as {DELIMITER_NAMES[delimiter]}-separated)"
         )
     payment_index = lowered.index(payment_header)
     note_header = mapping.get(NOTE_COLUMN, "").lower()
     note_index = lowered.index(note_header) if note_header and note_header in lowered else None
-    report = CsvReport(header=header)
+    report = CsvReport(header=header, delimiter=delimiter)
     first_seen: dict[str, int] = {}
     try:
         for row in reader:
             line = reader.line_num
+            if line > MAX_LINES + 1:  # line endings the count above does not see (a lone \r in a quote)
+                raise CsvError(
+                    f"the file has more than {MAX_LINES:,} lines; split it (blank lines count too)"
+                )
             if not any(cell.strip() for cell in row):
                 continue
             if report.rows >= MAX_ROWS:

@@ -7,8 +7,9 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
-from botocore.exceptions import BotoCoreError, ClientError
-
+from reditus_refunds.aws_errors import BotoCoreError, ClientError
+from reditus_refunds.contract import REFUND_ID_PATTERN
+from reditus_refunds.outcomes import REDRIVE_REFUND_ID_ATTRIBUTE
 from reditus_refunds.producer import QueueError, queue_error
 
 
@@ -24,15 +25,37 @@ class DeadLetter:
 
 
 def _peek_ids(body: str) -> tuple[str | None, str | None]:
+    """(payment_id, refund_id) of a body, when it has them as text; never raises, whatever the body.
+
+    A dead letter is whatever a producer sent: the parser refuses deep nesting with RecursionError,
+    long numbers with ValueError, and may hand back lone surrogates that no page or terminal can
+    show; all of them read as "no ids".
+    """
     try:
         data = json.loads(body)
-    except ValueError:
+    except Exception:  # any body at all: RecursionError, ValueError, MemoryError, TypeError...
         return None, None
     if not isinstance(data, dict):
         return None, None
-    payment = data.get("payment_id")
-    refund = data.get("refund_id")
-    return (payment if isinstance(payment, str) else None, refund if isinstance(refund, str) else None)
+    return _text(data.get("payment_id")), _text(data.get("refund_id"))
+
+
+def _text(value: object) -> str | None:
+    if not isinstance(value, str):
+        return None
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:  # a lone surrogate from a \ud800 escape
+        return None
+    return value
+
+
+def original_refund_id(message_id: str, body: str) -> str:
+    """The refund_id the Lambda used for this message: the body's, if valid, else the MessageId."""
+    refund_id = _peek_ids(body)[1]
+    if refund_id is not None and REFUND_ID_PATTERN.fullmatch(refund_id):
+        return refund_id
+    return message_id
 
 
 class DeadLetterQueue:
@@ -130,8 +153,17 @@ class DeadLetterQueue:
                 if wanted is not None and message["MessageId"] not in wanted:
                     skipped.append(message["ReceiptHandle"])
                     continue
+                # The copy gets a new MessageId; without the attribute that would become a new
+                # refund_id (when the body names none) and orphan the dead-lettered record.
+                refund_id = original_refund_id(message["MessageId"], message["Body"])
                 try:
-                    self.sqs.send_message(QueueUrl=self.queue_url, MessageBody=message["Body"])
+                    self.sqs.send_message(
+                        QueueUrl=self.queue_url,
+                        MessageBody=message["Body"],
+                        MessageAttributes={
+                            REDRIVE_REFUND_ID_ATTRIBUTE: {"DataType": "String", "StringValue": refund_id}
+                        },
+                    )
                     self.sqs.delete_message(QueueUrl=self.dlq_url, ReceiptHandle=message["ReceiptHandle"])
                 except (ClientError, BotoCoreError) as err:
                     self._release(skipped)
@@ -170,4 +202,4 @@ class DeadLetterQueue:
         return deleted
 
 
-__all__ = ["DeadLetter", "DeadLetterQueue", "QueueError"]
+__all__ = ["DeadLetter", "DeadLetterQueue", "QueueError", "original_refund_id"]

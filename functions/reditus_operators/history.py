@@ -10,7 +10,7 @@ import base64
 import json
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from datetime import date, datetime, timedelta
+from datetime import UTC, date, datetime, timedelta
 from decimal import Decimal
 from typing import TYPE_CHECKING, Any
 
@@ -33,6 +33,10 @@ if TYPE_CHECKING:
     from mypy_boto3_dynamodb import DynamoDBClient
 else:
     DynamoDBClient = Any
+
+
+# "All time" for the history: earlier than any record (a payment's whole story, the console's all-time view).
+START_OF_TIME = datetime(2000, 1, 1, tzinfo=UTC)
 
 
 @dataclass
@@ -222,4 +226,4 @@ class HistoryReader:
         return result
 
 
-__all__ = ["HistoryReader", "Page", "PaymentMarker", "StoreError"]
+__all__ = ["START_OF_TIME", "HistoryReader", "Page", "PaymentMarker", "StoreError"]

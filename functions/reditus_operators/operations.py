@@ -1,10 +1,14 @@
-"""What operators do, shared by the console and the CLI: queue, check, requeue."""
+"""What operators do, shared by the console and the CLI: queue, check, requeue.
+
+"Which payments need force" is answered here, once, for one payment or a whole CSV alike
+(`history_matches`), so that the console and the CLI cannot disagree.
+"""
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any
+from datetime import timedelta
 
 from reditus_refunds.contract import RefundRequest, new_refund_id, validate
 from reditus_refunds.producer import RefundProducer, SendReport
@@ -12,39 +16,82 @@ from reditus_refunds.records import REQUEUEABLE, HistoryRecord, Outcome
 
 from .history import HistoryReader
 
+MARKER_BATCH = 100  # BatchGetItem's limit
+IN_FLIGHT_DAYS = 14  # SQS keeps a message at most 14 days: older pending records are not in flight
+IN_FLIGHT_PAGE = 1000
+
 
 @dataclass(frozen=True)
-class PaymentStatus:
-    """What the history already says about a payment, before queuing another refund of it."""
+class HistoryMatch:
+    """Why the history says a payment needs force, and which earlier refund says so."""
 
-    refunded: list[HistoryRecord]
-    in_flight: list[HistoryRecord]
-
-    @property
-    def needs_force(self) -> bool:
-        return bool(self.refunded or self.in_flight)
-
-    def warning(self) -> str | None:
-        if self.refunded:
-            first = self.refunded[0]
-            return f"payment already refunded by {first.refund_id} at {first.completed_at or first.queued_at}"
-        if self.in_flight:
-            first = self.in_flight[0]
-            return f"a refund of this payment is already {first.outcome.value} ({first.refund_id})"
-        return None
+    payment_id: str
+    refund_id: str
+    refunded: bool  # True: a 200 is recorded; False: a refund is still pending or retrying
+    warning: str
 
 
-def payment_status(store: HistoryReader, payment_id: str) -> PaymentStatus:
-    page = store.query(payment_id=payment_id, limit=50, since=_epoch())
-    refunded = [r for r in page.records if r.outcome is Outcome.REFUNDED]
-    in_flight = [r for r in page.records if r.outcome in (Outcome.PENDING, Outcome.RETRYING)]
-    return PaymentStatus(refunded, in_flight)
+def history_matches(
+    store: HistoryReader,
+    payment_ids: Sequence[str],
+    progress: Callable[[int, int], None] | None = None,
+) -> dict[str, HistoryMatch]:
+    """The payments among `payment_ids` that already have a 200 or a refund in flight.
+
+    Payment markers say which payments have a 200 (100 per BatchGetItem), and the outcome index
+    lists the refunds still pending or retrying (usually few), whatever their payment: a handful of
+    reads for one payment or for a 100,000-row CSV. A 200 wins over a refund in flight.
+    """
+    wanted = list(dict.fromkeys(p for p in payment_ids if p))
+    wanted_set = set(wanted)
+    found: dict[str, HistoryMatch] = {}
+    if not wanted:
+        return found
+    since = store.clock() - timedelta(days=IN_FLIGHT_DAYS)
+    for outcome in (Outcome.PENDING, Outcome.RETRYING):
+        cursor: str | None = None
+        while True:
+            page = store.query(outcome=outcome, since=since, limit=IN_FLIGHT_PAGE, cursor=cursor)
+            for record in page.records:
+                if record.payment_id in wanted_set and record.payment_id not in found:
+                    found[record.payment_id] = HistoryMatch(
+                        record.payment_id,
+                        record.refund_id,
+                        refunded=False,
+                        warning=f"a refund of this payment is already {outcome.value} ({record.refund_id})",
+                    )
+            cursor = page.cursor
+            if cursor is None:
+                break
+    for start in range(0, len(wanted), MARKER_BATCH):
+        chunk = wanted[start : start + MARKER_BATCH]
+        for payment_id, marker in store.payment_markers(chunk).items():
+            if marker.refunded_by:
+                found[payment_id] = HistoryMatch(
+                    payment_id,
+                    marker.refunded_by,
+                    refunded=True,
+                    warning=(
+                        f"payment already refunded by {marker.refunded_by} at {marker.refunded_at or '?'}"
+                    ),
+                )
+        if progress:
+            progress(min(start + MARKER_BATCH, len(wanted)), len(wanted))
+    return found
 
 
-def _epoch() -> Any:
-    from datetime import UTC, datetime
+def history_warnings(
+    store: HistoryReader,
+    payment_ids: Sequence[str],
+    progress: Callable[[int, int], None] | None = None,
+) -> dict[str, str]:
+    """payment_id -> why it needs force (history_matches, as text)."""
+    return {p: match.warning for p, match in history_matches(store, payment_ids, progress).items()}
 
-    return datetime(2000, 1, 1, tzinfo=UTC)
+
+def payment_match(store: HistoryReader, payment_id: str) -> HistoryMatch | None:
+    """One payment's answer: the same check as for a CSV, never a second implementation."""
+    return history_matches(store, [payment_id]).get(payment_id)
 
 
 def build_request(
@@ -98,65 +145,3 @@ def requeue(
             )
         )
     return producer.send_many(requests), refused
-
-
-def dedupe_against_history(
-    store: HistoryReader,
-    requests: Iterable[RefundRequest],
-    progress: Callable[[int, int], None] | None = None,
-) -> dict[str, PaymentStatus]:
-    """Payment ids among `requests` that already have a 200 or an in-flight request."""
-    found: dict[str, PaymentStatus] = {}
-    items = list(requests)
-    for index, request in enumerate(items):
-        status = payment_status(store, request.payment_id)
-        if status.needs_force:
-            found[request.payment_id] = status
-        if progress and index % 50 == 0:
-            progress(index + 1, len(items))
-    return found
-
-
-MARKER_BATCH = 100  # BatchGetItem's limit
-IN_FLIGHT_DAYS = 14  # SQS keeps a message at most 14 days: older pending records are not in flight
-
-
-def history_warnings(
-    store: HistoryReader,
-    payment_ids: Sequence[str],
-    progress: Callable[[int, int], None] | None = None,
-) -> dict[str, str]:
-    """Why each of these payments needs force, for those the history already has (as PaymentStatus.warning).
-
-    The same answer as one payment_status() per payment, in far fewer reads for a large CSV: the
-    payment markers say which payments have a 200 (100 per BatchGetItem), and the outcome index lists
-    the refunds still pending or retrying (usually few), whatever their payment.
-    """
-    from datetime import UTC, datetime, timedelta
-
-    wanted = list(dict.fromkeys(payment_ids))
-    wanted_set = set(wanted)
-    warnings: dict[str, str] = {}
-    since = datetime.now(UTC) - timedelta(days=IN_FLIGHT_DAYS)
-    for outcome in (Outcome.PENDING, Outcome.RETRYING):
-        cursor: str | None = None
-        while True:
-            page = store.query(outcome=outcome, since=since, limit=1000, cursor=cursor)
-            for record in page.records:
-                if record.payment_id in wanted_set and record.payment_id not in warnings:
-                    warnings[record.payment_id] = (
-                        f"a refund of this payment is already {outcome.value} ({record.refund_id})"
-                    )
-            cursor = page.cursor
-            if cursor is None:
-                break
-    for start in range(0, len(wanted), MARKER_BATCH):
-        chunk = wanted[start : start + MARKER_BATCH]
-        for payment_id, marker in store.payment_markers(chunk).items():
-            if marker.refunded_by:
-                warnings[payment_id] = (
-                    f"payment already refunded by {marker.refunded_by} at {marker.refunded_at or '?'}"
-                )
-        if progress:
-            progress(min(start + MARKER_BATCH, len(wanted)), len(wanted))
-    return warnings

@@ -23,6 +23,8 @@ from botocore.exceptions import (
 )
 from botocore.exceptions import ConnectionError as BotoConnectionError
 
+from .errors import AwsError, ConditionFailed, QueueError, StoreError
+
 CONDITION_CODES = ("ConditionalCheckFailedException", "TransactionCanceledException")
 NOT_FOUND_CODES = (
     "ResourceNotFoundException",
@@ -43,27 +45,6 @@ NETWORK_HINT = (
     "(and AWS_ENDPOINT_URL, if you set it)."
 )
 PERMISSION_HINT = "Check the AWS permissions of these credentials."
-
-
-class AwsError(RuntimeError):
-    """An AWS call failed. str() is one sentence for people; `hint` says what to check."""
-
-    def __init__(self, message: str, *, code: str = "", hint: str = ""):
-        super().__init__(message)
-        self.code = code
-        self.hint = hint
-
-
-class StoreError(AwsError):
-    """The history table could not be read or written."""
-
-
-class ConditionFailed(StoreError):
-    """A conditional write lost a race; re-read and decide again."""
-
-
-class QueueError(AwsError):
-    """A queue could not be reached or refused the messages."""
 
 
 def is_condition_failure(err: ClientError) -> bool:

@@ -6,9 +6,11 @@ writer, the operators' reader, the template tests and the local stack all read t
 
 from __future__ import annotations
 
-from typing import Any
+from functools import cache
+from typing import TYPE_CHECKING, Any
 
-from boto3.dynamodb.types import TypeDeserializer, TypeSerializer
+if TYPE_CHECKING:
+    from boto3.dynamodb.types import TypeDeserializer, TypeSerializer
 
 HASH_KEY = "refund_id"
 GSI_BY_OUTCOME = "by_outcome"  # outcome + queued_at
@@ -26,20 +28,35 @@ INDEX_KEY_ATTRIBUTES = frozenset(a for pair in INDEXES.values() for a in pair)
 PAYMENT_MARKER_PREFIX = "payment#"
 COUNTER_PREFIX = "counter#"
 
-_ser = TypeSerializer()
-_de = TypeDeserializer()
+
+# boto3's codec, loaded on first use: the pure modules (records, outcomes) import the names above
+# and must not load boto3 and botocore with them.
+@cache
+def _serializer() -> TypeSerializer:
+    from boto3.dynamodb.types import TypeSerializer
+
+    return TypeSerializer()
+
+
+@cache
+def _deserializer() -> TypeDeserializer:
+    from boto3.dynamodb.types import TypeDeserializer
+
+    return TypeDeserializer()
 
 
 def to_attr(value: Any) -> dict[str, Any]:
-    return dict(_ser.serialize(value))
+    return dict(_serializer().serialize(value))
 
 
 def to_item(data: dict[str, Any]) -> dict[str, Any]:
-    return {k: _ser.serialize(v) for k, v in data.items() if v is not None}
+    ser = _serializer()
+    return {k: ser.serialize(v) for k, v in data.items() if v is not None}
 
 
 def from_item(item: dict[str, Any]) -> dict[str, Any]:
-    return {k: _de.deserialize(v) for k, v in item.items()}
+    de = _deserializer()
+    return {k: de.deserialize(v) for k, v in item.items()}
 
 
 def item_key(refund_id: str) -> dict[str, Any]:

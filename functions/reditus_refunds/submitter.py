@@ -22,8 +22,8 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any, Protocol
 
-from .aws_errors import ConditionFailed, StoreError
 from .contract import REFUND_ID_PATTERN, ContractError, RefundRequest, parse_body
+from .errors import ConditionFailed, StoreError
 from .outcomes import (
     BEFORE_CALL,
     DEFAULT_MAX_RECEIVE_COUNT,

@@ -22,7 +22,6 @@ import os
 import secrets
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import threading
@@ -42,6 +41,9 @@ from reditus_operators.config import (
     read_local_state,
     write_local_state,
 )
+from reditus_operators.console import DEFAULT_PORT as DEFAULT_CONSOLE_PORT
+from reditus_operators.console import PORT_ENV as CONSOLE_PORT_ENV
+from reditus_operators.console import ConsoleError, console_app, console_argv, port_is_free, system_env
 
 from reditus_refunds.records import iso, utc_now
 from reditus_refunds.settings import LAMBDA_ENV_VARS
@@ -62,16 +64,15 @@ from .simulator import DEMO_INVALID, DEMO_LATE, DEMO_REFUNDABLE, DEMO_UNKNOWN
 from .worker import READY as WORKER_READY
 
 HOST = "127.0.0.1"
-DEFAULT_PORTS = {"moto": 5005, "simulator": 8100, "console": 8501}
+DEFAULT_PORTS = {"moto": 5005, "simulator": 8100, "console": DEFAULT_CONSOLE_PORT}
 PORT_ENV = {
     "moto": "REDITUS_LOCAL_MOTO_PORT",
     "simulator": "REDITUS_LOCAL_SIMULATOR_PORT",
-    "console": "REDITUS_LOCAL_CONSOLE_PORT",
+    "console": CONSOLE_PORT_ENV,
 }
 PORT_FLAGS = {"moto": "--moto-port", "simulator": "--simulator-port", "console": "--console-port"}
 PART_NAMES = {"moto": "moto server", "simulator": "Reditus simulator", "console": "console"}
 SIMULATOR_READY = "Reditus simulator ready:"
-CONSOLE_APP = PROJECT_ROOT / "ui" / "app.py"
 MAX_RESTARTS = 3
 START_TIMEOUT = 60.0
 
@@ -115,17 +116,6 @@ def port_from_env(part: str, env: Mapping[str, str] | None = None) -> int:
     if not raw.isdigit() or not 0 < int(raw) < 65536:
         raise StackError(f"{PORT_ENV[part]} must be a port number, got {raw!r}")
     return int(raw)
-
-
-def port_is_free(port: int, host: str = HOST) -> bool:
-    # SO_REUSEADDR as the servers set it: a port in TIME_WAIT after a restart is free for them.
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
-        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        try:
-            probe.bind((host, port))
-        except OSError:
-            return False
-    return True
 
 
 @dataclass
@@ -312,36 +302,6 @@ def _base_env(endpoint_url: str | None) -> dict[str, str]:
     if endpoint_url:
         env["AWS_ENDPOINT_URL"] = endpoint_url
     return env
-
-
-def system_env(config: SystemConfig) -> dict[str, str]:
-    """What the console and other tools need to find a system (the `local env` variables)."""
-    env = {
-        "HISTORY_TABLE_NAME": config.table_name,
-        "REFUND_QUEUE_URL": config.queue_url,
-        "DEAD_LETTER_QUEUE_URL": config.dlq_url,
-        "AWS_REGION": config.region,
-        "AWS_DEFAULT_REGION": config.region,
-    }
-    if config.endpoint_url:
-        env["AWS_ENDPOINT_URL"] = config.endpoint_url
-    return env
-
-
-def console_argv(port: int, app: Path = CONSOLE_APP) -> list[str]:
-    return [
-        "streamlit",
-        "run",
-        str(app),
-        "--server.address",
-        HOST,
-        "--server.port",
-        str(port),
-        "--server.headless",
-        "true",
-        "--browser.gatherUsageStats",
-        "false",
-    ]
 
 
 class LocalStack:
@@ -575,8 +535,10 @@ class LocalStack:
 
     def _start_console(self) -> None:
         assert self.config is not None
-        if not CONSOLE_APP.is_file():
-            self.out.line("stack", f"console not started: {CONSOLE_APP} does not exist")
+        try:
+            app = console_app()
+        except ConsoleError as err:
+            self.out.line("stack", f"console not started: {err}")
             return
         env = _base_env(self.config.endpoint_url)
         env.update(system_env(self.config))
@@ -585,7 +547,7 @@ class LocalStack:
         env.setdefault("CONSOLE_OPEN", "1")
         child = Child(
             "console",
-            self._python("streamlit", *console_argv(self.options.console_port)[1:], wrap=True),
+            self._python("streamlit", *console_argv(self.options.console_port, app)[1:], wrap=True),
             env,
             self.out,
             cwd=PROJECT_ROOT,

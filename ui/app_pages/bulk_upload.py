@@ -4,15 +4,17 @@ from __future__ import annotations
 
 import pandas as pd
 import streamlit as st
+
 from reditus_operators.csv_import import (
+    DELIMITER_NAMES,
     MAX_BYTES,
+    MAX_LINES,
     MAX_ROWS,
     NOTE_COLUMN,
     PAYMENT_COLUMN,
     CsvError,
     read_header,
 )
-
 from ui import access, data, view
 from ui.bulk import SAMPLE_CSV, BulkUpload, digest, guess_column, problems_csv, queued_csv, start_upload
 
@@ -39,7 +41,8 @@ def _start_over() -> None:
 st.title("Bulk upload")
 st.caption(
     f"A CSV file with a `{PAYMENT_COLUMN}` column and an optional `{NOTE_COLUMN}` column, up to "
-    f"{MAX_ROWS:,} rows ({MAX_BYTES // (1024 * 1024)} MB). Every row is checked before anything is sent; "
+    f"{MAX_ROWS:,} rows ({MAX_BYTES // (1024 * 1024)} MB, {MAX_LINES:,} lines). Comma, semicolon or tab "
+    "separated (read from the header line). Every row is checked before anything is sent; "
     "nothing is queued until you say so."
 )
 
@@ -149,6 +152,7 @@ figures[4].metric(
     "choose to send them with force.",
 )
 
+st.caption(f"Read as {DELIMITER_NAMES[report.delimiter]}-separated values.")
 problems = upload.problems()
 problems_tab, ready_tab = st.tabs([f"Problems ({len(problems):,})", f"Ready ({len(upload.to_send()):,})"])
 with problems_tab:

@@ -7,6 +7,7 @@ from datetime import UTC, date, datetime, timedelta
 
 import streamlit as st
 
+from reditus_operators.history import START_OF_TIME
 from reditus_refunds.records import REQUEUEABLE, HistoryRecord, Outcome, parse_iso
 from ui import access, data, view
 
@@ -18,7 +19,7 @@ LAST_REQUEUE = "history_last_requeue"
 PERIODS = {"Today": 1, "7 days": 7, "30 days": 30, "90 days": 90}
 CUSTOM = "Custom"
 ALL_OUTCOMES = "all"
-ALL_TIME_SINCE = date(2000, 1, 1)
+ALL_TIME_SINCE = START_OF_TIME.date()
 WATCH_SECONDS = 3
 
 identity = access.require_identity()

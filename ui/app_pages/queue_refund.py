@@ -106,13 +106,12 @@ with result_column:
         st.warning("Not sent: this payment already has a refund.", icon=":material/warning:")
         st.text(result.warning or "")
         st.caption("Tick Force and queue again to send it anyway.")
-        earlier = [*result.status.refunded, *result.status.in_flight]
-        if earlier:
+        if result.match:
             st.page_link(
                 HISTORY_PAGE,
                 label="Open the earlier refund in History",
                 icon=":material/open_in_new:",
-                query_params={"refund_id": earlier[0].refund_id},
+                query_params={"refund_id": result.match.refund_id},
             )
     elif isinstance(result, data.QueueResult):
         st.success("Refund queued.", icon=":material/check_circle:")

@@ -5,7 +5,6 @@ from __future__ import annotations
 from pathlib import Path
 
 from reditus_local.template import load_template
-
 from reditus_refunds.app import AUTH_ERROR_METRIC
 
 ROOT = Path(__file__).resolve().parents[1]

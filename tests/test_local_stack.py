@@ -24,6 +24,9 @@ from typing import Any
 
 import pytest
 import requests
+
+from reditus_local import snapshot
+from reditus_local.resources import LOCAL_STACK_NAME
 from reditus_local.simulator import DEMO_INVALID, DEMO_REFUNDABLE, DEMO_UNKNOWN
 from reditus_operators.cli import main as cli_main
 
@@ -73,8 +76,8 @@ class Stack:
     def output(self) -> str:
         return "\n".join(self.lines[-80:])
 
-    def start(self, fresh: bool) -> None:
-        argv = [
+    def argv(self, fresh: bool) -> list[str]:
+        return [
             str(CLI),
             "local",
             "up",
@@ -95,6 +98,9 @@ class Stack:
             "NotFoundRecheckDelaySeconds=1",
             *(["--fresh"] if fresh else []),
         ]
+
+    def start(self, fresh: bool) -> None:
+        argv = self.argv(fresh)
         self.lines = []
         proc = subprocess.Popen(
             argv, env=self.env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
@@ -286,3 +292,37 @@ def test_history_and_unprocessed_messages_survive_a_restart(stack: Stack) -> Non
         assert record is not None and record["payment_id"] == payment_id
     record = stack.wait_for(refund_id, {"refunded"})
     assert record["attempt_log"][0]["http_status"] == 503
+
+
+def test_a_snapshot_that_fails_to_restore_is_kept_as_it_was(tmp_path: Path) -> None:
+    """The start fails and says how to go on; the snapshot is not replaced by the part restored."""
+    table = f"{LOCAL_STACK_NAME}-HistoryTable"
+
+    def record(n: int, payment_id: str) -> dict[str, Any]:
+        return {
+            "refund_id": {"S": f"r-{n}"},
+            "payment_id": {"S": payment_id},
+            "outcome": {"S": "refunded"},
+            "queued_at": {"S": f"2026-11-29T00:00:{n:02d}.000Z"},
+            "queued_day": {"S": "2026-11-29"},
+        }
+
+    # A first batch of 25 is restored, then DynamoDB refuses an empty index key (as an older version
+    # of the store wrote them for a whitespace-only payment_id).
+    items = [record(n, f"pay_{n}") for n in range(25)] + [record(25, "")]
+    state = {"format": snapshot.FORMAT, "saved_at": "2026-11-29T12:00:00.000Z", "tables": {table: items}}
+    path = tmp_path / snapshot.SNAPSHOT_FILE
+    snapshot.write(state, path)
+    saved = path.read_bytes()
+
+    stack = Stack(tmp_path)
+    done = subprocess.run(stack.argv(fresh=False), env=stack.env, capture_output=True, text=True, timeout=120)
+    output = done.stdout + done.stderr
+    assert done.returncode == 1, output
+    assert "could not restore the saved state" in output and "IndexKey: payment_id" in output, output
+    assert "--fresh" in output, output
+    assert path.read_bytes() == saved, "the snapshot was replaced by what was restored of it"
+    (copy,) = tmp_path.glob("snapshot.unrestored-*.json")
+    assert copy.read_bytes() == saved
+    assert str(copy) in output
+    assert not (tmp_path / snapshot.PREVIOUS_SNAPSHOT_FILE).exists()

@@ -11,6 +11,7 @@ from typing import Any
 import boto3
 import pytest
 from moto import mock_aws
+
 from reditus_local import snapshot
 from reditus_local.motoserver import MotoServer
 from reditus_local.resources import (
@@ -28,7 +29,6 @@ from reditus_local.worker import (
     failed_ids,
 )
 from reditus_operators.dlq import DeadLetterQueue
-
 from reditus_refunds.layout import HASH_KEY, INDEXES
 from reditus_refunds.records import Outcome
 
@@ -80,9 +80,10 @@ def test_resources_follow_the_template() -> None:
         ]
         dlq = sqs.get_queue_attributes(QueueUrl=system.config.dlq_url, AttributeNames=["All"])["Attributes"]
         refund_queue = template_props("RefundQueue")
-        assert (
-            int(queue["VisibilityTimeout"]) == refund_queue["VisibilityTimeout"] == system.visibility_timeout
-        )
+        visibility = TemplateModel.load().resolve(refund_queue["VisibilityTimeout"])
+        assert int(queue["VisibilityTimeout"]) == visibility == system.visibility_timeout
+        # 6 x the function timeout + the batching window (the template's default: 1 s).
+        assert visibility == 6 * system.function.timeout_seconds + system.function.batching_window_seconds
         assert int(queue["MessageRetentionPeriod"]) == refund_queue["MessageRetentionPeriod"]
         assert (
             int(dlq["MessageRetentionPeriod"]) == template_props("DeadLetterQueue")["MessageRetentionPeriod"]
@@ -130,6 +131,21 @@ def test_parameters_override_the_defaults(local: Local) -> None:
     assert local.system.function.environment["MAX_RECEIVE_COUNT"] == "2"
     with pytest.raises(ResourceError, match="no parameter NoSuchThing"):
         TemplateModel.load(overrides={"NoSuchThing": 1})
+
+
+def test_the_visibility_timeout_follows_the_batching_window() -> None:
+    """The template's Fn::FindInMap, resolved by the local stack as CloudFormation does."""
+    with mock_aws():
+        session = boto3.session.Session(region_name="us-east-1")
+        model = TemplateModel.load(overrides={"MaximumBatchingWindowInSeconds": "300"})
+        system = create_resources(model, session.client, api_key=API_KEY)
+        attributes = session.client("sqs").get_queue_attributes(
+            QueueUrl=system.config.queue_url, AttributeNames=["VisibilityTimeout"]
+        )["Attributes"]
+        assert int(attributes["VisibilityTimeout"]) == system.visibility_timeout == 6 * 60 + 300
+    unlisted = TemplateModel.load(overrides={"MaximumBatchingWindowInSeconds": 7})
+    with pytest.raises(ResourceError, match="VisibilityTimeoutByBatchingWindow has no value for '7'"):
+        unlisted.resolve(unlisted.resources["RefundQueue"]["Properties"]["VisibilityTimeout"])
 
 
 def test_function_settings_need_no_aws() -> None:

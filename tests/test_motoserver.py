@@ -1,20 +1,24 @@
 """The local stack's moto server: transactions roll back per item, DynamoDB requests are serialised,
-SQS answers as moto does without its O(queue size) costs."""
+SQS answers as moto does without its O(queue size) costs, and empty index keys are refused as
+DynamoDB refuses them (there and in the tests' in-process mock_aws)."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+import subprocess
+import sys
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import boto3
 import pytest
 from botocore.exceptions import ClientError
 from moto import mock_aws
+
 from reditus_local import motoserver
 from reditus_local.motoserver import MotoServer
 from reditus_operators.history import HistoryReader
 
-from .conftest import create_history_table
+from .conftest import TABLE, AwsFixture, create_history_table
 
 
 @pytest.fixture
@@ -135,3 +139,137 @@ def test_the_cheap_sqs_clock_counts_and_receives_as_moto_does() -> None:
         "ApproximateNumberOfMessagesNotVisible": "2",
         "ApproximateNumberOfMessagesDelayed": "1",
     }
+
+
+# ---- empty strings in index keys -----------------------------------------------------------------
+
+EMPTY_INDEX_KEY = "The AttributeValue for a key attribute cannot contain an empty string value."
+NAMED = "IndexName: by_payment, IndexKey: payment_id"
+
+
+@pytest.fixture(scope="module")
+def server_process() -> Iterator[str]:
+    """The local stack's moto server as `make run` starts it: a process of its own, so only what
+    motoserver.py itself installs applies there (not the patch conftest.py puts into this process)."""
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "reditus_local.motoserver", "--port", "0"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert proc.stdout is not None
+        line = proc.stdout.readline()  # blocks until it listens (or exits: then the line is empty)
+        assert line.startswith("moto server ready: "), line + proc.stderr.read() if proc.stderr else ""
+        yield line.split(": ", 1)[1].strip()
+    finally:
+        proc.terminate()
+        proc.wait(30)
+
+
+@pytest.fixture(params=["mock_aws", "moto server"])
+def table_client(request: pytest.FixtureRequest) -> Iterator[tuple[Any, str]]:
+    """A DynamoDB client and a history table (as the template declares it), in each moto we use."""
+    if request.param == "mock_aws":
+        aws: AwsFixture = request.getfixturevalue("aws")
+        yield aws.dynamodb, TABLE
+        return
+    endpoint = request.getfixturevalue("server_process")
+    client = boto3.client("dynamodb", endpoint_url=endpoint, region_name="us-east-1")
+    name = f"strict-{request.node.name.translate(str.maketrans('[]- ', '____'))}"
+    create_history_table(client, name)
+    try:
+        yield client, name
+    finally:
+        client.delete_table(TableName=name)
+
+
+def item(refund_id: str, payment_id: str) -> dict[str, Any]:
+    return {
+        "refund_id": {"S": refund_id},
+        "outcome": {"S": "invalid"},
+        "queued_at": {"S": "2026-11-30T00:00:00.000Z"},
+        "payment_id": {"S": payment_id},
+    }
+
+
+def update(table: str, refund_id: str, expression: str, names: bool, value: str) -> dict[str, Any]:
+    op: dict[str, Any] = {
+        "TableName": table,
+        "Key": {"refund_id": {"S": refund_id}},
+        "UpdateExpression": expression,
+        "ExpressionAttributeValues": {":p": {"S": value}, ":q": {"S": "2026-11-30T00:00:00.000Z"}},
+    }
+    if names:
+        op["ExpressionAttributeNames"] = {"#payment_id": "payment_id", "#queued_at": "queued_at"}
+    return op
+
+
+PLAIN_SET = "SET payment_id = :p, queued_at = :q"
+NAMED_SET = "SET #payment_id = :p, #queued_at = :q"
+IF_NOT_EXISTS = "SET #payment_id = if_not_exists(#payment_id, :p), #queued_at = :q"
+
+WRITES: dict[str, Callable[[Any, str, str, str], Any]] = {
+    "PutItem": lambda c, t, r, p: c.put_item(TableName=t, Item=item(r, p)),
+    "BatchWriteItem": lambda c, t, r, p: c.batch_write_item(
+        RequestItems={t: [{"PutRequest": {"Item": item(r, p)}}]}
+    ),
+    "TransactWriteItems Put": lambda c, t, r, p: c.transact_write_items(
+        TransactItems=[{"Put": {"TableName": t, "Item": item(r, p)}}]
+    ),
+    "UpdateItem SET attr": lambda c, t, r, p: c.update_item(**update(t, r, PLAIN_SET, False, p)),
+    "UpdateItem SET #attr": lambda c, t, r, p: c.update_item(**update(t, r, NAMED_SET, True, p)),
+    "UpdateItem if_not_exists": lambda c, t, r, p: c.update_item(**update(t, r, IF_NOT_EXISTS, True, p)),
+    "TransactWriteItems Update SET attr": lambda c, t, r, p: c.transact_write_items(
+        TransactItems=[{"Update": update(t, r, PLAIN_SET, False, p)}]
+    ),
+    "TransactWriteItems Update SET #attr": lambda c, t, r, p: c.transact_write_items(
+        TransactItems=[{"Update": update(t, r, NAMED_SET, True, p)}]
+    ),
+    "UpdateItem AttributeUpdates": lambda c, t, r, p: c.update_item(
+        TableName=t,
+        Key={"refund_id": {"S": r}},
+        AttributeUpdates={
+            "payment_id": {"Value": {"S": p}, "Action": "PUT"},
+            "queued_at": {"Value": {"S": "2026-11-30T00:00:00.000Z"}, "Action": "PUT"},
+        },
+    ),
+}
+
+
+@pytest.mark.parametrize("write", sorted(WRITES))
+def test_an_empty_index_key_is_refused_on_every_write_path(table_client: tuple[Any, str], write: str) -> None:
+    client, table = table_client
+    with pytest.raises(ClientError) as err:
+        WRITES[write](client, table, "r-empty", "")
+    error = err.value.response["Error"]
+    assert error["Code"] == "ValidationException"
+    assert EMPTY_INDEX_KEY in error["Message"]
+    assert error["Message"].endswith(NAMED), error["Message"]
+    # Nothing was written, not even the bare item an update would create.
+    assert "Item" not in client.get_item(TableName=table, Key={"refund_id": {"S": "r-empty"}})
+
+    # The same call with a payment id is written, and lands in the index.
+    WRITES[write](client, table, "r-full", "pay_1")
+    found = client.query(
+        TableName=table,
+        IndexName="by_payment",
+        KeyConditionExpression="payment_id = :p",
+        ExpressionAttributeValues={":p": {"S": "pay_1"}},
+    )
+    assert [i["refund_id"]["S"] for i in found["Items"]] == ["r-full"]
+
+
+@pytest.mark.parametrize("names", [False, True], ids=["SET attr", "SET #attr"])
+def test_a_refused_update_leaves_the_item_as_it_was(table_client: tuple[Any, str], names: bool) -> None:
+    client, table = table_client
+    client.put_item(TableName=table, Item=item("r-kept", "pay_kept"))
+    expression = NAMED_SET if names else PLAIN_SET
+    with pytest.raises(ClientError, match="empty string value"):
+        client.update_item(**update(table, "r-kept", expression, names, ""))
+    kept = client.get_item(TableName=table, Key={"refund_id": {"S": "r-kept"}})["Item"]
+    assert kept["payment_id"] == {"S": "pay_kept"}
+    # An attribute left out of the item (not empty) keeps it out of the index: that is allowed.
+    client.put_item(
+        TableName=table, Item={k: v for k, v in item("r-sparse", "").items() if k != "payment_id"}
+    )

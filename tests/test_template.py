@@ -7,6 +7,7 @@ from `make checks` (its own venv); here we only check that its skips carry a rea
 
 from __future__ import annotations
 
+import ast
 import dataclasses
 import json
 import os
@@ -18,9 +19,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from reditus_local.template import TemplateError, load_template, loads_template
 
-from reditus_refunds import records
+from reditus_local.template import TemplateError, load_template, loads_template
+from reditus_refunds import layout
 from reditus_refunds.settings import (
     DEFAULT_REDITUS_API_BASE_URL,
     LAMBDA_ENV_VARS,
@@ -65,13 +66,14 @@ REQUIRED_OUTPUTS = {
     "ApiKeySecretArn",
     "FunctionName",
 }
-HISTORY_TABLE_ACTIONS = {
-    "dynamodb:GetItem",
-    "dynamodb:BatchGetItem",
-    "dynamodb:PutItem",
-    "dynamodb:UpdateItem",
-    "dynamodb:ConditionCheckItem",
-    "dynamodb:Query",
+LAMBDA_PACKAGE = ROOT / "functions" / "reditus_refunds"
+# TransactWriteItems is authorised through the actions of its items (IAM has no action of its own
+# for them to fall under).
+TRANSACT_ITEM_ACTIONS = {
+    "Put": "PutItem",
+    "Update": "UpdateItem",
+    "Delete": "DeleteItem",
+    "ConditionCheck": "ConditionCheckItem",
 }
 # checkov checks the template may skip (with a reason next to the resource) and nothing else.
 ALLOWED_CHECKOV_SKIPS = {"CKV_AWS_116", "CKV_AWS_117"}
@@ -142,6 +144,95 @@ def role_statements(template: dict[str, Any]) -> list[dict[str, Any]]:
 
 def as_list(value: Any) -> list[Any]:
     return value if isinstance(value, list) else [value]
+
+
+# --- what the function calls on DynamoDB, read from its code -----------------------------------
+
+
+def _receiver(node: ast.expr) -> str | None:
+    """'self.table' for the call self.table.transact(...)."""
+    parts: list[str] = []
+    while isinstance(node, ast.Attribute):
+        parts.append(node.attr)
+        node = node.value
+    if isinstance(node, ast.Name):
+        parts.append(node.id)
+        return ".".join(reversed(parts))
+    return None
+
+
+def _calls_on(tree: ast.AST, receiver: str) -> set[str]:
+    """Names of the methods called as <receiver>.<name>(...) anywhere in tree."""
+    return {
+        node.func.attr
+        for node in ast.walk(tree)
+        if isinstance(node, ast.Call)
+        and isinstance(node.func, ast.Attribute)
+        and _receiver(node.func.value) == receiver
+    }
+
+
+def _parse(name: str) -> ast.Module:
+    return ast.parse((LAMBDA_PACKAGE / name).read_text(encoding="utf-8"))
+
+
+def _functions(tree: ast.Module) -> dict[str, ast.FunctionDef]:
+    """Module-level functions and the methods of every class, by name."""
+    found: dict[str, ast.FunctionDef] = {}
+    for node in tree.body:
+        members = node.body if isinstance(node, ast.ClassDef) else [node]
+        for member in members:
+            if isinstance(member, ast.FunctionDef):
+                found[member.name] = member
+    return found
+
+
+def _reached(functions: dict[str, ast.FunctionDef], entries: set[str], owner: str) -> set[str]:
+    """The functions reached from entries through self.<m>(, <owner>.<m>( and <function>( calls."""
+    reached: set[str] = set()
+    todo = list(entries)
+    while todo:
+        name = todo.pop()
+        if name in reached or name not in functions:
+            continue
+        reached.add(name)
+        node = functions[name]
+        callees = _calls_on(node, "self") | _calls_on(node, owner)
+        callees |= {
+            c.func.id for c in ast.walk(node) if isinstance(c, ast.Call) and isinstance(c.func, ast.Name)
+        }
+        todo += sorted(callees)
+    return reached
+
+
+def dynamodb_actions_the_function_calls() -> set[str]:
+    """The IAM actions behind every DynamoDB call the Lambda's code can make, from its source.
+
+    The submitter and the composition root use the store (HistoryWriter) through `self.store.<m>(`;
+    from those methods, the writer's own calls lead to the table's (`self.table.<m>(`), whose methods
+    call the client (`self.client.<op>(`, table.py). A transaction counts as the kinds of item
+    (Put, Update...) the reached code builds.
+    """
+    writer = _functions(_parse("history_writer.py"))
+    table = _functions(_parse("table.py"))
+    entries = set().union(*(_calls_on(_parse(m), "self.store") for m in ("submitter.py", "app.py")))
+    assert entries and entries <= set(writer), f"store calls not in HistoryWriter: {entries - set(writer)}"
+    in_writer = _reached(writer, entries, "HistoryWriter")
+
+    table_calls = set().union(*(_calls_on(writer[name], "self.table") for name in in_writer))
+    assert table_calls <= set(table), f"table calls not in HistoryTable: {table_calls - set(table)}"
+    ops = set().union(*(_calls_on(table[name], "self.client") for name in _reached(table, table_calls, "")))
+    kinds: set[str] = set()
+    for name in in_writer:
+        for literal in ast.walk(writer[name]):
+            if isinstance(literal, ast.Dict):
+                kinds |= {k.value for k in literal.keys if isinstance(k, ast.Constant)} & set(
+                    TRANSACT_ITEM_ACTIONS
+                )
+    iam = {"".join(part.title() for part in op.split("_")) for op in ops - {"transact_write_items"}}
+    if "transact_write_items" in ops:
+        iam |= {TRANSACT_ITEM_ACTIONS[kind] for kind in kinds}
+    return {f"dynamodb:{action}" for action in iam}
 
 
 # --- the loader -----------------------------------------------------------------------------
@@ -358,7 +449,7 @@ def test_function_permissions_are_least_privilege(template: dict[str, Any]) -> N
     assert set(by_service) == {"sqs", "dynamodb", "secretsmanager", "kms", "logs", "xray"}
     assert by_service["logs"] == {"CreateLogStream", "PutLogEvents"}
     assert by_service["xray"] == {"PutTraceSegments", "PutTelemetryRecords"}
-    assert {f"dynamodb:{a}" for a in by_service["dynamodb"]} == HISTORY_TABLE_ACTIONS
+    assert {f"dynamodb:{a}" for a in by_service["dynamodb"]} == dynamodb_actions_the_function_calls()
     assert by_service["secretsmanager"] == {"GetSecretValue"}
     assert by_service["kms"] == {"Decrypt", "GenerateDataKey"}
     assert by_service["sqs"] == {
@@ -384,6 +475,24 @@ def test_function_permissions_are_least_privilege(template: dict[str, Any]) -> N
     assert function_props(template)["LoggingConfig"] == {"LogGroup": {"Ref": "RefundSubmitterLogGroup"}}
 
 
+def test_the_derived_dynamodb_actions_are_the_functions_calls() -> None:
+    """The scan behind the least-privilege check finds what the function does and nothing more."""
+    derived = dynamodb_actions_the_function_calls()
+    # Reads of claims and states, and every write an update or a transaction of updates.
+    assert {"dynamodb:GetItem", "dynamodb:UpdateItem"} <= derived
+    # Pages and day counts are the operators' (HistoryReader); pending records are the producers'.
+    assert not derived & {"dynamodb:Query", "dynamodb:Scan", "dynamodb:PutItem"}
+    # The function's producer (re-checks) writes no pending record: it is built without a store.
+    app = _parse("app.py")
+    for call in ast.walk(app):
+        if (
+            isinstance(call, ast.Call)
+            and isinstance(call.func, ast.Name)
+            and call.func.id == "RefundProducer"
+        ):
+            assert len(call.args) <= 2 and not any(k.arg == "store" for k in call.keywords)
+
+
 # --- the history table --------------------------------------------------------------------------
 
 
@@ -394,16 +503,16 @@ def test_history_table_matches_records(template: dict[str, Any]) -> None:
     assert table["DeletionPolicy"] == "Retain"
     assert table["UpdateReplacePolicy"] == "Retain"
     p = table["Properties"]
-    assert p["KeySchema"] == [{"AttributeName": records.HASH_KEY, "KeyType": "HASH"}]
+    assert p["KeySchema"] == [{"AttributeName": layout.HASH_KEY, "KeyType": "HASH"}]
     indexes = {
         gsi["IndexName"]: tuple(k["AttributeName"] for k in gsi["KeySchema"])
         for gsi in p["GlobalSecondaryIndexes"]
     }
-    assert indexes == records.INDEXES
+    assert indexes == layout.INDEXES
     for gsi in p["GlobalSecondaryIndexes"]:
         assert [k["KeyType"] for k in gsi["KeySchema"]] == ["HASH", "RANGE"]
         assert gsi["Projection"] == {"ProjectionType": "ALL"}
-    key_attributes = {records.HASH_KEY} | {a for pair in records.INDEXES.values() for a in pair}
+    key_attributes = {layout.HASH_KEY} | {a for pair in layout.INDEXES.values() for a in pair}
     attributes = {d["AttributeName"]: d["AttributeType"] for d in p["AttributeDefinitions"]}
     assert len(attributes) == len(p["AttributeDefinitions"])
     assert attributes == dict.fromkeys(key_attributes, "S")
@@ -428,7 +537,14 @@ def test_queues(template: dict[str, Any]) -> None:
     assert set(resources_of(template, "AWS::SQS::Queue")) == {"RefundQueue", "DeadLetterQueue"}
     queue = props(template, "RefundQueue")
     dlq = props(template, "DeadLetterQueue")
-    assert queue["VisibilityTimeout"] >= 6 * function_props(template)["Timeout"]
+    visibility = queue["VisibilityTimeout"]
+    assert visibility == {
+        "Fn::FindInMap": [
+            "VisibilityTimeoutByBatchingWindow",
+            {"Ref": "MaximumBatchingWindowInSeconds"},
+            "Seconds",
+        ]
+    }
     redrive = queue["RedrivePolicy"]
     assert redrive["deadLetterTargetArn"] == {"Fn::GetAtt": ["DeadLetterQueue", "Arn"]}
     assert number_default(template, redrive["maxReceiveCount"]) >= 5
@@ -437,6 +553,23 @@ def test_queues(template: dict[str, Any]) -> None:
     for p in (queue, dlq):
         assert p["KmsMasterKeyId"] == {"Ref": "EncryptionKey"}
         assert "SqsManagedSseEnabled" not in p
+
+
+def test_visibility_timeout_covers_six_timeouts_and_the_batching_window(template: dict[str, Any]) -> None:
+    """Lambda's guidance for SQS sources: visibility >= 6 x function timeout + batching window, for
+    every window the template accepts (else a message reappears while its batch is still running)."""
+    timeout = function_props(template)["Timeout"]
+    (event,) = function_props(template)["Events"].values()
+    window = parameter(template, event["Properties"]["MaximumBatchingWindowInSeconds"])
+    allowed = window["AllowedValues"]
+    assert "MaxValue" not in window and window["Default"] in allowed
+    assert max(allowed) <= 300 and min(allowed) == 0  # what the event source mapping accepts
+    table = template["Mappings"]["VisibilityTimeoutByBatchingWindow"]
+    assert set(table) == {str(w) for w in allowed}
+    for seconds in allowed:
+        visibility = table[str(seconds)]["Seconds"]
+        assert visibility >= 6 * timeout + seconds, f"window {seconds} s: visibility {visibility} s"
+        assert visibility <= 43200  # the SQS limit
 
 
 def test_queues_refuse_plain_http(template: dict[str, Any]) -> None:

@@ -6,15 +6,22 @@ Run by `reditus-refunds local up` as its own process::
 
 On SIGTERM or SIGINT it writes the snapshot (see snapshot.py) while still serving, then stops.
 Prints ``moto server ready: <url>`` once it listens.
+
+A snapshot found here at start is restored by the stack, which then moves it aside. If it is still
+here, unchanged, when the server stops, the restore failed (or never ran): this server holds at most
+part of it, so it is not written over; it is kept as it was, with a copy nothing overwrites.
 """
 
 from __future__ import annotations
 
 import argparse
 import logging
+import os
+import shutil
 import signal
 import sys
 import threading
+import time
 from collections.abc import Sequence
 from pathlib import Path
 from types import FrameType
@@ -25,6 +32,27 @@ from .motoserver import build_server
 from .resources import LOCAL_REGION
 
 READY = "moto server ready:"
+NOT_RESTORED = 3  # exit code: the state was not saved because the snapshot was never restored
+
+
+def _identity(path: Path) -> tuple[int, int, int] | None:
+    try:
+        found = path.stat()
+    except OSError:
+        return None
+    return found.st_ino, found.st_mtime_ns, found.st_size
+
+
+def keep_unrestored(path: Path) -> Path:
+    """A copy of a snapshot that could not be restored, named by its time, that no later run replaces
+    (--fresh moves snapshot.json to snapshot.previous.json, which the next start overwrites)."""
+    stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime(path.stat().st_mtime))
+    copy = path.with_name(f"{path.stem}.unrestored-{stamp}{path.suffix}")
+    if not copy.exists():
+        tmp = copy.with_suffix(".tmp")
+        shutil.copy2(path, tmp)
+        os.replace(tmp, copy)
+    return copy
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -36,6 +64,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--parent-pid", type=int, help="stop when this process is gone")
     parser.add_argument("--verbose", action="store_true", help="log every request")
     args = parser.parse_args(argv)
+    pending = _identity(args.snapshot) if args.snapshot else None  # to be restored by the stack
     # One log line per AWS request drowns everything else out.
     logging.getLogger("werkzeug").setLevel(logging.INFO if args.verbose else logging.WARNING)
     try:
@@ -58,7 +87,21 @@ def main(argv: Sequence[str] | None = None) -> int:
     print(f"{READY} {endpoint}", flush=True)
     stop.wait()
     code = 0
-    if args.snapshot:
+    if args.snapshot and pending is not None and _identity(args.snapshot) == pending:
+        try:
+            copy = keep_unrestored(args.snapshot)
+            kept = f"kept as it was, with a copy in {copy}"
+        except OSError as err:
+            kept = f"kept as it was (no copy: {err.strerror})"
+        print(
+            f"not saving the state: {args.snapshot} was not restored, so it is {kept}. Fix what the "
+            "restore error says and start again, or start empty with `reditus-refunds local up --fresh` "
+            "(`make run ARGS=--fresh`), which moves it to snapshot.previous.json",
+            file=sys.stderr,
+            flush=True,
+        )
+        code = NOT_RESTORED
+    elif args.snapshot:
         try:
             state = snapshot.collect(endpoint, args.region)
             snapshot.write(state, args.snapshot)

@@ -21,6 +21,8 @@ from typing import Any
 from moto.moto_server.werkzeug_app import DomainDispatcherApplication, MotoRequestHandler, create_backend_app
 from werkzeug.serving import BaseWSGIServer, make_server
 
+from .motostrict import use_strict_index_keys
+
 WsgiApp = Callable[[dict[str, Any], Callable[..., Any]], Iterable[bytes]]
 
 
@@ -210,6 +212,7 @@ def use_moto_sqs_clock() -> None:
 
 
 def build_server(host: str = "127.0.0.1", port: int = 0) -> BaseWSGIServer:
+    use_strict_index_keys()  # as DynamoDB: no empty string in an index key, whichever call writes it
     use_item_level_transaction_rollback()
     use_linear_standard_queue_sends()
     use_cheap_sqs_clock()

@@ -21,6 +21,7 @@ from typing import Any
 
 import boto3
 from botocore.exceptions import BotoCoreError, ClientError
+
 from reditus_operators.config import SystemConfig
 
 from .template import load_template
@@ -221,6 +222,16 @@ class TemplateModel:
 
         return re.sub(r"\$\{([^}]+)\}", replace, text)
 
+    def _find_in_map(self, args: list[Any]) -> Any:
+        mapping, first, second = (_text(self.resolve(a)) for a in args)
+        try:
+            return self.resolve((self.template.get("Mappings") or {})[mapping][first][second])
+        except (KeyError, TypeError):
+            raise ResourceError(
+                f"the template's mapping {mapping} has no value for {first!r}, {second!r}"
+                " (a parameter outside its AllowedValues?)"
+            ) from None
+
     def resolve(self, value: Any) -> Any:
         """The value with every intrinsic function evaluated; raises Unresolvable."""
         if isinstance(value, list):
@@ -237,6 +248,7 @@ class TemplateModel:
                 "Fn::If": lambda a: self.resolve(a[1] if self.condition_holds(a[0]) else a[2]),
                 "Fn::Join": lambda a: _text(a[0]).join(_text(v) for v in self.resolve(a[1])),
                 "Fn::Select": lambda a: self.resolve(a[1])[int(self.resolve(a[0]))],
+                "Fn::FindInMap": self._find_in_map,
                 "Fn::Split": lambda a: _text(self.resolve(a[1])).split(a[0]),
                 "Fn::ToJsonString": lambda a: json.dumps(self.resolve(a), separators=(",", ":")),
             }

@@ -23,6 +23,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from botocore.exceptions import BotoCoreError, ClientError
+
 from reditus_refunds.records import iso, utc_now
 
 from .resources import moto_session
@@ -160,7 +162,18 @@ def _send_messages(sqs: Any, queue_url: str, messages: list[dict[str, Any]]) -> 
 
 
 def restore(snapshot: dict[str, Any], dynamodb: Any, sqs: Any) -> RestoreReport:
-    """Put a snapshot's items and messages into the (freshly created, empty) local resources."""
+    """Put a snapshot's items and messages into the (freshly created, empty) local resources.
+
+    A failure says what was refused; the snapshot file is not touched here, and the local AWS server
+    does not save over a snapshot that was not restored (awsserver.py).
+    """
+    try:
+        return _restore(snapshot, dynamodb, sqs)
+    except (ClientError, BotoCoreError) as err:
+        raise SnapshotError(f"{err}; the snapshot is kept as it was") from None
+
+
+def _restore(snapshot: dict[str, Any], dynamodb: Any, sqs: Any) -> RestoreReport:
     existing_tables = set(dynamodb.list_tables()["TableNames"])
     skipped: list[str] = []
     items = messages = 0
@@ -168,7 +181,10 @@ def restore(snapshot: dict[str, Any], dynamodb: Any, sqs: Any) -> RestoreReport:
         if table not in existing_tables:
             skipped.append(f"table {table}")
             continue
-        _write_items(dynamodb, table, table_items)
+        try:
+            _write_items(dynamodb, table, table_items)
+        except ClientError as err:
+            raise SnapshotError(f"table {table}: {err}; the snapshot is kept as it was") from None
         items += len(table_items)
     for name, queue_messages in snapshot.get("queues", {}).items():
         if not queue_messages:

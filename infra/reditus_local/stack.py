@@ -33,6 +33,7 @@ from types import FrameType
 from typing import IO, Any
 
 from botocore.exceptions import BotoCoreError, ClientError
+
 from reditus_operators.config import (
     STATE_FILE_NAME,
     SystemConfig,
@@ -44,7 +45,6 @@ from reditus_operators.config import (
 from reditus_operators.console import DEFAULT_PORT as DEFAULT_CONSOLE_PORT
 from reditus_operators.console import PORT_ENV as CONSOLE_PORT_ENV
 from reditus_operators.console import ConsoleError, console_app, console_argv, port_is_free, system_env
-
 from reditus_refunds.records import iso, utc_now
 from reditus_refunds.settings import LAMBDA_ENV_VARS
 

@@ -16,6 +16,7 @@ from .machine import Machine
 from .memory import MemoryFigures
 from .procs import ROOT
 from .startup import StartupFigures
+from .webhooks import WebhookInit, WebhookLatency
 
 RESULTS = ROOT / "bench" / "results.json"
 DOC = ROOT / "docs" / "performance.md"
@@ -36,6 +37,11 @@ KEYS = (
     "bulk_10k_vs_raw",
     "peak_rss_mb_batch10",
     "e2e_refunds_per_second",
+    "webhook_init_vs_bare",
+    "webhook_p50_ms",
+    "webhook_p99_ms",
+    "webhook_p50_ms_concurrent20",
+    "webhook_p99_ms_concurrent20",
 )
 
 
@@ -49,6 +55,8 @@ class Figures:
     startup: StartupFigures
     history: dict[str, dict[str, int]]
     e2e: E2EFigures
+    webhook_init: WebhookInit
+    webhook_latency: WebhookLatency
     seconds: float
 
     def usage(self, batch_ms: float) -> pricing.PerRefund:
@@ -70,7 +78,7 @@ class Figures:
         return pricing.per_million(self.usage(self.batches.textbook_100.median))
 
     def results(self) -> dict[str, float]:
-        b, c = self.batches, self.calls
+        b, c, w = self.batches, self.calls, self.webhook_latency
         values: dict[str, float] = {
             "batch10_overhead_ms": round(b.overhead_ms, 1),
             "batch10_vs_limit": round(b.vs_limit, 3),
@@ -87,6 +95,11 @@ class Figures:
             "bulk_10k_vs_raw": round(self.bulk.vs_raw, 2),
             "peak_rss_mb_batch10": round(self.memory.median, 1),
             "e2e_refunds_per_second": round(self.e2e.per_second, 2),
+            "webhook_init_vs_bare": round(self.webhook_init.ratio, 3),
+            "webhook_p50_ms": round(w.p(w.sequential_ms, 0.5), 1),
+            "webhook_p99_ms": round(w.p(w.sequential_ms, 0.99), 1),
+            "webhook_p50_ms_concurrent20": round(w.p(w.concurrent_ms, 0.5), 1),
+            "webhook_p99_ms_concurrent20": round(w.p(w.concurrent_ms, 0.99), 1),
         }
         assert tuple(values) == KEYS
         return values
@@ -95,6 +108,7 @@ class Figures:
     def rows(self) -> list[tuple[str, str, str]]:
         r = self.results()
         b, s = self.batches, self.startup
+        wi, wl = self.webhook_init, self.webhook_latency
         e2e_note = "all settled" if self.e2e.complete else f"only {self.e2e.settled} settled: cut off"
         return [
             ("batch10_overhead_ms", f"{r['batch10_overhead_ms']}", "10 refunds, Reditus answering at once"),
@@ -152,6 +166,24 @@ class Figures:
                 f"{r['e2e_refunds_per_second']}",
                 f"{self.e2e.refunds} refunds, {e2e_note}",
             ),
+            (
+                "webhook_init_vs_bare",
+                f"{r['webhook_init_vs_bare']}",
+                f"target <= 1.3 ({statistics.median(wi.receiver_ms):.0f} ms vs "
+                f"{statistics.median(wi.bare_ms):.0f} ms bare, {wi.python})",
+            ),
+            (
+                "webhook_p50_ms",
+                f"{r['webhook_p50_ms']}",
+                f"one sender, {len(wl.sequential_ms)} refund events",
+            ),
+            ("webhook_p99_ms", f"{r['webhook_p99_ms']}", "one sender"),
+            (
+                "webhook_p50_ms_concurrent20",
+                f"{r['webhook_p50_ms_concurrent20']}",
+                f"20 senders, {len(wl.concurrent_ms)} refund events",
+            ),
+            ("webhook_p99_ms_concurrent20", f"{r['webhook_p99_ms_concurrent20']}", "20 senders"),
         ]
 
     def details(self) -> list[str]:
@@ -276,6 +308,11 @@ The docstrings of `bench/*.py` say more.
   read counted from the responses.
 - **Bulk** (`bench/bulk.py`): `parse_csv` + `RefundProducer.send_many` against a raw
   `send_message_batch` loop over the same rows.
+- **Webhooks** (`bench/webhooks.py`): the receiver's import and init against `boto3` + the same
+  DynamoDB and SQS clients, as the cold start above (on Python 3.12 when one with the
+  dependencies is found); and request to answer of signed Stripe `charge.refunded` events, each a
+  new refund, posted to the real handler served on 127.0.0.1 by `reditus_local.webhooks` (its own
+  process) over the project's moto server, warm, by one sender and by 20 concurrent senders.
 - **End to end** (`bench/e2e.py`): `reditus-refunds local up --no-console --fresh`, 1,000
   refunds queued, clock stopped when the day counters show all settled.{self._e2e_note()}
 

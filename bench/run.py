@@ -73,7 +73,7 @@ def _run(out: TextIO, say: Progress, quick: bool) -> int:
             # Imported only now: Powertools' loggers bind to sys.stdout and read the environment.
             import reditus_refunds.handler as handler
 
-            from . import batches, bulk, calls, memory, textbook
+            from . import batches, bulk, calls, memory, textbook, webhooks
             from .events import Feeder
 
             ours = (handler.lambda_handler, handler.service.dynamodb)
@@ -114,18 +114,25 @@ def _run(out: TextIO, say: Progress, quick: bool) -> int:
             bulk_figures = bulk.measure(moto.url)
             say("peak memory of a fresh process handling one batch")
             memory_figures = memory.measure(stack, feeder, env, rounds=1 if quick else 3)
+            say("webhook receiver: request to answer, one sender then 20 (own process, own table)")
+            webhook_stack = aws.make_stack(moto.url, sim.url, prefix="webhook")
+            webhook_latency = webhooks.measure_latency(
+                {**aws.clean_environ(), **webhook_stack.handler_env()}, 60 if quick else 400
+            )
         finally:
             sys.stdout = out
             if history_proc is not None and history_proc.poll() is None:
                 history_proc.kill()
                 history_proc.wait(10)
             history_err.close()
-    from . import e2e, startup
+    from . import e2e, startup, webhooks
     from .machine import describe
     from .report import Figures
 
     say("cold start: import and init in fresh processes")
     startup_figures = startup.measure(env, rounds=4 if quick else 12)
+    say("webhook receiver cold start: import and init in fresh processes")
+    webhook_init = webhooks.measure_init(env, rounds=4 if quick else 12)
     # Whatever time is left of the ten minutes (less start-up and shutdown), at least a minute.
     budget = max(60.0, TOTAL_SECONDS - (time.monotonic() - say.started) - 75)
     say(f"end to end through `reditus-refunds local up` (cut off after {budget:.0f} s)")
@@ -139,6 +146,8 @@ def _run(out: TextIO, say: Progress, quick: bool) -> int:
         startup=startup_figures,
         history=history_figures,
         e2e=e2e_figures,
+        webhook_init=webhook_init,
+        webhook_latency=webhook_latency,
         seconds=time.monotonic() - say.started,
     )
     print(figures.table(), file=out, flush=True)

@@ -120,3 +120,99 @@ def test_no_dev_stack_cli_console_or_operators_code_in_the_artifact(artifact: Pa
         "app_pages",
     ):
         assert absent not in names
+
+
+# --- the webhook receiver's artifact (build-WebhookReceiverFunction) ----------------------------
+
+RECEIVER_PACKAGES = ("reditus_webhooks", "reditus_refunds")
+RECEIVER_ALLOWED_EXTRA_FILES = {
+    "reditus_refunds/py.typed": "PEP 561 marker, as in the submitter's artifact",
+}
+RECEIVER_ALLOWED_EXTRA_MODULES: dict[str, str] = {}
+# The submitter's own modules: the receiver never calls Reditus nor consumes the queue.
+SUBMITTER_ONLY = {
+    "reditus_refunds.handler",
+    "reditus_refunds.app",
+    "reditus_refunds.submitter",
+    "reditus_refunds.reditus",
+    "reditus_refunds.settings",
+}
+RECEIVER_PROBE = """
+import json, sys
+import reditus_webhooks.handler
+ours = [m for m in sys.modules if m.split(".")[0] in ("reditus_webhooks", "reditus_refunds")]
+print(json.dumps(sorted(ours)))
+"""
+
+
+@pytest.fixture(scope="module")
+def receiver_artifact(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    out = tmp_path_factory.mktemp("receiver-artifact")
+    done = subprocess.run(
+        [
+            "make",
+            "--no-print-directory",
+            "-C",
+            str(FUNCTIONS),
+            "package-receiver-code",
+            f"ARTIFACTS_DIR={out}",
+            f"PYTHON={sys.executable}",
+            f"RUNTIME={THIS_PYTHON}",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert done.returncode == 0, done.stdout + done.stderr
+    return out
+
+
+def receiver_imports(artifact: Path) -> set[str]:
+    env = {
+        **{k: v for k, v in os.environ.items() if not k.startswith(("REDITUS_", "STRIPE_", "PADDLE_"))},
+        "PYTHONPATH": str(artifact),
+        "PYTHONDONTWRITEBYTECODE": "1",
+        "AWS_DEFAULT_REGION": "us-east-1",
+        "HISTORY_TABLE_NAME": "history",
+        "REFUND_QUEUE_URL": "http://127.0.0.1:9/queue/refunds",
+        "REDITUS_WEBHOOK_STRIPE_SECRET_ARN": "arn:aws:secretsmanager:us-east-1:123456789012:secret:stripe",
+    }
+    done = subprocess.run(
+        [sys.executable, "-c", RECEIVER_PROBE],
+        env=env,
+        cwd=artifact,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    return set(json.loads(done.stdout.strip().splitlines()[-1]))
+
+
+def test_the_receiver_artifact_ships_exactly_its_handlers_modules(receiver_artifact: Path) -> None:
+    shipped = {
+        module_name(p, receiver_artifact)
+        for package in RECEIVER_PACKAGES
+        for p in (receiver_artifact / package).rglob("*.py")
+    }
+    imported = receiver_imports(receiver_artifact)
+    assert "reditus_webhooks.handler" in imported
+    assert shipped - imported - set(RECEIVER_ALLOWED_EXTRA_MODULES) == set(), "shipped but never imported"
+    assert imported - shipped == set(), "imported but not shipped"
+    assert not shipped & SUBMITTER_ONLY, "the submitter's modules are not the receiver's"
+
+
+def test_the_receiver_artifact_has_nothing_else(receiver_artifact: Path) -> None:
+    assert {p.name for p in receiver_artifact.iterdir()} == set(RECEIVER_PACKAGES)
+    files = {
+        str(p.relative_to(receiver_artifact))
+        for p in receiver_artifact.rglob("*")
+        if p.is_file() and p.suffix not in (".py", ".pyc") and "__pycache__" not in p.parts
+    }
+    assert files == set(RECEIVER_ALLOWED_EXTRA_FILES)
+    # Compiled like the submitter's: every module has its bytecode for this Python.
+    for source in receiver_artifact.rglob("*.py"):
+        tag = sys.implementation.cache_tag
+        assert (source.parent / "__pycache__" / f"{source.stem}.{tag}.pyc").is_file(), source
+    names = {p.stem for p in receiver_artifact.rglob("*.py")}
+    assert not names & {"function_url", "review", "simulator", "cli", "motoserver"}

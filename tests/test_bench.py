@@ -28,6 +28,11 @@ def test_results_have_exactly_the_tracked_keys() -> None:
         "bulk_10k_vs_raw",
         "peak_rss_mb_batch10",
         "e2e_refunds_per_second",
+        "webhook_init_vs_bare",
+        "webhook_p50_ms",
+        "webhook_p99_ms",
+        "webhook_p50_ms_concurrent20",
+        "webhook_p99_ms_concurrent20",
     )
 
 

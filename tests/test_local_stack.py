@@ -12,6 +12,7 @@ import contextlib
 import io
 import json
 import os
+import shlex
 import signal
 import socket
 import subprocess
@@ -29,6 +30,8 @@ from reditus_local import snapshot
 from reditus_local.resources import LOCAL_STACK_NAME
 from reditus_local.simulator import DEMO_INVALID, DEMO_REFUNDABLE, DEMO_UNKNOWN
 from reditus_operators.cli import main as cli_main
+
+from .webhooks.samples import dumps, stripe_charge, stripe_event, stripe_header
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(180)]
 
@@ -66,6 +69,7 @@ class Stack:
         self.simulator_port = free_port()
         self.env = {
             **os.environ,
+            "REDITUS_LOCAL_WEBHOOK_PORT": str(free_port()),
             "REDITUS_MAX_ATTEMPTS": "1",  # one Reditus call per delivery: transient faults show at once
             "REDITUS_LOCAL_DATA_DIR": str(data_dir),
         }
@@ -271,6 +275,70 @@ def test_a_message_that_keeps_failing_is_dead_lettered_then_redriven(stack: Stac
     stack.wait_for(refund_id, {"refunded"})
     listed = stack.cli("dlq", "list", "--json")
     assert listed.returncode == 0 and refund_id not in listed.stdout
+
+
+WEBHOOK_EXPORTS = {
+    "REDITUS_WEBHOOK_URL",
+    "STRIPE_WEBHOOK_SECRET",
+    "PADDLE_WEBHOOK_SECRET",
+    "LEMONSQUEEZY_WEBHOOK_SECRET",
+    "POLAR_WEBHOOK_SECRET",
+    "CHARGEBEE_WEBHOOK_USERNAME",
+    "CHARGEBEE_WEBHOOK_PASSWORD",
+}
+
+
+def local_env(stack: Stack) -> dict[str, str]:
+    done = stack.cli("local", "env")
+    assert done.returncode == 0, done.stderr
+    exports: dict[str, str] = {}
+    for line in done.stdout.splitlines():
+        (assignment,) = shlex.split(line.removeprefix("export "))
+        name, _, value = assignment.partition("=")
+        exports[name] = value
+    return exports
+
+
+def post_stripe(url: str, body: bytes, secret: str) -> requests.Response:
+    # Signed now: the receiver refuses a timestamp more than 300 s away.
+    headers = {**stripe_header(body, secret, t=int(time.time())), "content-type": "application/json"}
+    return requests.post(f"{url}/stripe", data=body, headers=headers, timeout=10)
+
+
+def test_a_signed_stripe_refund_through_the_webhook_receiver_is_refunded_once(stack: Stack) -> None:
+    env = local_env(stack)
+    assert set(env) >= WEBHOOK_EXPORTS
+    url = env["REDITUS_WEBHOOK_URL"]
+    assert url == f"http://127.0.0.1:{stack.env['REDITUS_LOCAL_WEBHOOK_PORT']}"
+    assert f"webhooks     {url}" in stack.output()  # the banner names it
+    assert len({env[name] for name in WEBHOOK_EXPORTS - {"REDITUS_WEBHOOK_URL"}}) == 6
+
+    # A bad signature: 400, and nothing is queued (a queued request is recorded pending at once).
+    forged_charge = "ch_e2e_webhook_forged"
+    forged = dumps(
+        stripe_event("charge.refunded", stripe_charge(1099, charge_id=forged_charge), "evt_e2e_forged")
+    )
+    refused = post_stripe(url, forged, "whsec_not_the_stacks_secret")
+    assert refused.status_code == 400 and refused.json()["status"] == "rejected"
+    assert stack.record(f"wh:stripe:{forged_charge}") is None
+
+    charge = "ch_e2e_webhook"
+    stack.simulator(add_payments=[charge])
+    body = dumps(stripe_event("charge.refunded", stripe_charge(1099, charge_id=charge), "evt_e2e_refund"))
+    answer = post_stripe(url, body, env["STRIPE_WEBHOOK_SECRET"])
+    assert answer.status_code == 200, answer.text
+    assert answer.json() == {"status": "queued", "refund_id": f"wh:stripe:{charge}"}
+    record = stack.wait_for(f"wh:stripe:{charge}", {"refunded"})
+    assert record["payment_id"] == charge and record["attempt_log"][-1]["http_status"] == 200
+
+    # Stripe's retry of the same event, freshly signed: answered, and nothing more is queued.
+    replay = post_stripe(url, body, env["STRIPE_WEBHOOK_SECRET"])
+    assert replay.status_code == 200 and replay.json()["status"] == "duplicate"
+    rows = [
+        r for r in stack.run_in_process("history", "--json") if r["payment_id"] in (charge, forged_charge)
+    ]
+    assert [r["refund_id"] for r in rows] == [f"wh:stripe:{charge}"]
+    assert stack.record(f"wh:stripe:{forged_charge}") is None
 
 
 def test_history_and_unprocessed_messages_survive_a_restart(stack: Stack) -> None:

@@ -31,6 +31,8 @@ from reditus_local.worker import (
 from reditus_operators.dlq import DeadLetterQueue
 from reditus_refunds.layout import HASH_KEY, INDEXES
 from reditus_refunds.records import Outcome
+from reditus_webhooks import PROVIDERS, events
+from reditus_webhooks.credentials import secret_variable
 
 from .conftest import API_KEY, AwsFixture
 from .lambda_rig import make_lambda, simulator  # noqa: F401 - the fixture
@@ -103,7 +105,15 @@ def test_resources_follow_the_template() -> None:
             i["IndexName"]: [k["AttributeName"] for k in i["KeySchema"]]
             for i in table["GlobalSecondaryIndexes"]
         }
-        assert indexes == {name: list(keys) for name, keys in INDEXES.items()}
+        webhook_indexes = {
+            events.EVENT_DAY_INDEX: [events.EVENT_DAY_ATTRIBUTE, events.EVENT_TIME_ATTRIBUTE],
+            events.OPEN_REVIEW_INDEX: [events.REVIEW_OPEN_ATTRIBUTE, events.REVIEW_TIME_ATTRIBUTE],
+        }
+        assert indexes == {name: list(keys) for name, keys in INDEXES.items()} | webhook_indexes
+        # The sparse indexes keep the template's lean projection.
+        projections = {i["IndexName"]: i["Projection"] for i in table["GlobalSecondaryIndexes"]}
+        for declared in history["GlobalSecondaryIndexes"]:
+            assert projections[declared["IndexName"]] == declared["Projection"]
 
         secret = session.client("secretsmanager").get_secret_value(SecretId=system.secret_arn)
         assert secret["SecretString"] == API_KEY
@@ -122,6 +132,21 @@ def test_resources_follow_the_template() -> None:
         assert function.timeout_seconds == template_props("RefundSubmitterFunction")["Timeout"]
         assert function.report_batch_item_failures
         assert function.handler == "reditus_refunds.handler.lambda_handler"
+
+        # The webhook receiver: its settings from the template, and each provider's secret as the
+        # template creates it ("not configured") unless the stack gives it a value.
+        receiver = system.receiver
+        assert receiver is not None and receiver.handler == "reditus_webhooks.handler.lambda_handler"
+        assert receiver.timeout_seconds == template_props("WebhookReceiverFunction")["Timeout"]
+        assert receiver.environment["HISTORY_TABLE_NAME"] == system.config.table_name
+        assert receiver.environment["REFUND_QUEUE_URL"] == system.config.queue_url
+        assert receiver.environment["REDITUS_WEBHOOK_PARTIAL_REFUNDS"] == "review"
+        secrets = session.client("secretsmanager")
+        for provider in PROVIDERS:
+            arn = receiver.environment[secret_variable(provider)]
+            assert arn != system.secret_arn
+            value = json.loads(secrets.get_secret_value(SecretId=arn)["SecretString"])
+            assert set(value.values()) == {""}
 
 
 def test_parameters_override_the_defaults(local: Local) -> None:

@@ -74,6 +74,45 @@ def test_the_template_builds_the_function_with_the_makefile() -> None:
     assert "\nbuild-RefundSubmitterFunction:" in targets  # sam build runs build-<LogicalId>
 
 
+def test_the_template_builds_the_receiver_with_the_makefile_like_the_submitter() -> None:
+    resources = load_template(ROOT / "template.yaml")["Resources"]
+    receiver, submitter = resources["WebhookReceiverFunction"], resources["RefundSubmitterFunction"]
+    assert receiver["Metadata"]["BuildMethod"] == "makefile"
+    for key in ("CodeUri", "Runtime", "Architectures"):
+        assert receiver["Properties"][key] == submitter["Properties"][key]
+    makefile = (FUNCTIONS / "Makefile").read_text(encoding="utf-8")
+    target = makefile.split("\nbuild-WebhookReceiverFunction:", 1)[1].split("\n\n", 1)[0]
+    # The same locked dependencies, then the receiver's own code, compiled.
+    assert "dependencies" in target and "package-receiver-code" in target
+
+
+def test_the_receiver_imports_from_its_package_without_compiling_anything(tmp_path: Path) -> None:
+    done = make(
+        "package-receiver-code",
+        f"ARTIFACTS_DIR={tmp_path}",
+        f"PYTHON={sys.executable}",
+        f"RUNTIME={THIS_PYTHON}",
+    )
+    assert done.returncode == 0, done.stdout + done.stderr
+    env = {
+        **{k: v for k, v in os.environ.items() if not k.startswith("REDITUS_")},
+        "PYTHONPATH": str(tmp_path),
+        "PYTHONDONTWRITEBYTECODE": "1",
+        "AWS_DEFAULT_REGION": "us-east-1",
+        "HISTORY_TABLE_NAME": "history",
+        "REFUND_QUEUE_URL": "http://127.0.0.1:9/queue/refunds",
+    }
+    env.pop("PYTHONPYCACHEPREFIX", None)
+    probe = IMPORT_PROBE.replace("reditus_refunds.handler", "reditus_webhooks.handler")
+    done = subprocess.run(
+        [sys.executable, "-c", probe], env=env, cwd=tmp_path, capture_output=True, text=True, timeout=60
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    seen = json.loads(done.stdout.strip().splitlines()[-1])
+    assert Path(seen["file"]).is_relative_to(tmp_path), "imported the working tree, not the package"
+    assert [path for path in seen["compiled"] if Path(path).is_relative_to(tmp_path)] == []
+
+
 def test_the_build_installs_the_lambda_requirements_for_the_runtime_platform() -> None:
     """What `dependencies` would run, printed by make -n: the function's requirements, as wheels for
     arm64 Linux and the template's Python, whatever machine builds it."""

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import ast
 import dataclasses
+import inspect
 import json
 import os
 import re
@@ -28,11 +29,16 @@ from reditus_refunds.settings import (
     LOCAL_ONLY_ENV_VARS,
     Settings,
 )
+from reditus_webhooks import events
 
 ROOT = Path(__file__).resolve().parents[1]
 TEMPLATE_PATH = ROOT / "template.yaml"
 FUNCTION = "RefundSubmitterFunction"
 ROLE = "RefundSubmitterRole"
+# The webhook receiver (issue 13), checked in tests/test_template_webhooks.py.
+RECEIVER = "WebhookReceiverFunction"
+RECEIVER_ROLE = "WebhookReceiverRole"
+FUNCTIONS = (FUNCTION, RECEIVER)
 
 # What the deployed function must be given (the rest of LAMBDA_ENV_VARS are tuning knobs with
 # defaults in settings.py).
@@ -67,6 +73,11 @@ REQUIRED_OUTPUTS = {
     "FunctionName",
 }
 LAMBDA_PACKAGE = ROOT / "functions" / "reditus_refunds"
+# The receiver's sparse indexes (functions/reditus_webhooks/events.py names them).
+WEBHOOK_INDEXES = {
+    events.EVENT_DAY_INDEX: (events.EVENT_DAY_ATTRIBUTE, events.EVENT_TIME_ATTRIBUTE),
+    events.OPEN_REVIEW_INDEX: (events.REVIEW_OPEN_ATTRIBUTE, events.REVIEW_TIME_ATTRIBUTE),
+}
 # TransactWriteItems is authorised through the actions of its items (IAM has no action of its own
 # for them to fall under).
 TRANSACT_ITEM_ACTIONS = {
@@ -76,7 +87,8 @@ TRANSACT_ITEM_ACTIONS = {
     "ConditionCheck": "ConditionCheckItem",
 }
 # checkov checks the template may skip (with a reason next to the resource) and nothing else.
-ALLOWED_CHECKOV_SKIPS = {"CKV_AWS_116", "CKV_AWS_117"}
+# CKV_AWS_258 (a Function URL without IAM auth): the receiver's, public by necessity.
+ALLOWED_CHECKOV_SKIPS = {"CKV_AWS_116", "CKV_AWS_117", "CKV_AWS_258"}
 SECRET_ARN = {
     "Fn::If": ["CreateApiKeySecret", {"Ref": "ReditusApiKeySecret"}, {"Ref": "ExistingApiKeySecretArn"}]
 }
@@ -95,10 +107,10 @@ def props(template: dict[str, Any], name: str) -> dict[str, Any]:
     return dict(template["Resources"][name].get("Properties", {}))
 
 
-def function_props(template: dict[str, Any]) -> dict[str, Any]:
+def function_props(template: dict[str, Any], name: str = FUNCTION) -> dict[str, Any]:
     """The function's properties with Globals.Function merged in (as SAM does)."""
     merged = dict(template.get("Globals", {}).get("Function", {}))
-    for key, value in props(template, FUNCTION).items():
+    for key, value in props(template, name).items():
         if isinstance(value, dict) and isinstance(merged.get(key), dict):
             merged[key] = _merge(merged[key], value)
         else:
@@ -116,8 +128,8 @@ def _merge(base: dict[str, Any], local: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
-def env_vars(template: dict[str, Any]) -> dict[str, Any]:
-    return dict(function_props(template)["Environment"]["Variables"])
+def env_vars(template: dict[str, Any], name: str = FUNCTION) -> dict[str, Any]:
+    return dict(function_props(template, name)["Environment"]["Variables"])
 
 
 def parameter(template: dict[str, Any], ref: Any) -> dict[str, Any]:
@@ -133,8 +145,8 @@ def number_default(template: dict[str, Any], ref: Any) -> float:
     return float(param["Default"])
 
 
-def role_statements(template: dict[str, Any]) -> list[dict[str, Any]]:
-    role = props(template, ROLE)
+def role_statements(template: dict[str, Any], name: str = ROLE) -> list[dict[str, Any]]:
+    role = props(template, name)
     assert not role.get("ManagedPolicyArns"), "managed policies grant more than this function needs"
     statements: list[dict[str, Any]] = []
     for policy in role["Policies"]:
@@ -423,11 +435,12 @@ def test_function_uses_its_own_role(template: dict[str, Any]) -> None:
     # A SAM-generated role would add AWSLambdaSQSQueueExecutionRole (every queue in the account).
     assert fn["Role"] == {"Fn::GetAtt": [ROLE, "Arn"]}
     assert "Policies" not in fn
-    assert list(resources_of(template, "AWS::IAM::Role")) == [ROLE]
-    trust = props(template, ROLE)["AssumeRolePolicyDocument"]["Statement"]
-    assert trust == [
-        {"Effect": "Allow", "Principal": {"Service": "lambda.amazonaws.com"}, "Action": "sts:AssumeRole"}
-    ]
+    assert list(resources_of(template, "AWS::IAM::Role")) == [ROLE, RECEIVER_ROLE]
+    for role in (ROLE, RECEIVER_ROLE):
+        trust = props(template, role)["AssumeRolePolicyDocument"]["Statement"]
+        assert trust == [
+            {"Effect": "Allow", "Principal": {"Service": "lambda.amazonaws.com"}, "Action": "sts:AssumeRole"}
+        ]
 
 
 def test_function_permissions_are_least_privilege(template: dict[str, Any]) -> None:
@@ -508,14 +521,69 @@ def test_history_table_matches_records(template: dict[str, Any]) -> None:
         gsi["IndexName"]: tuple(k["AttributeName"] for k in gsi["KeySchema"])
         for gsi in p["GlobalSecondaryIndexes"]
     }
-    assert indexes == layout.INDEXES
+    assert indexes == layout.INDEXES | WEBHOOK_INDEXES
     for gsi in p["GlobalSecondaryIndexes"]:
         assert [k["KeyType"] for k in gsi["KeySchema"]] == ["HASH", "RANGE"]
-        assert gsi["Projection"] == {"ProjectionType": "ALL"}
-    key_attributes = {layout.HASH_KEY} | {a for pair in layout.INDEXES.values() for a in pair}
+        if gsi["IndexName"] in layout.INDEXES:
+            assert gsi["Projection"] == {"ProjectionType": "ALL"}
+    key_attributes = {layout.HASH_KEY} | {
+        a for pair in (layout.INDEXES | WEBHOOK_INDEXES).values() for a in pair
+    }
     attributes = {d["AttributeName"]: d["AttributeType"] for d in p["AttributeDefinitions"]}
     assert len(attributes) == len(p["AttributeDefinitions"])
     assert attributes == dict.fromkeys(key_attributes, "S")
+
+
+def _item_reads(function: Any) -> set[str]:
+    """The attributes a *_from_item function reads: item["x"] and item.get("x")."""
+    tree = ast.parse(inspect.getsource(function))
+    reads = set()
+    for node in ast.walk(tree):
+        if (
+            isinstance(node, ast.Subscript)
+            and isinstance(node.slice, ast.Constant)
+            and isinstance(node.value, ast.Name)
+            and node.value.id == "item"
+        ):
+            reads.add(node.slice.value)
+        if (
+            isinstance(node, ast.Call)
+            and isinstance(node.func, ast.Attribute)
+            and node.func.attr == "get"
+            and _receiver(node.func.value) == "item"
+            and node.args
+            and isinstance(node.args[0], ast.Constant)
+        ):
+            reads.add(node.args[0].value)
+    return reads
+
+
+@pytest.mark.parametrize(
+    ("index", "from_item"),
+    [(events.EVENT_DAY_INDEX, events.event_from_item), (events.OPEN_REVIEW_INDEX, events.review_from_item)],
+)
+def test_webhook_indexes_project_what_their_lists_read(
+    template: dict[str, Any], index: str, from_item: Any
+) -> None:
+    """Sparse and lean (issue 15): the receiver's lists read exactly what the index projects."""
+    (gsi,) = [g for g in props(template, "HistoryTable")["GlobalSecondaryIndexes"] if g["IndexName"] == index]
+    projection = gsi["Projection"]
+    assert projection["ProjectionType"] == "INCLUDE"
+    keys = {layout.HASH_KEY} | set(WEBHOOK_INDEXES[index])
+    projected = set(projection["NonKeyAttributes"])
+    assert len(projected) == len(projection["NonKeyAttributes"])
+    assert not projected & keys, "key attributes are always projected"
+    assert projected | keys == _item_reads(from_item) | keys
+
+
+def test_refund_records_never_enter_the_webhook_indexes() -> None:
+    """No refund item carries a webhook index's key, so the indexes cost nothing per refund."""
+    webhook_keys = {a for pair in WEBHOOK_INDEXES.values() for a in pair}
+    assert not webhook_keys & {a for pair in layout.INDEXES.values() for a in pair}
+    for module in ("records.py", "history_writer.py", "layout.py"):
+        source = (LAMBDA_PACKAGE / module).read_text(encoding="utf-8")
+        for attribute in (events.EVENT_DAY_ATTRIBUTE, events.REVIEW_OPEN_ATTRIBUTE):
+            assert attribute not in source, f"{module} mentions {attribute}"
 
 
 def test_history_table_is_protected(template: dict[str, Any]) -> None:
@@ -614,9 +682,12 @@ def test_api_key_secret(template: dict[str, Any]) -> None:
 
 
 def test_alarms(template: dict[str, Any]) -> None:
+    every = resources_of(template, "AWS::CloudWatch::Alarm")
+    # The receiver's alarms are checked in tests/test_template_webhooks.py.
     alarms = {
         p["Properties"]["MetricName"]: p["Properties"]
-        for p in resources_of(template, "AWS::CloudWatch::Alarm").values()
+        for name, p in every.items()
+        if not name.startswith("Webhook")
     }
     assert set(alarms) == {
         "ApproximateNumberOfMessagesVisible",
@@ -637,7 +708,7 @@ def test_alarms(template: dict[str, Any]) -> None:
     assert age["Dimensions"] == [{"Name": "QueueName", "Value": {"Fn::GetAtt": ["RefundQueue", "QueueName"]}}]
     assert number_default(template, age["Threshold"]) == 900
     topic = {"Fn::If": ["HasAlarmTopic", [{"Ref": "AlarmTopicArn"}], {"Ref": "AWS::NoValue"}]}
-    for alarm in alarms.values():
+    for alarm in [p["Properties"] for p in every.values()]:
         assert alarm["AlarmActions"] == topic
         assert alarm["OKActions"] == topic
         assert alarm["AlarmDescription"]
@@ -680,7 +751,8 @@ def translated(template: dict[str, Any]) -> dict[str, Any]:
             return {}
 
     sam = json.loads(json.dumps(template))
-    sam["Resources"][FUNCTION]["Properties"]["CodeUri"] = "s3://example-bucket/reditus-refunds.zip"
+    for name in FUNCTIONS:
+        sam["Resources"][name]["Properties"]["CodeUri"] = "s3://example-bucket/reditus-refunds.zip"
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("AWS_DEFAULT_REGION", "us-east-1")
         result: dict[str, Any] = transform(sam, {}, NoManagedPolicies())
@@ -695,12 +767,14 @@ def test_sam_translates(translated: dict[str, Any]) -> None:
     assert lambda_props["TracingConfig"] == {"Mode": "Active"}
     assert set(lambda_props["Environment"]["Variables"]) >= REQUIRED_ENV
     (mapping,) = resources_of(translated, "AWS::Lambda::EventSourceMapping").values()
+    assert mapping["Properties"]["FunctionName"] == {"Ref": FUNCTION}
     assert mapping["Properties"]["FunctionResponseTypes"] == ["ReportBatchItemFailures"]
     assert mapping["Properties"]["ScalingConfig"] == {"MaximumConcurrency": {"Ref": "MaximumConcurrency"}}
     assert lambda_props["Role"] == {"Fn::GetAtt": [ROLE, "Arn"]}
     # SAM generated no role of its own (and so attached no broad managed policies).
-    assert list(resources_of(translated, "AWS::IAM::Role")) == [ROLE]
-    assert not resources[ROLE]["Properties"].get("ManagedPolicyArns")
+    assert list(resources_of(translated, "AWS::IAM::Role")) == [ROLE, RECEIVER_ROLE]
+    for role in (ROLE, RECEIVER_ROLE):
+        assert not resources[role]["Properties"].get("ManagedPolicyArns")
 
 
 def _cfn_lint(path: Path) -> subprocess.CompletedProcess[str]:

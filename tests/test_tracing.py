@@ -22,6 +22,7 @@ from typing import Any
 
 import boto3
 import pytest
+
 from reditus_local.motoserver import MotoServer
 from reditus_local.resources import create_table_as_declared
 from reditus_local.simulator import ReditusSimulator

@@ -25,6 +25,7 @@ from reditus_refunds.contract import RefundRequest
 from reditus_refunds.layout import HASH_KEY, item_key, to_attr, to_item
 from reditus_refunds.records import day_of, iso, utc_now
 from reditus_refunds.table import HistoryTable
+from reditus_webhooks.decide import source_event_id
 
 if TYPE_CHECKING:
     from mypy_boto3_dynamodb import DynamoDBClient
@@ -36,10 +37,15 @@ REVIEW_PREFIX = "webhook_review#"
 COUNT_PREFIX = "webhook_count#"
 SOURCE_PREFIX = "webhook_source#"
 RECORD_TYPE = "webhook_event"
-# Candidates for a sparse index listing events by day (see docs/webhooks-providers.md):
-# HASH received_day, RANGE received_at; and open reviews: HASH review_open, RANGE opened_at.
+# Two sparse indexes of the history table (template.yaml): events by day (HASH received_day,
+# RANGE received_at) and open reviews (HASH review_open = the provider, RANGE opened_at). Only
+# these records carry the attributes, so refunds cost these indexes nothing.
+EVENT_DAY_INDEX = "by_webhook_day"
 EVENT_DAY_ATTRIBUTE = "received_day"
+EVENT_TIME_ATTRIBUTE = "received_at"
+OPEN_REVIEW_INDEX = "by_open_review"
 REVIEW_OPEN_ATTRIBUTE = "review_open"
+REVIEW_TIME_ATTRIBUTE = "opened_at"
 
 # An event is recorded ``received`` before anything is sent; what it ended in replaces it.
 RECEIVED = "received"
@@ -143,12 +149,16 @@ class Review:
 
 
 def review_from_item(item: Mapping[str, Any]) -> Review:
+    event_id = str(item.get("event_id", ""))
     request = RefundRequest(
         payment_id=str(item["target_payment_id"]),
         refund_id=str(item["target_refund_id"]),
         requested_by=item.get("requested_by"),
         note=item.get("note"),
         source=item.get("source"),
+        # The review's event (the latest that opened or refreshed it) is the request's source event,
+        # as decide() made it: no attribute of its own, so the open-reviews index needs none.
+        source_event_id=source_event_id(event_id) if event_id else None,
     )
     return Review(
         refund_id=request.refund_id,
@@ -156,7 +166,7 @@ def review_from_item(item: Mapping[str, Any]) -> Review:
         state=str(item.get("review_state", "")),
         request=request,
         reason=str(item.get("reason", "")),
-        event_id=str(item.get("event_id", "")),
+        event_id=event_id,
         opened_at=str(item.get("opened_at", "")),
         decided_by=item.get("decided_by"),
         decided_at=item.get("decided_at"),

@@ -7,7 +7,9 @@ with ``!Ref`` to parameters resolved to their defaults (or to ``--parameter`` ov
 
 What moto needs no copy of is left out: KMS keys and encryption settings, tags, point-in-time
 recovery, deletion protection, IAM, logs and alarms. A secret is created through the Secrets
-Manager API with the key as its value (the template's generated placeholder is for AWS only).
+Manager API with the value the stack gives it (the webhook receiver's local signing secrets), else
+the template's own SecretString, else the API key (the template's generated placeholder is for
+AWS only).
 """
 
 from __future__ import annotations
@@ -292,6 +294,87 @@ def _sqs_event(spec: dict[str, Any]) -> tuple[str, dict[str, Any]] | None:
     return None
 
 
+@dataclass(frozen=True)
+class UrlFunctionSettings:
+    """A function behind a Function URL (the webhook receiver), as the template defines it."""
+
+    logical_id: str
+    function_name: str
+    handler: str
+    timeout_seconds: int
+    memory_mb: int
+    environment: dict[str, str] = field(default_factory=dict)
+    skipped_environment: tuple[str, ...] = ()
+
+
+def _environment(model: TemplateModel, spec: dict[str, Any]) -> tuple[dict[str, str], tuple[str, ...]]:
+    """A function's variables (Globals merged in), with what does not resolve (yet) left out."""
+    globals_ = (model.template.get("Globals") or {}).get("Function") or {}
+    variables: dict[str, Any] = {
+        **((globals_.get("Environment") or {}).get("Variables") or {}),
+        **(((spec.get("Properties") or {}).get("Environment") or {}).get("Variables") or {}),
+    }
+    environment: dict[str, str] = {}
+    skipped: list[str] = []
+    for key, raw in variables.items():
+        try:
+            value = model.resolve(raw)
+        except Unresolvable:
+            skipped.append(key)
+            continue
+        if value is not _NO_VALUE:
+            environment[key] = _text(value)
+    return environment, tuple(skipped)
+
+
+def url_function_settings(model: TemplateModel) -> UrlFunctionSettings | None:
+    """The function with a FunctionUrlConfig, or None when the template has none."""
+    found = [
+        (name, spec)
+        for name, spec in model.of_type(SAM_FUNCTION).items()
+        if (spec.get("Properties") or {}).get("FunctionUrlConfig")
+    ]
+    if not found:
+        return None
+    if len(found) > 1:
+        raise ResourceError(f"expected at most one function with a Function URL, found {len(found)}")
+    name, spec = found[0]
+    globals_ = (model.template.get("Globals") or {}).get("Function") or {}
+    props = spec.get("Properties") or {}
+
+    def prop(key: str, default: Any) -> Any:
+        return model.resolve(props.get(key, globals_.get(key, default)))
+
+    environment, skipped = _environment(model, spec)
+    return UrlFunctionSettings(
+        logical_id=name,
+        function_name=model.physical_name(name),
+        handler=str(prop("Handler", "")),
+        timeout_seconds=int(prop("Timeout", 3)),
+        memory_mb=int(prop("MemorySize", 128)),
+        environment=environment,
+        skipped_environment=skipped,
+    )
+
+
+def referenced_resource(model: TemplateModel, value: Any) -> str | None:
+    """The logical id a value refers to with !Ref (through Fn::If), or None (a parameter, a literal)."""
+    while isinstance(value, dict) and set(value) == {"Fn::If"}:
+        condition, when_true, when_false = value["Fn::If"]
+        value = when_true if model.condition_holds(condition) else when_false
+    if isinstance(value, dict) and set(value) == {"Ref"} and value["Ref"] in model.resources:
+        return str(value["Ref"])
+    return None
+
+
+def function_variable_resources(model: TemplateModel, logical_id: str) -> dict[str, str]:
+    """A function's variables that name one of the template's resources: variable -> logical id."""
+    spec = model.resources[logical_id]
+    variables = ((spec.get("Properties") or {}).get("Environment") or {}).get("Variables") or {}
+    found = {name: referenced_resource(model, raw) for name, raw in variables.items()}
+    return {name: logical for name, logical in found.items() if logical is not None}
+
+
 def function_settings(model: TemplateModel) -> FunctionSettings:
     """The function with an SQS event source; its environment resolves what exists so far."""
     found = [(name, spec) for name, spec in model.of_type(SAM_FUNCTION).items() if _sqs_event(spec)]
@@ -307,20 +390,7 @@ def function_settings(model: TemplateModel) -> FunctionSettings:
     def prop(key: str, default: Any) -> Any:
         return model.resolve(props.get(key, globals_.get(key, default)))
 
-    variables: dict[str, Any] = {
-        **((globals_.get("Environment") or {}).get("Variables") or {}),
-        **((props.get("Environment") or {}).get("Variables") or {}),
-    }
-    environment: dict[str, str] = {}
-    skipped: list[str] = []
-    for key, raw in variables.items():
-        try:
-            value = model.resolve(raw)
-        except Unresolvable:
-            skipped.append(key)
-            continue
-        if value is not _NO_VALUE:
-            environment[key] = _text(value)
+    environment, skipped = _environment(model, spec)
     response_types = model.resolve(event.get("FunctionResponseTypes") or [])
     batch_size = int(model.resolve(event.get("BatchSize", 10)))
     return FunctionSettings(
@@ -335,7 +405,7 @@ def function_settings(model: TemplateModel) -> FunctionSettings:
         batching_window_seconds=int(model.resolve(event.get("MaximumBatchingWindowInSeconds", 0))),
         report_batch_item_failures="ReportBatchItemFailures" in response_types,
         environment=environment,
-        skipped_environment=tuple(skipped),
+        skipped_environment=skipped,
     )
 
 
@@ -350,8 +420,9 @@ class LocalSystem:
     function: FunctionSettings
     visibility_timeout: int  # of the function's queue
     max_receive_count: int | None  # of the function's queue's redrive policy
-    secret_arn: str | None
+    secret_arn: str | None  # the SQS function's (the Reditus API key)
     physical_ids: dict[str, str]  # logical id -> queue URL, table name or secret ARN
+    receiver: UrlFunctionSettings | None = None  # the webhook receiver, when the template has one
 
 
 def _queue_attributes(model: TemplateModel, props: dict[str, Any]) -> dict[str, str]:
@@ -429,8 +500,10 @@ def create_table_as_declared(
 
 
 def _create_secret(
-    secrets: Any, model: TemplateModel, logical: str, props: dict[str, Any], value: str
+    secrets: Any, model: TemplateModel, logical: str, props: dict[str, Any], value: str | None
 ) -> None:
+    if value is None:
+        value = _text(model.resolve(props["SecretString"]))
     name = _text(model.resolve(props.get("Name") or model.physical_name(logical)))
     try:
         arn = secrets.create_secret(Name=name, SecretString=value)["ARN"]
@@ -448,18 +521,27 @@ def create_resources(
     *,
     api_key: str,
     visibility_timeout: int | None = None,
+    secret_values: Mapping[str, str] | None = None,
 ) -> LocalSystem:
     """Create the template's queues, tables and secrets; `clients(service)` gives boto3 clients.
 
-    `api_key` becomes every secret's value. `visibility_timeout` overrides the function queue's
-    (tests only: the template's is minutes long).
+    A secret's value is `secret_values[logical id]` if given, else the template's SecretString
+    (the webhook secrets' "not configured"), else `api_key`. `visibility_timeout` overrides the
+    function queue's (tests only: the template's is minutes long).
     """
     function = function_settings(model)
+    values = dict(secret_values or {})
+
+    def secret_value(logical: str, props: dict[str, Any]) -> str | None:
+        if logical in values:
+            return values[logical]
+        return None if "SecretString" in props else api_key
+
     creators: dict[str, Callable[[str, dict[str, Any]], None]] = {
         QUEUE: lambda logical, props: _create_queue(clients("sqs"), model, logical, props),
         TABLE: lambda logical, props: _create_table(clients("dynamodb"), model, logical, props),
         SECRET: lambda logical, props: _create_secret(
-            clients("secretsmanager"), model, logical, props, api_key
+            clients("secretsmanager"), model, logical, props, secret_value(logical, props)
         ),
     }
     todo = {
@@ -509,7 +591,9 @@ def create_resources(
     queue_props = model.resources[function.queue_logical_id].get("Properties") or {}
     attributes = _queue_attributes(model, queue_props)
     redrive = json.loads(attributes["RedrivePolicy"]) if "RedrivePolicy" in attributes else None
-    secrets = [model.refs[name] for name in model.of_type(SECRET) if name in model.refs]
+    # The SQS function's secret (the API key): the one its environment names.
+    named = set(function_variable_resources(model, function.logical_id).values())
+    secrets = [model.refs[name] for name in model.of_type(SECRET) if name in model.refs and name in named]
     physical = {name: _text(model.refs[name]) for name in model.resources if name in model.refs}
     return LocalSystem(
         config=SystemConfig(
@@ -530,6 +614,7 @@ def create_resources(
         max_receive_count=None if redrive is None else int(redrive["maxReceiveCount"]),
         secret_arn=secrets[0] if len(secrets) == 1 else None,
         physical_ids=physical,
+        receiver=url_function_settings(model),
     )
 
 

@@ -1,12 +1,15 @@
 """`reditus-refunds local up`: the whole system on this machine, each part its own process.
 
 Parts, all on 127.0.0.1, each started in its own session so that Ctrl-C reaches only this
-supervisor, which then stops them in order (console, worker, simulator, AWS last so it can save):
+supervisor, which then stops them in order (console, webhooks, worker, simulator, AWS last so it
+can save):
 
 * ``aws``     - moto (SQS, DynamoDB, Secrets Manager) with the resources of template.yaml;
 * ``reditus`` - the Reditus API simulator (not started when REDITUS_API_BASE_URL and
   REDITUS_API_KEY are set: then the worker talks to that API, for real);
 * ``worker``  - the SQS event source mapping, invoking the real Lambda handler;
+* ``webhooks`` - the webhook receiver's real handler behind a local Function URL, with signing
+  secrets generated for this stack (``reditus-refunds local env`` exports them);
 * ``console`` - the Streamlit console.
 
 A part that exits on its own is reported and restarted (at most MAX_RESTARTS times). History and
@@ -58,20 +61,36 @@ from .resources import (
     ResourceError,
     TemplateModel,
     create_resources,
+    function_variable_resources,
     moto_session,
+    url_function_settings,
 )
 from .simulator import DEMO_INVALID, DEMO_LATE, DEMO_REFUNDABLE, DEMO_UNKNOWN
+from .webhooks import READY as WEBHOOKS_READY
+from .webhooks import WEBHOOK_URL_ENV, local_secrets, secret_values, secret_variables
 from .worker import READY as WORKER_READY
 
 HOST = "127.0.0.1"
-DEFAULT_PORTS = {"moto": 5005, "simulator": 8100, "console": DEFAULT_CONSOLE_PORT}
+DEFAULT_PORTS = {"moto": 5005, "simulator": 8100, "webhooks": 8200, "console": DEFAULT_CONSOLE_PORT}
 PORT_ENV = {
     "moto": "REDITUS_LOCAL_MOTO_PORT",
     "simulator": "REDITUS_LOCAL_SIMULATOR_PORT",
+    "webhooks": "REDITUS_LOCAL_WEBHOOK_PORT",
     "console": CONSOLE_PORT_ENV,
 }
-PORT_FLAGS = {"moto": "--moto-port", "simulator": "--simulator-port", "console": "--console-port"}
-PART_NAMES = {"moto": "moto server", "simulator": "Reditus simulator", "console": "console"}
+# The webhook receiver's port has no flag of its own: REDITUS_LOCAL_WEBHOOK_PORT sets it.
+PORT_FLAGS = {
+    "moto": "--moto-port",
+    "simulator": "--simulator-port",
+    "webhooks": PORT_ENV["webhooks"],
+    "console": "--console-port",
+}
+PART_NAMES = {
+    "moto": "moto server",
+    "simulator": "Reditus simulator",
+    "webhooks": "webhook receiver",
+    "console": "console",
+}
 SIMULATOR_READY = "Reditus simulator ready:"
 MAX_RESTARTS = 3
 START_TIMEOUT = 60.0
@@ -134,6 +153,8 @@ class StackOptions:
     verbose: bool = False
     reditus_base_url: str | None = None  # set: the real API instead of the simulator
     reditus_api_key: str | None = field(default=None, repr=False)
+    # The webhook receiver's port: REDITUS_LOCAL_WEBHOOK_PORT, else 8200.
+    webhook_port: int = field(default_factory=lambda: port_from_env("webhooks"))
 
     @property
     def simulated(self) -> bool:
@@ -311,6 +332,12 @@ class LocalStack:
         self.data_dir = options.data_dir.resolve()
         self.snapshot_path = self.data_dir / snapshot.SNAPSHOT_FILE
         self.api_key = options.reditus_api_key or secrets.token_urlsafe(24)
+        # The providers' signing secrets for this stack (by the variable `local env` exports); one
+        # set in the shell wins, so a provider's CLI signing with its own (stripe listen) works.
+        self.webhook_secrets = {
+            name: os.environ.get(name, "").strip() or generated for name, generated in local_secrets().items()
+        }
+        self.webhook_url = ""
         self.stop_requested = threading.Event()
         self.children: dict[str, Child] = {}
         self.system: LocalSystem | None = None
@@ -324,6 +351,8 @@ class LocalStack:
         ports = {"moto": self.options.moto_port}
         if self.options.simulated:
             ports["simulator"] = self.options.simulator_port
+        if self._has_receiver():
+            ports["webhooks"] = self.options.webhook_port
         if self.options.console:
             ports["console"] = self.options.console_port
         return ports
@@ -352,12 +381,20 @@ class LocalStack:
             seen[port] = part
         for part, port in ports.items():
             if not port_is_free(port):
+                flag, variable = PORT_FLAGS[part], PORT_ENV[part]
+                how = variable if flag == variable else f"{flag} or {variable}"
                 raise StackError(
                     f"port {port} for the {PART_NAMES[part]} is taken on {HOST}; stop what uses it or choose "
-                    f"another port with {PORT_FLAGS[part]} or {PORT_ENV[part]}"
+                    f"another port with {how}"
                 )
         if not self.options.template.is_file():
             raise StackError(f"the template {self.options.template} does not exist")
+
+    def _has_receiver(self) -> bool:
+        try:
+            return url_function_settings(TemplateModel.load(self.options.template)) is not None
+        except ResourceError:
+            return False
 
     def model(self) -> TemplateModel:
         declared = {}
@@ -413,17 +450,32 @@ class LocalStack:
         child.start()
         child.wait_ready(START_TIMEOUT, self.stop_requested)
         endpoint = f"http://{HOST}:{self.options.moto_port}"
+        model = self.model()
         try:
             system = create_resources(
-                self.model(),
+                model,
                 self._clients(endpoint),
                 api_key=self.api_key,
                 visibility_timeout=self.options.visibility_timeout,
+                secret_values=self._webhook_secret_values(model),
             )
         except ResourceError as err:
             raise StackError(str(err)) from None
         self.system = system
-        self.config = replace(system.config, endpoint_url=endpoint)
+        self.config = replace(system.config, endpoint_url=endpoint, webhook_url=self.webhook_url or None)
+
+    def _webhook_secret_values(self, model: TemplateModel) -> dict[str, str]:
+        """The receiver's secrets (the logical ids its variables name) with this stack's values."""
+        receiver = url_function_settings(model)
+        if receiver is None:
+            return {}
+        named = function_variable_resources(model, receiver.logical_id)
+        values = secret_values(self.webhook_secrets)
+        return {
+            named[variable]: values[provider]
+            for provider, variable in secret_variables().items()
+            if variable in named
+        }
 
     def _restore(self, fresh: bool) -> None:
         if not self.snapshot_path.is_file():
@@ -533,6 +585,38 @@ class LocalStack:
         child.start()
         child.wait_ready(START_TIMEOUT, self.stop_requested)
 
+    def webhooks_env(self) -> dict[str, str]:
+        assert self.system is not None and self.config is not None and self.system.receiver is not None
+        env = _base_env(self.config.endpoint_url)
+        env.update(self.system.receiver.environment)
+        env.update(
+            {
+                "HISTORY_TABLE_NAME": self.config.table_name,
+                "REFUND_QUEUE_URL": self.config.queue_url,
+                "POWERTOOLS_TRACE_DISABLED": "true",
+                "POWERTOOLS_METRICS_DISABLED": "true",
+                "PYTHONWARNINGS": "ignore:No application metrics to publish",
+            }
+        )
+        return env
+
+    def _start_webhooks(self) -> None:
+        assert self.system is not None and self.system.receiver is not None
+        args = ["--port", str(self.options.webhook_port), "--handler", self.system.receiver.handler]
+        child = Child(
+            "webhooks",
+            self._python("reditus_local.webhooks", *args),
+            self.webhooks_env(),
+            self.out,
+            ready_marker=WEBHOOKS_READY,
+        )
+        self.children["webhooks"] = child
+        child.start()
+        line = child.wait_ready(START_TIMEOUT, self.stop_requested)
+        self.webhook_url = line.split(WEBHOOKS_READY, 1)[1].strip().rstrip("/")
+        assert self.config is not None
+        self.config = replace(self.config, webhook_url=self.webhook_url)
+
     def _start_console(self) -> None:
         assert self.config is not None
         try:
@@ -572,6 +656,10 @@ class LocalStack:
                 "visibility_timeout": self.system.visibility_timeout,
                 "max_receive_count": self.system.max_receive_count,
                 "function_timeout": self.system.function.timeout_seconds,
+                # What `local env` exports for the receiver: its URL and this stack's secrets.
+                "webhook_env": (
+                    {WEBHOOK_URL_ENV: self.webhook_url, **self.webhook_secrets} if self.webhook_url else {}
+                ),
             },
         )
         self._state_written = True
@@ -586,6 +674,8 @@ class LocalStack:
         if self.options.simulated:
             self._start_simulator()
         self._start_worker()
+        if self.system is not None and self.system.receiver is not None:
+            self._start_webhooks()
         if self.options.console:
             self._start_console()
         self._write_state()
@@ -632,13 +722,14 @@ class LocalStack:
                     self.out.line(
                         "stack", "the AWS state was lost (it stopped without saving); starting empty"
                     )
-                worker = self.children.get("worker")
-                if worker is not None and not worker.given_up:
-                    # The new secret has a new ARN (a random suffix, as on AWS): a new cold start.
-                    worker.stop()
-                    worker.env = self.worker_env()
-                    worker.start()
-                    worker.wait_ready(START_TIMEOUT, self.stop_requested)
+                # The new secrets have new ARNs (a random suffix, as on AWS): new cold starts.
+                for name, make_env in (("worker", self.worker_env), ("webhooks", self.webhooks_env)):
+                    part = self.children.get(name)
+                    if part is not None and not part.given_up:
+                        part.stop()
+                        part.env = make_env()
+                        part.start()
+                        part.wait_ready(START_TIMEOUT, self.stop_requested)
             else:
                 child.start()
                 if child.ready_marker:
@@ -657,7 +748,7 @@ class LocalStack:
 
     def stop(self) -> None:
         self._remove_state()  # first: from now on the CLI says the stack is not running
-        for name in ("console", "worker", "reditus", "aws"):
+        for name in ("console", "webhooks", "worker", "reditus", "aws"):
             child = self.children.get(name)
             if child is None or child.proc is None:
                 continue
@@ -734,6 +825,11 @@ class LocalStack:
             f"{function.batching_window_seconds} s, timeout {function.timeout_seconds} s, visibility "
             f"{system.visibility_timeout} s, {dlq}"
         )
+        if self.webhook_url:
+            lines.append(
+                f"  webhooks     {self.webhook_url}  the receiver's handler behind a Function URL: "
+                f"{self.webhook_url}/stripe, /paddle, /chargebee, /lemonsqueezy, /polar"
+            )
         cli = self.cli_command()
         console = self.children.get("console")
         if console:
@@ -744,7 +840,8 @@ class LocalStack:
             f"  data         {self.data_dir}",
             "               saved on Ctrl-C, restored on the next start (--fresh starts empty)",
             "",
-            "Point other tools at it (AWS_ENDPOINT_URL, region, queue and table names):",
+            "Point other tools at it (AWS_ENDPOINT_URL, region, queue and table names, the webhook URL",
+            "and this stack's webhook signing secrets, e.g. for stripe listen --forward-to):",
             f'  eval "$({cli} local env)"',
             f"  aws --endpoint-url {config.endpoint_url} sqs list-queues",
         ]

@@ -833,3 +833,137 @@ def test_bulk_upload_refuses_a_file_of_newlines(open_console: AwsFixture) -> Non
     assert any("cannot be used" in e.value for e in at.error)
     assert any("lines" in t for t in texts(at))
     assert time.monotonic() - started < 30
+
+
+# ---- sources (billing webhooks) ----------------------------------------------------------------------
+SOURCES_PAGE = "app_pages/sources.py"
+
+
+def webhook_events(aws: AwsFixture, *sent: tuple[str, bool]) -> list[dict[str, Any]]:
+    """Signed sample events through the real receiver (as providers send them): (provider, partial)."""
+    from reditus_operators.webhooks import signed_sample
+    from reditus_webhooks.app import build_receiver
+    from tests.webhooks.test_receiver import base_env
+
+    env = base_env(aws)
+    receiver = build_receiver(env, dynamodb=aws.dynamodb, sqs=aws.sqs, secretsmanager=lambda: aws.secrets)
+    answers = []
+    for provider, partial in sent:
+        sample, headers = signed_sample(provider, env, partial=partial)
+        answer = receiver.receive(
+            "POST", f"/{provider}", {k.lower(): v for k, v in headers.items()}, sample.body
+        )
+        assert answer.status == 200, answer.body
+        answers.append(dict(answer.body))
+    return answers
+
+
+def test_sources_page_shows_counts_last_events_and_reviews(
+    open_console: AwsFixture, console_env: pytest.MonkeyPatch
+) -> None:
+    aws = open_console
+    console_env.setenv("REDITUS_WEBHOOK_URL", "http://127.0.0.1:9999")
+    console_env.setenv("STRIPE_WEBHOOK_SECRET", "whsec_local")
+    answers = webhook_events(aws, ("stripe", False), ("stripe", True), ("paddle", True), ("polar", False))
+    at = app(SOURCES_PAGE)
+    assert [t.value for t in at.title] == ["Sources"]
+    [frame] = [d.value for d in at.dataframe if "provider" in d.value.columns]
+    table = frame.set_index("provider")
+    assert table.loc["stripe", "queued"] == 1 and table.loc["stripe", "needs_review"] == 1
+    assert table.loc["paddle", "needs_review"] == 1 and table.loc["polar", "queued"] == 1
+    assert table.loc["chargebee"][["queued", "needs_review", "ignored"]].sum() == 0
+    assert table.loc["stripe", "url"] == "http://127.0.0.1:9999/stripe"
+    assert table.loc["stripe", "configured"] == "yes" and table.loc["paddle", "configured"] == "no secret"
+    assert table.loc["stripe", "last_decision"] == "needs_review"
+    assert pd_isna(table.loc["lemonsqueezy", "last_received_at"])
+    reviews = {a["refund_id"] for a in answers if a["status"] == "needs_review"}
+    shown = {t for t in texts(at) if t.startswith("wh:")}
+    assert shown == reviews
+    assert [b.label for b in at.button].count("Submit") == 2
+
+
+def pd_isna(value: object) -> bool:
+    import pandas as pd
+
+    return bool(pd.isna(value))
+
+
+def test_sources_submit_queues_the_reviewed_refund_as_the_operator(
+    system: AwsFixture, console_env: pytest.MonkeyPatch
+) -> None:
+    aws = system
+    console_env.setenv("CONSOLE_OPEN", "1")
+    console_env.setenv("CONSOLE_OPERATOR", "ana@example.com")
+    [answer] = webhook_events(aws, ("stripe", True))
+    at = app(SOURCES_PAGE)
+    at.button(key=f"submit_{answer['refund_id']}").click()
+    at.run()
+    assert not at.exception, at.exception
+    assert any("Queued refund" in s.value for s in at.success)
+    [body] = messages(aws.queue_url, aws.sqs)
+    assert body["refund_id"] == answer["refund_id"] and body["source"] == "stripe"
+    record = store(aws).get(answer["refund_id"])
+    assert record is not None and record.outcome is Outcome.PENDING
+    assert record.requested_by == at.sidebar.text[0].value
+    assert record.source_event_id == body["source_event_id"]
+    assert [b.label for b in at.button].count("Submit") == 0
+    assert any("No partial refund awaits" in s.value for s in at.success)
+
+
+def test_sources_dismiss_queues_nothing_and_records_the_operator(open_console: AwsFixture) -> None:
+    aws = open_console
+    [answer] = webhook_events(aws, ("paddle", True))
+    at = app(SOURCES_PAGE)
+    at.button(key=f"dismiss_{answer['refund_id']}").click()
+    at.run()
+    assert not at.exception, at.exception
+    assert any("nothing was queued" in s.value for s in at.success)
+    assert messages(aws.queue_url, aws.sqs) == []
+    assert store(aws).get(answer["refund_id"]) is None
+    from reditus_webhooks.events import EventStore
+
+    review = EventStore(aws.table, aws.dynamodb).get_review(answer["refund_id"])
+    assert review is not None and review.state == "dismissed" and review.decided_by == "open-console"
+
+
+def test_sources_without_a_receiver_says_not_deployed(open_console: AwsFixture) -> None:
+    at = app(SOURCES_PAGE)
+    [frame] = [d.value for d in at.dataframe if "provider" in d.value.columns]
+    assert set(frame["url"]) == {"not deployed"}
+    assert any("No webhook receiver URL is known" in c for c in captions(at))
+    assert any("No partial refund awaits" in s.value for s in at.success)
+
+
+def test_history_shows_a_webhook_refunds_source_and_event(open_console: AwsFixture) -> None:
+    aws = open_console
+    [answer] = webhook_events(aws, ("stripe", False))
+    record = store(aws).get(answer["refund_id"])
+    assert record is not None and record.source == "stripe" and record.source_event_id
+    at = app(HISTORY_PAGE)
+    [frame] = [d.value for d in at.dataframe if "source_event_id" in d.value.columns]
+    row = frame.set_index("refund_id").loc[answer["refund_id"]]
+    assert (row["source"], row["source_event_id"]) == ("stripe", record.source_event_id)
+    at.query_params["refund_id"] = answer["refund_id"]
+    at.run()
+    assert record.source_event_id in texts(at)
+
+
+def test_sources_of_the_local_stack_read_configured_from_its_state(
+    open_console: AwsFixture, console_env: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """The local stack's console has the system's variables, never the signing secrets."""
+    from reditus_operators.config import SystemConfig, write_local_state
+
+    config = SystemConfig("t", "q", "d", "us-east-1", local=True)
+    secrets = {"REDITUS_WEBHOOK_URL": "http://127.0.0.1:8200", "POLAR_WEBHOOK_SECRET": "whsec_x"}
+    write_local_state(config, tmp_path / "stack", {"webhook_env": secrets})
+    console_env.setenv("REDITUS_LOCAL_DATA_DIR", str(tmp_path / "stack"))
+    console_env.setenv("AWS_ENDPOINT_URL", "http://127.0.0.1:5005")  # as the local stack's console has
+    rows = data.read_sources(
+        data.WebhookReader(open_console.table, open_console.dynamodb),
+        data.resolve(),
+        *data.default_period(days=7),
+    )
+    by_provider = {r.provider: r for r in rows}
+    assert by_provider["polar"].configured is True and by_provider["stripe"].configured is False
+    assert by_provider["polar"].url == "http://127.0.0.1:8200/polar"

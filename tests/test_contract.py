@@ -25,6 +25,7 @@ from reditus_refunds.contract import (
     MAX_NOTE,
     MAX_PAYMENT_ID,
     MAX_REQUESTED_BY,
+    MAX_SOURCE_EVENT_ID,
     REFUND_ID_PATTERN,
     SOURCE_PATTERN,
     SURROGATES,
@@ -47,6 +48,8 @@ GOOD = [
     },
     {"payment_id": "x" * 255, "force": True},
     {"payment_id": "ch_1", "requeue_of": "abc-123", "force": False, "note": None},
+    {"payment_id": "ch_2", "source": "stripe", "source_event_id": "evt_3QxyZ2LkdIwHu7ix1a2b3c4d"},
+    {"payment_id": "ch_3", "source_event_id": "order_refunded:1:1199 " + "e" * 230},
 ]
 
 BAD = [
@@ -90,6 +93,11 @@ BAD = [
     # A newline after an id is not the end of it (Python's `$` would say it is).
     ({"payment_id": "p", "refund_id": "r-1\n"}, "refund_id must be"),
     ({"payment_id": "p", "source": "csv\n"}, "source must be"),
+    # The provider event behind a request: an id, so the same rules as payment_id (but optional).
+    ({"payment_id": "p", "source_event_id": "e" * 256}, "source_event_id is 256 characters long"),
+    ({"payment_id": "p", "source_event_id": "evt\x001"}, "source_event_id contains a control character"),
+    ({"payment_id": "p", "source_event_id": "evt\u200b1"}, "source_event_id contains an invisible format"),
+    ({"payment_id": "p", "source_event_id": 42}, "source_event_id must be a string, not a number"),
 ]
 
 
@@ -238,6 +246,7 @@ def expected_patterns() -> dict[str, str]:
         "requested_by": _trimmed_text(text, MAX_REQUESTED_BY, required=False),
         "note": _trimmed_text(note, MAX_NOTE, required=False),
         "source": _whole(SOURCE_PATTERN.pattern),
+        "source_event_id": _trimmed_text(identifier, MAX_SOURCE_EVENT_ID, required=False),
     }
 
 
@@ -286,7 +295,11 @@ def _values(name: str) -> Iterator[Any]:
         yield from (0, 1, "true", "false")
     else:
         yield from _texts(
-            {"payment_id": MAX_PAYMENT_ID, "requested_by": MAX_REQUESTED_BY}.get(name, MAX_NOTE)
+            {
+                "payment_id": MAX_PAYMENT_ID,
+                "requested_by": MAX_REQUESTED_BY,
+                "source_event_id": MAX_SOURCE_EVENT_ID,
+            }.get(name, MAX_NOTE)
         )
 
 

@@ -35,6 +35,7 @@ pages = [
     st.Page(PAGES_DIR / "bulk_upload.py", title="Bulk upload", icon=":material/upload_file:"),
     st.Page(PAGES_DIR / "history.py", title="History", icon=":material/history:"),
     st.Page(PAGES_DIR / "dead_letters.py", title="Dead letters", icon=":material/move_to_inbox:"),
+    st.Page(PAGES_DIR / "sources.py", title="Sources", icon=":material/webhook:"),
 ]
 page = st.navigation(pages, position="sidebar", expanded=True)
 

@@ -19,15 +19,26 @@ from urllib.parse import urlparse
 
 import streamlit as st
 
-from reditus_operators.config import ConfigError, SystemConfig, resolve
+from reditus_operators.config import ConfigError, SystemConfig, local_webhook_env, resolve, webhook_url
 from reditus_operators.dlq import DeadLetter, DeadLetterQueue, original_refund_id
 from reditus_operators.history import HistoryReader, Page
 from reditus_operators.operations import HistoryMatch, build_request, payment_match, requeue
+from reditus_operators.webhooks import (
+    ReviewError,
+    Submitted,
+    WebhookReader,
+    dismiss_review,
+    provider_configured,
+    provider_url,
+    submit_review,
+)
 from reditus_refunds.aws_errors import AwsError, BotoCoreError, ClientError, QueueError, StoreError, aws_error
 from reditus_refunds.contract import RefundRequest
 from reditus_refunds.history_writer import HistoryWriter
 from reditus_refunds.producer import RefundProducer, SendReport
 from reditus_refunds.records import REQUEUEABLE, HistoryRecord, Outcome
+from reditus_webhooks import PROVIDERS
+from reditus_webhooks.events import EventStore, Review
 
 ENV_STACK_NAME = "REDITUS_STACK_NAME"
 SOURCE = "console"
@@ -42,6 +53,8 @@ DEAD_LETTER_PEEK_LIMIT = 500
 # Everything AWS or our adapters raise that a page turns into a message instead of a traceback
 # (the adapters map botocore's errors to AwsError; the raw ones are the last guard).
 AWS_ERRORS: tuple[type[BaseException], ...] = (ConfigError, AwsError, BotoCoreError, ClientError)
+# An operator's Submit or Dismiss of a review that is no longer open (the text says why).
+REVIEW_ERRORS: tuple[type[BaseException], ...] = (ReviewError,)
 
 
 # ---- what went wrong, and what to check -----------------------------------------------------
@@ -256,6 +269,7 @@ EXPORT_COLUMNS = (
     "attempts",
     "requested_by",
     "source",
+    "source_event_id",
     "note",
     "force",
     "detail",
@@ -417,3 +431,98 @@ def delete_dead_letters(services: Services, message_ids: Sequence[str]) -> list[
     deleted = services.dead_letters.delete(message_ids)
     clear_query_caches()
     return deleted
+
+
+# ---- billing webhooks (the Sources page) --------------------------------------------------------
+WEBHOOK_TTL_SECONDS = 10
+
+
+@dataclass(frozen=True)
+class WebhookServices:
+    reader: WebhookReader
+    events: EventStore
+
+
+@st.cache_resource(show_spinner=False, max_entries=8)
+def _webhook_services(key: str, _config: SystemConfig) -> WebhookServices:
+    dynamodb = _config.client("dynamodb")
+    return WebhookServices(
+        WebhookReader(_config.table_name, dynamodb), EventStore(_config.table_name, dynamodb)
+    )
+
+
+def webhook_services(services: Services) -> WebhookServices:
+    return _webhook_services(services.key, services.config)
+
+
+@dataclass(frozen=True)
+class SourceRow:
+    """One provider on the Sources page."""
+
+    provider: str
+    url: str | None  # None: not deployed (no receiver URL known)
+    configured: bool | None  # None: cannot be told from here (a deployed stack's secret)
+    last: dict[str, object] | None
+    counts: dict[str, int]
+
+
+def read_sources(
+    reader: WebhookReader, config: SystemConfig, since: date, until: date, env: dict[str, str] | None = None
+) -> list[SourceRow]:
+    """Per provider: URL, configured or not, last event, counts by decision over the period."""
+    env = dict(os.environ) if env is None else env
+    # A receiver on this machine (or the local stack's moto) is configured by this environment.
+    local = config.local or any(
+        urlparse(url or "").hostname in ("127.0.0.1", "localhost", "::1")
+        for url in (config.endpoint_url, webhook_url(config, env))
+    )
+    if local:
+        # The local stack's console gets the system's variables, not the signing secrets: its
+        # state file says which it has.
+        env = {**local_webhook_env(env), **env}
+    base = webhook_url(config, env)
+    counts = reader.counts(since, until)
+    last = reader.last_events()
+    return [
+        SourceRow(
+            provider=provider,
+            url=provider_url(base, provider) if base else None,
+            configured=provider_configured(provider, env) if local else None,
+            last=last.get(provider),
+            counts=counts.get(provider, {}),
+        )
+        for provider in PROVIDERS
+    ]
+
+
+@st.cache_data(ttl=WEBHOOK_TTL_SECONDS, show_spinner=False, max_entries=32)
+def cached_sources(
+    services_key: str, since: date, until: date, _reader: WebhookReader, _config: SystemConfig
+) -> list[SourceRow]:
+    return read_sources(_reader, _config, since, until)
+
+
+@st.cache_data(ttl=WEBHOOK_TTL_SECONDS, show_spinner=False, max_entries=8)
+def cached_open_reviews(services_key: str, _reader: WebhookReader) -> list[Review]:
+    return _reader.open_reviews()
+
+
+def clear_webhook_caches() -> None:
+    cached_sources.clear()
+    cached_open_reviews.clear()
+
+
+def submit_partial_refund(services: Services, refund_id: str, operator: str) -> Submitted:
+    """Submit: queue the reviewed refund as requested by the signed-in operator."""
+    hooks = webhook_services(services)
+    done = submit_review(refund_id, events=hooks.events, producer=services.producer, operator=operator)
+    clear_webhook_caches()
+    clear_query_caches()
+    return done
+
+
+def dismiss_partial_refund(services: Services, refund_id: str, operator: str) -> Review:
+    """Dismiss: close the review, queue nothing; the operator is recorded as the decider."""
+    review = dismiss_review(refund_id, events=webhook_services(services).events, operator=operator)
+    clear_webhook_caches()
+    return review

@@ -123,6 +123,7 @@ def history_frame(records: Sequence[HistoryRecord]) -> pd.DataFrame:
             "attempts": pd.Series([r.attempts for r in records], dtype="Int64"),
             "detail": [r.detail for r in records],
             "source": [r.source or "" for r in records],
+            "source_event_id": [r.source_event_id or "" for r in records],
             "refund_id": [r.refund_id for r in records],
         }
     )
@@ -150,6 +151,9 @@ def history_column_config() -> dict[str, ColumnConfig]:
         "attempts": st.column_config.NumberColumn("Attempts", format="%d", width=76),
         "detail": st.column_config.TextColumn("Reditus said", width=240),
         "source": st.column_config.TextColumn("Source", width=76),
+        "source_event_id": st.column_config.TextColumn(
+            "Source event", width=200, help="The billing provider's event that asked for the refund."
+        ),
         "refund_id": st.column_config.TextColumn("Refund id", width=290),
     }
 

@@ -14,6 +14,7 @@ import getpass
 import json
 import os
 import re
+import shlex
 import sys
 import unicodedata
 from collections.abc import Sequence
@@ -27,21 +28,35 @@ from reditus_refunds.history_writer import HistoryWriter
 from reditus_refunds.producer import RefundProducer
 from reditus_refunds.records import HistoryRecord, Outcome
 from reditus_refunds.settings import SettingsError
+from reditus_webhooks import PROVIDERS
+from reditus_webhooks.events import EventStore
+from reditus_webhooks.review import ReviewError
 
 from .config import (
+    WEBHOOK_URL_ENV,
     ConfigError,
     SystemConfig,
     data_dir,
     from_local_state,
+    local_webhook_env,
     pid_alive,
     read_local_state,
     resolve,
+    webhook_url,
 )
 from .console import HOST, ConsoleError, check_port, port_from_env, run_console
 from .csv_import import DELIMITER_NAMES, CsvError, parse_csv
 from .dlq import DeadLetterQueue
 from .history import START_OF_TIME, HistoryReader
 from .operations import build_request, history_matches, payment_match
+from .webhooks import (
+    RECORDED_DECISIONS,
+    SampleError,
+    WebhookReader,
+    dismiss_review,
+    send_sample,
+    submit_review,
+)
 
 PROG = "reditus-refunds"
 DETAIL_WIDTH = 60
@@ -409,6 +424,180 @@ def cmd_dlq_redrive(args: argparse.Namespace) -> int:
     return 0
 
 
+# ---- billing webhooks ---------------------------------------------------------------------------------
+
+REASON_WIDTH = 60
+
+
+def _webhook_reader(config: SystemConfig) -> WebhookReader:
+    return WebhookReader(config.table_name, config.client("dynamodb"))
+
+
+def cmd_webhooks(args: argparse.Namespace) -> int:
+    """Received events, newest first (one JSON object per line with --json)."""
+    try:
+        since = parse_time(args.since) if args.since else None
+        until = parse_time(args.until) if args.until else None
+    except ValueError as err:
+        raise CliError(str(err), 2) from None
+    if args.limit < 1:
+        raise CliError("--limit must be at least 1", 2)
+    reader = _webhook_reader(system(args))
+    try:
+        page = reader.events(
+            since=since, until=until, provider=args.provider, decision=args.decision, limit=args.limit
+        )
+    except ValueError as err:
+        raise CliError(str(err), 2) from None
+    if args.json:
+        for event in page.events:
+            print(json_line(event.to_json()))
+        sys.stdout.flush()
+        return 0
+    if not page.events:
+        _eprint("no webhook events match (the default window is the last 7 days; see --since)")
+        return 0
+    rows = []
+    for event in page.events:
+        reason = " ".join(event.reason.split())
+        if len(reason) > REASON_WIDTH:
+            reason = reason[: REASON_WIDTH - 3] + "..."
+        cells = (
+            event.received_at.replace("T", " ")[:19],
+            event.provider,
+            event.type or "-",
+            event.decision,
+            event.refund_id or "-",
+            event.payment_id or "-",
+            reason,
+        )
+        rows.append([terminal_safe(cell) for cell in cells])
+    headers = ["RECEIVED (UTC)", "PROVIDER", "TYPE", "DECISION", "REFUND_ID", "PAYMENT_ID", "REASON"]
+    print(_table(headers, rows), flush=True)
+    if page.cursor:
+        _eprint(f"showing the newest {len(page.events)}; --limit or --since/--until for more")
+    return 0
+
+
+def cmd_webhooks_reviews(args: argparse.Namespace) -> int:
+    reviews = _webhook_reader(system(args)).open_reviews(args.provider)
+    if args.json:
+        for review in reviews:
+            print(
+                json_line(
+                    {
+                        "refund_id": review.refund_id,
+                        "provider": review.provider,
+                        "payment_id": review.request.payment_id,
+                        "event_id": review.event_id,
+                        "opened_at": review.opened_at,
+                        "reason": review.reason,
+                    }
+                )
+            )
+        sys.stdout.flush()
+        return 0
+    if not reviews:
+        _eprint("no partial refund awaits a decision")
+        return 0
+    rows = [
+        [
+            terminal_safe(cell)
+            for cell in (
+                review.opened_at.replace("T", " ")[:19],
+                review.provider,
+                review.refund_id,
+                review.request.payment_id,
+                " ".join(review.reason.split())[:REASON_WIDTH],
+            )
+        ]
+        for review in reviews
+    ]
+    print(_table(["OPENED (UTC)", "PROVIDER", "REFUND_ID", "PAYMENT_ID", "REASON"], rows), flush=True)
+    _eprint(f"{len(reviews)} open review(s); `{PROG} webhooks submit|dismiss REFUND_ID` decides one")
+    return 0
+
+
+def _operator(args: argparse.Namespace) -> str:
+    operator = args.requested_by or _default_requester()
+    if not operator or not operator.strip():
+        raise CliError("say who decides with --requested-by", 2)
+    return operator.strip()
+
+
+def cmd_webhooks_submit(args: argparse.Namespace) -> int:
+    operator = _operator(args)
+    config = system(args)
+    events = EventStore(config.table_name, config.client("dynamodb"))
+    try:
+        done = submit_review(args.refund_id, events=events, producer=_producer(config), operator=operator)
+    except ReviewError as err:
+        raise CliError(str(err)) from None
+    print(terminal_safe(done.refund_id), flush=True)
+    if done.message_id is None:
+        _eprint(f"refund {done.refund_id} had been requested already; the review is closed, nothing sent")
+    else:
+        _eprint(f"queued refund {done.refund_id}, requested by {operator} ({config.origin})")
+    return 0
+
+
+def cmd_webhooks_dismiss(args: argparse.Namespace) -> int:
+    operator = _operator(args)
+    config = system(args)
+    events = EventStore(config.table_name, config.client("dynamodb"))
+    try:
+        review = dismiss_review(args.refund_id, events=events, operator=operator)
+    except ReviewError as err:
+        raise CliError(str(err)) from None
+    print(terminal_safe(review.refund_id), flush=True)
+    _eprint(f"dismissed {review.refund_id} (nothing queued); a later event for it opens it again")
+    return 0
+
+
+def _sample_env(args: argparse.Namespace) -> dict[str, str]:
+    """The environment, with the running local stack's receiver URL and secrets where it has none."""
+    env = dict(os.environ)
+    if getattr(args, "data_dir", None):
+        env["REDITUS_LOCAL_DATA_DIR"] = str(args.data_dir)
+    return {**local_webhook_env(env), **os.environ}
+
+
+def _sample_url(args: argparse.Namespace, env: dict[str, str]) -> str:
+    if args.url:
+        return str(args.url).rstrip("/")
+    given = webhook_url(None, env)
+    if given:
+        return given
+    try:
+        config = system(args)
+    except ConfigError:
+        config = None
+    found = webhook_url(config)
+    if not found:
+        raise CliError(
+            f"no webhook URL known: pass --url, set {WEBHOOK_URL_ENV} "
+            '(eval "$(reditus-refunds local env)" for the local stack), or --stack-name a deployed stack',
+            2,
+        )
+    return found
+
+
+def cmd_webhooks_send_sample(args: argparse.Namespace) -> int:
+    env = _sample_env(args)
+    url = _sample_url(args, env)
+    try:
+        sent = send_sample(args.provider, url, env, partial=args.partial, payment_id=args.payment_id)
+    except SampleError as err:
+        raise CliError(str(err)) from None
+    print(json_line({"status_code": sent.status, **sent.answer}), flush=True)
+    kind = "partial" if sent.sample.partial else "full"
+    _eprint(
+        f"posted a {kind} {sent.sample.provider} {sent.sample.event_type} ({sent.sample.event_id}, "
+        f"payment {sent.sample.payment_id}) to {sent.url}: HTTP {sent.status}"
+    )
+    return 0 if 200 <= sent.status < 300 else 1
+
+
 # ---- console and local stack ---------------------------------------------------------------------------
 
 
@@ -479,6 +668,9 @@ def cmd_local_env(args: argparse.Namespace) -> int:
     state = _local_state(args)
     lines = from_local_state(state).export_lines()
     lines.append(f"export REDITUS_LOCAL_DATA_DIR={state.get('data_dir') or _data_dir(args).resolve()}")
+    # The webhook receiver's URL and this stack's signing secrets (written by reditus_local.stack).
+    for name, value in sorted((state.get("webhook_env") or {}).items()):
+        lines.append(f"export {name}={shlex.quote(str(value))}")
     print("\n".join(lines), flush=True)
     return 0
 
@@ -546,6 +738,45 @@ def build_parser() -> OneLineParser:
     redrive.add_argument("message_ids", nargs="*", metavar="MESSAGE_ID")
     redrive.add_argument("--all", action="store_true", help="every message in the dead-letter queue")
     redrive.set_defaults(func=cmd_dlq_redrive)
+
+    webhooks = commands.add_parser(
+        "webhooks",
+        parents=[common],
+        help="billing webhooks: received events, partial refunds to decide, signed samples",
+        description="Without an action: the received events, newest first.",
+    )
+    webhooks.add_argument("--provider", choices=PROVIDERS, help="one provider's events")
+    webhooks.add_argument("--decision", choices=RECORDED_DECISIONS, help="only events with this decision")
+    webhooks.add_argument("--since", help="30m, 2h, 7d, a date or an ISO time (default: 7 days ago)")
+    webhooks.add_argument("--until", help="as --since (default: now)")
+    webhooks.add_argument("--limit", type=int, default=50, help="at most this many (default 50)")
+    webhooks.add_argument("--json", action="store_true", help="one JSON object per line")
+    webhooks.set_defaults(func=cmd_webhooks)
+    webhook_commands = webhooks.add_subparsers(dest="webhooks_command", metavar="ACTION")
+    reviews = webhook_commands.add_parser(
+        "reviews", parents=[common], help="partial refunds awaiting a decision, oldest first"
+    )
+    reviews.add_argument("--provider", choices=PROVIDERS, help="one provider's reviews")
+    reviews.add_argument("--json", action="store_true", help="one JSON object per line")
+    reviews.set_defaults(func=cmd_webhooks_reviews)
+    for name, func, what in (
+        ("submit", cmd_webhooks_submit, "queue a reviewed partial refund (its refund_id as listed)"),
+        ("dismiss", cmd_webhooks_dismiss, "close a review without queueing anything"),
+    ):
+        decide = webhook_commands.add_parser(name, parents=[common], help=what)
+        decide.add_argument("refund_id", metavar="REFUND_ID")
+        decide.add_argument("--requested-by", help="who decides (default: your user name)")
+        decide.set_defaults(func=func)
+    sample = webhook_commands.add_parser(
+        "send-sample",
+        parents=[common],
+        help="post a signed sample refund event of a provider to the webhook receiver",
+    )
+    sample.add_argument("provider", choices=PROVIDERS, metavar="PROVIDER", help=", ".join(PROVIDERS))
+    sample.add_argument("--partial", action="store_true", help="refund half the payment instead of all")
+    sample.add_argument("--payment-id", help="the id the event names (default: a new one)")
+    sample.add_argument("--url", help=f"the receiver's base URL (default ${WEBHOOK_URL_ENV} or the stack's)")
+    sample.set_defaults(func=cmd_webhooks_send_sample)
 
     console = commands.add_parser("console", parents=[common], help="the Streamlit console on its own")
     console.add_argument("--port", type=int, help="default $REDITUS_LOCAL_CONSOLE_PORT or 8501")

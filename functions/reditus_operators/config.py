@@ -24,6 +24,10 @@ CLIENT_CONFIG = Config(retries={"mode": "standard", "max_attempts": 4}, connect_
 
 # CloudFormation outputs (template.yaml) the console and CLI need.
 STACK_OUTPUTS = ("HistoryTableName", "RefundQueueUrl", "DeadLetterQueueUrl")
+# The webhook receiver's base URL (each provider's path is appended): an output of stacks that
+# deploy the receiver, the local stack's state, or REDITUS_WEBHOOK_URL (which wins).
+WEBHOOK_URL_OUTPUT = "WebhookUrl"
+WEBHOOK_URL_ENV = "REDITUS_WEBHOOK_URL"
 
 
 class ConfigError(RuntimeError):
@@ -39,6 +43,7 @@ class SystemConfig:
     endpoint_url: str | None = None  # moto server for the local stack; None for AWS
     origin: str = "environment"  # "stack NAME", "environment" or "local stack"
     local: bool = False
+    webhook_url: str | None = None  # the webhook receiver's base URL, when known
 
     def client(self, service: str) -> Any:
         if self.local:
@@ -101,6 +106,7 @@ def from_local_state(state: Mapping[str, Any]) -> SystemConfig:
         endpoint_url=state.get("endpoint_url"),
         origin="local stack",
         local=True,
+        webhook_url=state.get("webhook_url") or None,
     )
 
 
@@ -149,6 +155,7 @@ def from_stack(stack_name: str, region: str | None = None, endpoint_url: str | N
         region=region,
         endpoint_url=endpoint_url,
         origin=f"stack {stack_name}",
+        webhook_url=outputs.get(WEBHOOK_URL_OUTPUT) or None,
     )
 
 
@@ -167,6 +174,7 @@ def resolve(stack_name: str | None = None, env: Mapping[str, str] | None = None)
             region=region,
             endpoint_url=endpoint,
             origin="environment",
+            webhook_url=env.get(WEBHOOK_URL_ENV) or None,
         )
     state = read_local_state(data_dir(env))
     if state:
@@ -175,3 +183,23 @@ def resolve(stack_name: str | None = None, env: Mapping[str, str] | None = None)
         "no system to talk to: start the local stack with `make run`, pass --stack-name NAME for a deployed "
         "stack, or set HISTORY_TABLE_NAME and REFUND_QUEUE_URL"
     )
+
+
+def webhook_url(config: SystemConfig | None, env: Mapping[str, str] | None = None) -> str | None:
+    """The webhook receiver's base URL: REDITUS_WEBHOOK_URL, else what the system says, else None."""
+    env = os.environ if env is None else env
+    given = env.get(WEBHOOK_URL_ENV, "").strip()
+    if given:
+        return given.rstrip("/")
+    return config.webhook_url.rstrip("/") if config and config.webhook_url else None
+
+
+def local_webhook_env(env: Mapping[str, str] | None = None) -> dict[str, str]:
+    """What the running local stack exports for its receiver (URL, signing secrets), or {}.
+
+    For the console and `webhooks send-sample` when the environment does not have them (the
+    local stack's console is started with the system's variables only, never the secrets).
+    """
+    state = read_local_state(data_dir(env)) or {}
+    found = state.get("webhook_env")
+    return {str(k): str(v) for k, v in found.items()} if isinstance(found, dict) else {}

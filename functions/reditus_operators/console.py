@@ -100,6 +100,8 @@ def system_env(config: SystemConfig) -> dict[str, str]:
     }
     if config.endpoint_url:
         env["AWS_ENDPOINT_URL"] = config.endpoint_url
+    if config.webhook_url:
+        env["REDITUS_WEBHOOK_URL"] = config.webhook_url
     return env
 
 

@@ -7,8 +7,9 @@ are generated from the character tables below, and a test runs both on a corpus.
 Decisions, the same on both sides:
 * Text fields are trimmed (str.strip()) and their limits apply to the trimmed text: a 256-character
   payment_id whose first character is a space is the 255-character id that is stored and sent.
-* Ids (payment_id, refund_id, requeue_of) refuse invisible Unicode format characters (zero-width
-  space and joiners, bidi controls, the BOM...), so look-alike ids cannot get separate markers.
+* Ids (payment_id, refund_id, requeue_of, source_event_id) refuse invisible Unicode format
+  characters (zero-width space and joiners, bidi controls, the BOM...), so look-alike ids cannot
+  get separate markers.
 * A body is plain JSON (RFC 8259): NaN and Infinity are refused, as is a key given twice in one
   object (parsers disagree on which value counts); numbers are never converted.
 """
@@ -26,11 +27,21 @@ from typing import Any
 MAX_PAYMENT_ID = 255
 MAX_NOTE = 1000
 MAX_REQUESTED_BY = 256
+MAX_SOURCE_EVENT_ID = 255
 MAX_BODY_BYTES = 256 * 1024  # the SQS message size limit
 
 REFUND_ID_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:-]{0,127}")
 SOURCE_PATTERN = re.compile(r"[a-z][a-z0-9_-]{0,31}")
-FIELDS = ("refund_id", "payment_id", "requested_by", "note", "source", "force", "requeue_of")
+FIELDS = (
+    "refund_id",
+    "payment_id",
+    "requested_by",
+    "note",
+    "source",
+    "force",
+    "requeue_of",
+    "source_event_id",
+)
 
 
 class ContractError(ValueError):
@@ -53,10 +64,12 @@ class RefundRequest:
     source: str | None = None
     force: bool = False
     requeue_of: str | None = None
+    # The id of the provider event that caused the request (billing webhooks), for the audit trail.
+    source_event_id: str | None = None
 
     def to_message(self) -> dict[str, Any]:
         body: dict[str, Any] = {"refund_id": self.refund_id, "payment_id": self.payment_id}
-        for name in ("requested_by", "note", "source", "requeue_of"):
+        for name in ("requested_by", "note", "source", "requeue_of", "source_event_id"):
             value = getattr(self, name)
             if value is not None:
                 body[name] = value
@@ -180,7 +193,9 @@ def _describe(value: Any) -> str:
     )
 
 
-def _optional_text(data: dict[str, Any], name: str, limit: int, allow_newlines: bool = False) -> str | None:
+def _optional_text(
+    data: dict[str, Any], name: str, limit: int, allow_newlines: bool = False, identifier: bool = False
+) -> str | None:
     value = data.get(name)
     if value is None:
         return None
@@ -189,7 +204,7 @@ def _optional_text(data: dict[str, Any], name: str, limit: int, allow_newlines: 
     value = value.strip()
     if len(value) > limit:
         raise ContractError(f"{name} is {len(value)} characters long; the limit is {limit}")
-    bad = _bad_chars(value, allow_newlines)
+    bad = _bad_chars(value, allow_newlines, identifier=identifier)
     if bad:
         raise ContractError(f"{name} contains {bad}")
     return value or None
@@ -255,6 +270,7 @@ def validate(data: Any, default_refund_id: str | None = None) -> RefundRequest:
             source=source,
             force=force,
             requeue_of=requeue_of,
+            source_event_id=_optional_text(data, "source_event_id", MAX_SOURCE_EVENT_ID, identifier=True),
         )
     except ContractError as err:
         err.refund_id = refund_id

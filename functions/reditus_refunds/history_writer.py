@@ -119,6 +119,7 @@ class HistoryWriter:
                     "requested_by": request.requested_by,
                     "note": request.note,
                     "source": request.source,
+                    "source_event_id": request.source_event_id,
                     "force": request.force or None,
                     "requeue_of": request.requeue_of,
                     "message_id": message_id,
@@ -196,7 +197,7 @@ class HistoryWriter:
             sets.insert(0, "payment_id = :payment")
             values[":payment"] = request.payment_id
         names: dict[str, str] = {}
-        for name in ("requested_by", "note", "source", "requeue_of"):
+        for name in ("requested_by", "note", "source", "requeue_of", "source_event_id"):
             value = getattr(request, name)
             if value is not None:
                 sets.append(f"#{name} = if_not_exists(#{name}, :{name})")
@@ -400,6 +401,7 @@ class HistoryWriter:
                 requested_by=request.requested_by,
                 note=request.note,
                 source=request.source,
+                source_event_id=request.source_event_id,
                 force=request.force or None,
                 requeue_of=request.requeue_of,
             )

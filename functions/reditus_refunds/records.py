@@ -132,6 +132,7 @@ class HistoryRecord:
     requested_by: str | None = None
     note: str | None = None
     source: str | None = None
+    source_event_id: str | None = None  # the billing provider's event behind a webhook's request
     force: bool = False
     http_status: int | None = None
     detail: str = ""
@@ -174,6 +175,7 @@ class HistoryRecord:
             requested_by=item.get("requested_by"),
             note=item.get("note"),
             source=item.get("source"),
+            source_event_id=item.get("source_event_id"),
             force=bool(item.get("force", False)),
             http_status=opt_int("http_status"),
             detail=str(item.get("detail", "")),

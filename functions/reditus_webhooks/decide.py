@@ -233,6 +233,19 @@ def _payment_id(signal: RefundSignal, mapping: IdMapping) -> tuple[str | None, s
     return value, f"{name} id"
 
 
+def source_event_id(event_id: str) -> str | None:
+    """The event id as the contract's ``source_event_id``, or None if the contract refuses it.
+
+    Provider ids are checked less strictly than the contract's (a format character, a Lemon
+    Squeezy id built from long parts): such an event id is left out of the request, never a
+    reason to drop the refund. The event record keeps it in any case.
+    """
+    try:
+        return validate({"payment_id": "-", "source_event_id": event_id}).source_event_id
+    except ContractError:
+        return None
+
+
 def _amounts(signal: RefundSignal) -> str:
     if signal.amount_refunded is None:
         return "amount unknown"
@@ -295,6 +308,7 @@ def decide(signal: RefundSignal, mapping: IdMapping, policy: PartialPolicy) -> D
                 "source": signal.provider,
                 "requested_by": f"webhook:{signal.provider}",
                 "note": note[:1000],
+                "source_event_id": source_event_id(signal.event_id),
             }
         )
     except ContractError as err:

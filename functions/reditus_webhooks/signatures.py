@@ -297,3 +297,52 @@ def verify(
         verify_chargebee(headers, basic_auth)
     else:
         raise ValueError(f"unknown provider {provider!r}")
+
+
+# ---- signing, as each provider signs (for ``webhooks send-sample`` and the local stack) -----------
+# The inverse of the verifiers above, on the providers' documented schemes; the tests check them
+# against the providers' own libraries (stripe, standardwebhooks, paddle-python-sdk).
+
+
+def _now_s(timestamp: int | None) -> int:
+    return int(time.time()) if timestamp is None else timestamp
+
+
+def sign_stripe(body: bytes, secret: str, *, timestamp: int | None = None) -> dict[str, str]:
+    t = _now_s(timestamp)
+    signature = _hex_hmac(secret.encode("utf-8"), f"{t}.".encode("ascii") + body).decode("ascii")
+    return {"Stripe-Signature": f"t={t},v1={signature}"}
+
+
+def sign_paddle(body: bytes, secret: str, *, timestamp: int | None = None) -> dict[str, str]:
+    ts = _now_s(timestamp)
+    signature = _hex_hmac(secret.encode("utf-8"), f"{ts}:".encode("ascii") + body).decode("ascii")
+    return {"Paddle-Signature": f"ts={ts};h1={signature}"}
+
+
+def sign_lemonsqueezy(body: bytes, secret: str) -> dict[str, str]:
+    return {"X-Signature": _hex_hmac(secret.encode("utf-8"), body).decode("ascii")}
+
+
+def sign_chargebee(username: str, password: str) -> dict[str, str]:
+    token = base64.b64encode(f"{username}:{password}".encode()).decode("ascii")
+    return {"Authorization": f"Basic {token}"}
+
+
+def sign_polar(body: bytes, secret: str, *, message_id: str, timestamp: int | None = None) -> dict[str, str]:
+    """Standard Webhooks with a ``whsec_`` secret (its base64 key); an older Polar secret (any
+    other form) is its own UTF-8 key, as those endpoints sign."""
+    ts = _now_s(timestamp)
+    if secret.startswith("whsec_"):
+        try:
+            key = base64.b64decode(secret[len("whsec_") :] + "==")
+        except (binascii.Error, ValueError):
+            raise ValueError("the Polar secret is not whsec_ followed by base64") from None
+    else:
+        key = secret.encode("utf-8")
+    digest = hmac.new(key, f"{message_id}.{ts}.".encode() + body, hashlib.sha256).digest()
+    return {
+        "webhook-id": message_id,
+        "webhook-timestamp": str(ts),
+        "webhook-signature": "v1," + base64.b64encode(digest).decode("ascii"),
+    }

@@ -67,6 +67,8 @@ def _draw_detail(record: HistoryRecord, closable: bool) -> None:
     with second:
         view.draw_field("Requested by", record.requested_by)
         view.draw_field("Source", record.source)
+        if record.source_event_id:
+            view.draw_field("Source event", record.source_event_id)
     with third:
         view.draw_field("Queued", view.readable_time(record.queued_at))
         view.draw_field("Completed", view.readable_time(record.completed_at))

@@ -43,19 +43,12 @@ def module_name(path: Path, root: Path) -> str:
     return ".".join(parts)
 
 
-@pytest.fixture(scope="module")
-def artifact(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    out = tmp_path_factory.mktemp("artifact")
+def build(target: str, out: Path) -> Path:
+    """The code half of a function's real build (copy + compile), with this interpreter."""
     done = subprocess.run(
         [
-            "make",
-            "--no-print-directory",
-            "-C",
-            str(FUNCTIONS),
-            "package-code",
-            f"ARTIFACTS_DIR={out}",
-            f"PYTHON={sys.executable}",
-            f"RUNTIME={THIS_PYTHON}",
+            *("make", "--no-print-directory", "-C", str(FUNCTIONS), target),
+            *(f"ARTIFACTS_DIR={out}", f"PYTHON={sys.executable}", f"RUNTIME={THIS_PYTHON}"),
         ],
         capture_output=True,
         text=True,
@@ -65,26 +58,37 @@ def artifact(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return out
 
 
-def handler_imports(artifact: Path) -> set[str]:
+def imported_by(artifact: Path, probe: str, settings: dict[str, str], drop: tuple[str, ...] = ()) -> set[str]:
+    """Our modules a handler imports, importing it from the artifact alone."""
     env = {
-        **os.environ,
+        **{k: v for k, v in os.environ.items() if not k.startswith(drop)},
         "PYTHONPATH": str(artifact),
         "PYTHONDONTWRITEBYTECODE": "1",
-        "HISTORY_TABLE_NAME": "history",
-        "REFUND_QUEUE_URL": "http://127.0.0.1:9/queue/refunds",
-        "REDITUS_API_BASE_URL": "http://127.0.0.1:9",
-        "REDITUS_API_KEY": "not-used",
+        **settings,
     }
     done = subprocess.run(
-        [sys.executable, "-c", IMPORT_PROBE],
-        env=env,
-        cwd=artifact,
-        capture_output=True,
-        text=True,
-        timeout=60,
+        [sys.executable, "-c", probe], env=env, cwd=artifact, capture_output=True, text=True, timeout=60
     )
     assert done.returncode == 0, done.stderr[-3000:]
     return set(json.loads(done.stdout.strip().splitlines()[-1]))
+
+
+@pytest.fixture(scope="module")
+def artifact(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return build("package-code", tmp_path_factory.mktemp("artifact"))
+
+
+def handler_imports(artifact: Path) -> set[str]:
+    return imported_by(
+        artifact,
+        IMPORT_PROBE,
+        {
+            "HISTORY_TABLE_NAME": "history",
+            "REFUND_QUEUE_URL": "http://127.0.0.1:9/queue/refunds",
+            "REDITUS_API_BASE_URL": "http://127.0.0.1:9",
+            "REDITUS_API_KEY": "not-used",
+        },
+    )
 
 
 def test_the_artifact_ships_exactly_the_handlers_modules(artifact: Path) -> None:
@@ -147,46 +151,21 @@ print(json.dumps(sorted(ours)))
 
 @pytest.fixture(scope="module")
 def receiver_artifact(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    out = tmp_path_factory.mktemp("receiver-artifact")
-    done = subprocess.run(
-        [
-            "make",
-            "--no-print-directory",
-            "-C",
-            str(FUNCTIONS),
-            "package-receiver-code",
-            f"ARTIFACTS_DIR={out}",
-            f"PYTHON={sys.executable}",
-            f"RUNTIME={THIS_PYTHON}",
-        ],
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
-    assert done.returncode == 0, done.stdout + done.stderr
-    return out
+    return build("package-receiver-code", tmp_path_factory.mktemp("receiver-artifact"))
 
 
 def receiver_imports(artifact: Path) -> set[str]:
-    env = {
-        **{k: v for k, v in os.environ.items() if not k.startswith(("REDITUS_", "STRIPE_", "PADDLE_"))},
-        "PYTHONPATH": str(artifact),
-        "PYTHONDONTWRITEBYTECODE": "1",
-        "AWS_DEFAULT_REGION": "us-east-1",
-        "HISTORY_TABLE_NAME": "history",
-        "REFUND_QUEUE_URL": "http://127.0.0.1:9/queue/refunds",
-        "REDITUS_WEBHOOK_STRIPE_SECRET_ARN": "arn:aws:secretsmanager:us-east-1:123456789012:secret:stripe",
-    }
-    done = subprocess.run(
-        [sys.executable, "-c", RECEIVER_PROBE],
-        env=env,
-        cwd=artifact,
-        capture_output=True,
-        text=True,
-        timeout=60,
+    return imported_by(
+        artifact,
+        RECEIVER_PROBE,
+        {
+            "AWS_DEFAULT_REGION": "us-east-1",
+            "HISTORY_TABLE_NAME": "history",
+            "REFUND_QUEUE_URL": "http://127.0.0.1:9/queue/refunds",
+            "REDITUS_WEBHOOK_STRIPE_SECRET_ARN": "arn:aws:secretsmanager:us-east-1:1:secret:stripe",
+        },
+        drop=("REDITUS_", "STRIPE_", "PADDLE_"),
     )
-    assert done.returncode == 0, done.stderr[-3000:]
-    return set(json.loads(done.stdout.strip().splitlines()[-1]))
 
 
 def test_the_receiver_artifact_ships_exactly_its_handlers_modules(receiver_artifact: Path) -> None:

@@ -128,7 +128,7 @@ def assert_one_line_error(run: Run, code: int = 2) -> None:
 
 
 def test_enqueue_prints_the_refund_id_and_records_it_pending(system: System) -> None:
-    run = system.run("enqueue", "pay_123", "--note", "customer called", "--requested-by", "alice")
+    run = system.run("enqueue", "pay_123", "--note", "customer called", "--as", "alice")
     assert run.code == 0, run.err
     refund_id = run.out.strip()
     (message,) = system.messages()
@@ -136,13 +136,18 @@ def test_enqueue_prints_the_refund_id_and_records_it_pending(system: System) -> 
     assert body == {
         "refund_id": refund_id,
         "payment_id": "pay_123",
-        "requested_by": "alice",
+        # The caller's AWS identity (moto's STS answer), never the name given with --as.
+        "requested_by": "arn:aws:sts::123456789012:user/moto",
         "note": "customer called",
         "source": "cli",
     }
     history = system.run("history", "--refund-id", refund_id, "--json")
     (record,) = map(json.loads, history.out.splitlines())
     assert record["outcome"] == "pending" and record["message_id"] == message["MessageId"]
+    # The audit names both: the identity, and the readable name next to it.
+    [entry] = map(json.loads, system.run("audit", "--json").out.splitlines())
+    assert (entry["who"], entry["who_name"], entry["action"]) == (body["requested_by"], "alice", "queue")
+    assert entry["refund_ids"] == [refund_id] and entry["count"] == 1
 
 
 @pytest.mark.parametrize(

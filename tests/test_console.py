@@ -64,7 +64,17 @@ def system(aws: AwsFixture, console_env: pytest.MonkeyPatch) -> AwsFixture:
 
 
 @pytest.fixture
-def open_console(system: AwsFixture, console_env: pytest.MonkeyPatch) -> AwsFixture:
+def open_console(system: AwsFixture, console_env: pytest.MonkeyPatch, tmp_path: Path) -> AwsFixture:
+    """The open console of the local stack: it finds the system through the stack's state file (an
+    open console is refused against anything else)."""
+    from reditus_operators.config import SystemConfig, write_local_state
+
+    local = SystemConfig(system.table, system.queue_url, system.dlq_url, "us-east-1", origin="local stack",
+                         local=True)  # fmt: skip
+    write_local_state(local, tmp_path / "local-stack")
+    console_env.setenv("REDITUS_LOCAL_DATA_DIR", str(tmp_path / "local-stack"))
+    for name in ("HISTORY_TABLE_NAME", "REFUND_QUEUE_URL", "DEAD_LETTER_QUEUE_URL"):
+        console_env.delenv(name, raising=False)
     console_env.setenv("CONSOLE_OPEN", "1")
     return system
 
@@ -889,10 +899,9 @@ def pd_isna(value: object) -> bool:
 
 
 def test_sources_submit_queues_the_reviewed_refund_as_the_operator(
-    system: AwsFixture, console_env: pytest.MonkeyPatch
+    open_console: AwsFixture, console_env: pytest.MonkeyPatch
 ) -> None:
-    aws = system
-    console_env.setenv("CONSOLE_OPEN", "1")
+    aws = open_console
     console_env.setenv("CONSOLE_OPERATOR", "ana@example.com")
     [answer] = webhook_events(aws, ("stripe", True))
     at = app(SOURCES_PAGE)

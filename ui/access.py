@@ -1,11 +1,14 @@
-"""Who may use the console, and who they are (stored as `requested_by` on everything they queue).
+"""Who may use the console, with which role, and who they are (recorded on everything they do).
 
 In order of precedence:
 
-1. OpenID Connect through `st.login`, when Streamlit's secrets have an `[auth]` section.
-2. A shared password from `CONSOLE_PASSWORD` (environment) or `console_password` (secrets), compared in
-   constant time; the operator also gives a name, which becomes `requested_by`.
-3. An open console, when `CONSOLE_OPEN=1` (the local stack sets it): no sign-in, and every page says so.
+1. OpenID Connect through `st.login`, when Streamlit's secrets have an `[auth]` section; the
+   `[access]` section's allow-lists (e-mails, e-mail domains, groups of a configurable claim) map
+   an identity to a role, and an identity that matches none is refused.
+2. Password mode (`CONSOLE_SIGN_IN=password`): one account per person in the history table
+   (`reditus-refunds users add`), a role each, locked after repeated failures (reditus_operators.users).
+3. An open console, when `CONSOLE_OPEN=1` and the system is the local stack: no sign-in, the admin
+   role, and every page says so. Against anything else it is refused.
 
 With none of these the console refuses to start and says how to configure one.
 """
@@ -15,7 +18,6 @@ from __future__ import annotations
 import hmac
 import os
 import re
-import time
 from collections.abc import Mapping
 from dataclasses import dataclass
 from enum import StrEnum
@@ -24,15 +26,19 @@ from typing import Any
 import streamlit as st
 from streamlit.errors import StreamlitSecretNotFoundError
 
+from reditus_operators.access import Role
 from reditus_refunds.contract import MAX_REQUESTED_BY
 
 ENV_PASSWORD = "CONSOLE_PASSWORD"  # noqa: S105 (a variable name)
 ENV_OPEN = "CONSOLE_OPEN"
 ENV_OPERATOR = "CONSOLE_OPERATOR"
+ENV_SIGN_IN = "CONSOLE_SIGN_IN"
+SECRET_SIGN_IN = "console_sign_in"  # noqa: S105 (a setting's name)
+SECRET_ACCESS = "access"  # noqa: S105 (a section's name)
+DEFAULT_GROUP_CLAIM = "groups"
 SECRET_PASSWORD = "console_password"  # noqa: S105 (a secret's name)
 OPEN_OPERATOR = "open-console"
 SESSION_IDENTITY = "console_identity"
-WRONG_PASSWORD_DELAY_SECONDS = 1.0
 MAX_NAME = 100
 _NAME_PATTERN = re.compile(r"[^\x00-\x1f\x7f]+")
 
@@ -48,6 +54,7 @@ class AccessMode(StrEnum):
 class Identity:
     requested_by: str
     mode: AccessMode
+    role: Role = Role.VIEWER
 
     @property
     def description(self) -> str:
@@ -71,9 +78,39 @@ def oidc_configured() -> bool:
 
 
 def configured_password(env: Mapping[str, str] | None = None) -> str | None:
+    """The retired shared password (its presence is refused with a message saying what replaced it)."""
     env = os.environ if env is None else env
     password = env.get(ENV_PASSWORD) or _secret(SECRET_PASSWORD)
     return str(password) if password else None
+
+
+def password_mode(env: Mapping[str, str] | None = None) -> bool:
+    env = os.environ if env is None else env
+    chosen = env.get(ENV_SIGN_IN) or _secret(SECRET_SIGN_IN) or ""
+    return str(chosen).strip().lower() == "password"
+
+
+def oidc_role(user: Mapping[str, Any], rules: Mapping[str, Any] | None) -> Role | None:
+    """The highest role the allow-lists give this identity (e-mail, its domain, its groups), or None."""
+    rules = rules or {}
+    found: list[Role] = []
+    email = str(user.get("email") or "").strip().lower()
+    verified = user.get("email_verified", True) is not False  # an unverified e-mail proves nothing
+    for name, role in dict(rules.get("emails") or {}).items():
+        if email and verified and email == str(name).strip().lower():
+            found.append(Role.parse(str(role)))
+    domain = email.rpartition("@")[2] if "@" in email else ""
+    for name, role in dict(rules.get("domains") or {}).items():
+        if domain and verified and domain == str(name).strip().lower().lstrip("@"):
+            found.append(Role.parse(str(role)))
+    claim = str(rules.get("group_claim") or DEFAULT_GROUP_CLAIM)
+    groups = user.get(claim) or []
+    groups = [groups] if isinstance(groups, str) else list(groups) if isinstance(groups, list | tuple) else []
+    for name, role in dict(rules.get("groups") or {}).items():
+        if str(name) in {str(g) for g in groups}:
+            found.append(Role.parse(str(role)))
+    order = list(Role)
+    return max(found, key=order.index) if found else None
 
 
 def open_console_allowed(env: Mapping[str, str] | None = None) -> bool:
@@ -84,7 +121,7 @@ def open_console_allowed(env: Mapping[str, str] | None = None) -> bool:
 def access_mode(env: Mapping[str, str] | None = None) -> AccessMode:
     if oidc_configured():
         return AccessMode.OIDC
-    if configured_password(env):
+    if password_mode(env) or configured_password(env):
         return AccessMode.PASSWORD
     if open_console_allowed(env):
         return AccessMode.OPEN
@@ -105,14 +142,25 @@ def clean_operator_name(text: str) -> str | None:
 
 
 def _oidc_identity() -> Identity | None:
+    """The signed-in identity (its e-mail, else its `sub`), with the role the allow-lists give it."""
     user = st.user.to_dict()
     if not user.get("is_logged_in"):
         return None
-    for claim in ("email", "preferred_username", "name", "sub"):
-        value = user.get(claim)
-        if isinstance(value, str) and value.strip():
-            return Identity(value.strip()[:MAX_REQUESTED_BY], AccessMode.OIDC)
-    return Identity("oidc-user", AccessMode.OIDC)
+    claims = [user.get("email"), user.get("sub")]
+    who = next((c.strip() for c in claims if isinstance(c, str) and c.strip()), "")
+    rules = _secret(SECRET_ACCESS)
+    role = oidc_role(user, rules if isinstance(rules, Mapping) else None)
+    if not who or role is None:
+        _draw_sign_in_header()
+        st.error(
+            f"{who or 'This account'} is not allowed to use this console. Ask an administrator to add your "
+            "e-mail, domain or group to the console's allow-list.",
+            icon=":material/block:",
+        )
+        if st.button("Sign out", icon=":material/logout:"):
+            st.logout()
+        st.stop()
+    return Identity(who[:MAX_REQUESTED_BY], AccessMode.OIDC, role)
 
 
 def _draw_sign_in_header() -> None:
@@ -134,27 +182,32 @@ def _draw_oidc_sign_in() -> None:
             st.text(str(err)[:300])
 
 
-def _draw_password_sign_in(expected: str) -> None:
+def _draw_password_sign_in() -> None:
+    from ui import data  # the store lives with the console's other AWS adapters
+
     _draw_sign_in_header()
-    with st.form("sign_in"):
-        name = st.text_input(
-            "Your name or e-mail",
-            max_chars=MAX_NAME,
-            help="Recorded as requested_by on every refund you queue.",
+    if configured_password() and not password_mode():
+        st.error(
+            f"The shared console password ({ENV_PASSWORD}) is retired: every person has an account now. "
+            f"Create them with `reditus-refunds users add NAME --role viewer|operator|admin`, then set "
+            f"{ENV_SIGN_IN}=password."
         )
-        password = st.text_input("Console password", type="password")
+        st.stop()
+    with st.form("sign_in"):
+        name = st.text_input("Account", max_chars=MAX_NAME)
+        password = st.text_input("Password", type="password")
         submitted = st.form_submit_button("Sign in", type="primary", icon=":material/login:")
     if not submitted:
         return
-    operator = clean_operator_name(name or "")
-    if operator is None:
-        st.error("Enter your name or e-mail (up to 100 characters): it is recorded with what you queue.")
+    try:
+        user = data.sign_in(name or "", password or "")
+    except data.AWS_ERRORS as err:
+        data.show_sign_in_problem(err)
         return
-    if not password_matches(password or "", expected):
-        time.sleep(WRONG_PASSWORD_DELAY_SECONDS)  # slows down guessing
-        st.error("That password is not right.")
+    if user is None:
+        st.error("That account and password do not match, or the account is locked for a while.")
         return
-    st.session_state[SESSION_IDENTITY] = Identity(operator, AccessMode.PASSWORD)
+    st.session_state[SESSION_IDENTITY] = Identity(user.name, AccessMode.PASSWORD, user.role)
     st.rerun()
 
 
@@ -165,8 +218,8 @@ def _draw_unconfigured() -> None:
         "Configure one of these, then restart the console:\n\n"
         "- **OpenID Connect**: an `[auth]` section in `.streamlit/secrets.toml` "
         "(`redirect_uri`, `cookie_secret`, `client_id`, `client_secret`, `server_metadata_url`).\n"
-        f"- **A shared password**: the environment variable `{ENV_PASSWORD}`, or `{SECRET_PASSWORD}` in the "
-        "secrets.\n"
+        f"- **Accounts with passwords**: `{ENV_SIGN_IN}=password`, and one account per person "
+        "(`reditus-refunds users add NAME --role viewer|operator|admin`).\n"
         f"- **No sign-in** (local stack only): `{ENV_OPEN}=1`."
     )
 
@@ -184,13 +237,21 @@ def require_identity() -> Identity:
         stored = st.session_state.get(SESSION_IDENTITY)
         if isinstance(stored, Identity) and stored.mode is AccessMode.PASSWORD:
             return stored
-        expected = configured_password()
-        assert expected is not None
-        _draw_password_sign_in(expected)
+        _draw_password_sign_in()
         st.stop()
     if mode is AccessMode.OPEN:
+        from ui import data
+
+        if not data.open_console_target_is_local():
+            _draw_sign_in_header()
+            st.error(
+                f"{ENV_OPEN}=1 opens the console without sign-in, which is only allowed against the local "
+                "stack; this console points at another system. Configure OpenID Connect or accounts "
+                f"({ENV_SIGN_IN}=password) instead."
+            )
+            st.stop()
         operator = clean_operator_name(os.environ.get(ENV_OPERATOR, "")) or OPEN_OPERATOR
-        return Identity(operator, AccessMode.OPEN)
+        return Identity(operator, AccessMode.OPEN, Role.ADMIN)
     _draw_unconfigured()
     st.stop()
 

@@ -16,6 +16,7 @@ if _REPO_ROOT not in sys.path:
 
 import streamlit as st  # noqa: E402
 
+from reditus_operators.access import Role  # noqa: E402
 from ui import access, data, view  # noqa: E402
 from ui.access import AccessMode  # noqa: E402
 
@@ -30,18 +31,33 @@ st.set_page_config(
 
 identity = access.require_identity()
 
+# Only the pages the role may use are offered (the use cases refuse the rest server-side too).
+role = identity.role
+operator = role in (Role.OPERATOR, Role.ADMIN)
+PAGES = (
+    ("queue_refund.py", "Queue a refund", ":material/send:"),
+    ("bulk_upload.py", "Bulk upload", ":material/upload_file:"),
+    ("history.py", "History", ":material/history:"),
+    ("dead_letters.py", "Dead letters", ":material/move_to_inbox:"),
+    ("sources.py", "Sources", ":material/webhook:"),
+    ("audit.py", "Audit", ":material/policy:"),
+)
+ALLOWED_PAGES = {
+    Role.VIEWER: ("history.py", "sources.py"),
+    Role.OPERATOR: ("queue_refund.py", "bulk_upload.py", "history.py", "sources.py"),
+    Role.ADMIN: tuple(name for name, _, _ in PAGES),
+}
+offered = [entry for entry in PAGES if entry[0] in ALLOWED_PAGES[identity.role]]
 pages = [
-    st.Page(PAGES_DIR / "queue_refund.py", title="Queue a refund", icon=":material/send:", default=True),
-    st.Page(PAGES_DIR / "bulk_upload.py", title="Bulk upload", icon=":material/upload_file:"),
-    st.Page(PAGES_DIR / "history.py", title="History", icon=":material/history:"),
-    st.Page(PAGES_DIR / "dead_letters.py", title="Dead letters", icon=":material/move_to_inbox:"),
-    st.Page(PAGES_DIR / "sources.py", title="Sources", icon=":material/webhook:"),
+    st.Page(PAGES_DIR / name, title=title, icon=icon, default=index == 0)
+    for index, (name, title, icon) in enumerate(offered)
 ]
 page = st.navigation(pages, position="sidebar", expanded=True)
 
 with st.sidebar:
     st.caption("Signed in as" if identity.mode is not AccessMode.OPEN else "Queuing as")
     st.text(identity.requested_by)
+    st.caption(f"Role: {identity.role.value}")
     if identity.mode is AccessMode.OPEN:
         st.badge("open console · no sign-in", icon=":material/lock_open:", color="orange")
     elif st.button("Sign out", icon=":material/logout:", type="tertiary"):

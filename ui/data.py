@@ -15,22 +15,25 @@ import os
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, date, datetime, time, timedelta
+from typing import Any
 from urllib.parse import urlparse
 
 import streamlit as st
 
+from reditus_operators import actions
+from reditus_operators.access import AccessDenied, Action, Actor
+from reditus_operators.audit import AuditEntry, AuditPage, AuditReader, AuditWriter
 from reditus_operators.config import ConfigError, SystemConfig, local_webhook_env, resolve, webhook_url
 from reditus_operators.dlq import DeadLetter, DeadLetterQueue, original_refund_id
 from reditus_operators.history import HistoryReader, Page
-from reditus_operators.operations import HistoryMatch, build_request, payment_match, requeue
+from reditus_operators.operations import HistoryMatch, build_request, payment_match
+from reditus_operators.users import User, UserStore
 from reditus_operators.webhooks import (
     ReviewError,
     Submitted,
     WebhookReader,
-    dismiss_review,
     provider_configured,
     provider_url,
-    submit_review,
 )
 from reditus_refunds.aws_errors import AwsError, BotoCoreError, ClientError, QueueError, StoreError, aws_error
 from reditus_refunds.contract import RefundRequest
@@ -55,6 +58,8 @@ DEAD_LETTER_PEEK_LIMIT = 500
 AWS_ERRORS: tuple[type[BaseException], ...] = (ConfigError, AwsError, BotoCoreError, ClientError)
 # An operator's Submit or Dismiss of a review that is no longer open (the text says why).
 REVIEW_ERRORS: tuple[type[BaseException], ...] = (ReviewError,)
+# What a role may not do, refused server-side (the page shows the reason).
+DENIED: tuple[type[BaseException], ...] = (AccessDenied,)
 
 
 # ---- what went wrong, and what to check -----------------------------------------------------
@@ -288,9 +293,16 @@ def spreadsheet_safe(value: object) -> object:
 
 
 def export_csv(
-    store: HistoryReader, history_filter: HistoryFilter, limit: int = EXPORT_LIMIT
+    store: HistoryReader,
+    history_filter: HistoryFilter,
+    limit: int = EXPORT_LIMIT,
+    ctx: actions.Acting | None = None,
 ) -> tuple[bytes, int, bool]:
-    """Every row the filter matches (up to `limit`), as CSV; returns (data, rows, truncated)."""
+    """Every row the filter matches (up to `limit`), as CSV; returns (data, rows, truncated).
+    With `ctx` the export is checked against the role and audited with its refund ids."""
+    if ctx is not None:
+        actions.check_export(ctx, "history")
+    exported: list[str] = []
     buffer = io.StringIO()
     writer = csv.DictWriter(buffer, fieldnames=EXPORT_COLUMNS, extrasaction="ignore")
     writer.writeheader()
@@ -301,10 +313,15 @@ def export_csv(
         for record in page.records:
             data = record.to_dict()
             writer.writerow({name: spreadsheet_safe(data.get(name)) for name in EXPORT_COLUMNS})
+            exported.append(record.refund_id)
             rows += 1
         cursor = page.cursor
         if cursor is None:
             break
+    if ctx is not None:
+        actions.record_export(
+            ctx, "history", rows, exported, since=str(history_filter.since), until=str(history_filter.until)
+        )
     return buffer.getvalue().encode("utf-8"), rows, cursor is not None
 
 
@@ -332,14 +349,28 @@ class QueueResult:
 
 
 def queue_refund(
-    services: Services, *, payment_id: str, note: str | None, force: bool, requested_by: str
+    services: Services,
+    *,
+    payment_id: str,
+    note: str | None,
+    force: bool,
+    requested_by: str,
+    ctx: actions.Acting | None = None,
 ) -> QueueResult:
-    """Validate (raises ContractError), look at the payment's history, and send unless it needs force."""
+    """Validate (raises ContractError), look at the payment's history, and send unless it needs force.
+
+    With `ctx` (the console always passes it) the role is checked and the action audited."""
+    if ctx is not None:
+        actions.authorize(ctx, Action.FORCE if force else Action.QUEUE, payment_id=payment_id)
+        requested_by = ctx.actor.requested_by
     request = build_request(payment_id, note=note, requested_by=requested_by, source=SOURCE, force=force)
     match = payment_match(services.store, request.payment_id)
     if match and not force:
         return QueueResult(request, match, sent=False)
-    message_id = services.producer.send(request)
+    if ctx is not None:
+        message_id = actions.queue_one(ctx, services.producer, request)
+    else:
+        message_id = services.producer.send(request)
     clear_query_caches()
     return QueueResult(request, match, sent=True, message_id=message_id)
 
@@ -350,7 +381,7 @@ class RequeueResult:
     refused: list[tuple[str, str]] = field(default_factory=list)  # (refund_id, reason)
 
 
-def requeue_refunds(services: Services, refund_ids: Sequence[str], requested_by: str) -> RequeueResult:
+def requeue_refunds(services: Services, refund_ids: Sequence[str], ctx: actions.Acting) -> RequeueResult:
     """Requeue under new refund_ids, after reading each record again (it may have moved on)."""
     records: list[HistoryRecord] = []
     refused: list[tuple[str, str]] = []
@@ -362,7 +393,8 @@ def requeue_refunds(services: Services, refund_ids: Sequence[str], requested_by:
             refused.append((refund_id, f"it is {record.outcome.value} now"))
         else:
             records.append(record)
-    report, more_refused = requeue(services.producer, records, requested_by=requested_by, source=SOURCE)
+    actions.authorize(ctx, Action.REQUEUE, list(refund_ids))
+    report, more_refused = actions.requeue_records(ctx, services.producer, records, source=SOURCE)
     refused += [(record.refund_id, reason) for record, reason in more_refused]
     clear_query_caches()
     return RequeueResult(report, refused)
@@ -418,17 +450,19 @@ def cached_dead_letters(services_key: str, _services: Services) -> DeadLetters:
     return read_dead_letters(_services.dead_letters, _services.store)
 
 
-def redrive_dead_letters(services: Services, message_ids: Sequence[str] | None) -> list[str]:
+def redrive_dead_letters(
+    services: Services, message_ids: Sequence[str] | None, ctx: actions.Acting
+) -> list[str]:
     """Back to the refund queue: the chosen messages, or all of them when `message_ids` is None."""
     assert services.dead_letters is not None
-    moved = services.dead_letters.redrive(message_ids)
+    moved = actions.redrive(ctx, services.dead_letters, message_ids)
     clear_query_caches()
     return moved
 
 
-def delete_dead_letters(services: Services, message_ids: Sequence[str]) -> list[str]:
+def delete_dead_letters(services: Services, message_ids: Sequence[str], ctx: actions.Acting) -> list[str]:
     assert services.dead_letters is not None
-    deleted = services.dead_letters.delete(message_ids)
+    deleted = actions.delete_dead_letters(ctx, services.dead_letters, message_ids)
     clear_query_caches()
     return deleted
 
@@ -512,17 +546,92 @@ def clear_webhook_caches() -> None:
     cached_open_reviews.clear()
 
 
-def submit_partial_refund(services: Services, refund_id: str, operator: str) -> Submitted:
+def submit_partial_refund(services: Services, refund_id: str, ctx: actions.Acting) -> Submitted:
     """Submit: queue the reviewed refund as requested by the signed-in operator."""
     hooks = webhook_services(services)
-    done = submit_review(refund_id, events=hooks.events, producer=services.producer, operator=operator)
+    done = actions.submit(ctx, refund_id, events=hooks.events, producer=services.producer)
     clear_webhook_caches()
     clear_query_caches()
     return done
 
 
-def dismiss_partial_refund(services: Services, refund_id: str, operator: str) -> Review:
+def dismiss_partial_refund(services: Services, refund_id: str, ctx: actions.Acting) -> Review:
     """Dismiss: close the review, queue nothing; the operator is recorded as the decider."""
-    review = dismiss_review(refund_id, events=webhook_services(services).events, operator=operator)
+    review = actions.dismiss(ctx, refund_id, events=webhook_services(services).events)
     clear_webhook_caches()
     return review
+
+
+# ---- who acts, and the audit log ----------------------------------------------------------------
+LOOPBACK = ("127.0.0.1", "localhost", "::1")
+
+
+def open_console_target_is_local() -> bool:
+    """CONSOLE_OPEN is honoured only against the local stack (its state, or moto on this machine);
+    a system we cannot even name is let through to the page that says so."""
+    try:
+        config = current_config()
+    except AWS_ERRORS:
+        return True
+    host = urlparse(config.endpoint_url).hostname if config.endpoint_url else None
+    return config.local or host in LOOPBACK
+
+
+@st.cache_resource(show_spinner=False, max_entries=8)
+def _audit(key: str, _config: SystemConfig) -> tuple[AuditWriter, AuditReader, UserStore]:
+    dynamodb = _config.client("dynamodb")
+    return (
+        AuditWriter(_config.table_name, dynamodb),
+        AuditReader(_config.table_name, dynamodb),
+        UserStore(_config.table_name, dynamodb),
+    )
+
+
+def audit_parts() -> tuple[AuditWriter, AuditReader, UserStore]:
+    config = current_config()
+    return _audit(config_key(config), config)
+
+
+def acting(identity: Any) -> actions.Acting:
+    """The signed-in person as the operators' layer sees them (ui.access.Identity)."""
+    actor = Actor(str(identity.requested_by), identity.role, "console")
+    return actions.Acting(actor, audit_parts()[0])
+
+
+def sign_in(name: str, password: str) -> User | None:
+    """Password mode: the account, or None (wrong, unknown or locked; failures and lockouts audited)."""
+    from reditus_operators.access import Role
+
+    writer, _, users = audit_parts()
+    result = users.sign_in(name, password)
+    if result.user is not None:
+        return result.user
+    who = Actor(" ".join(name.split())[:100] or "(blank)", Role.VIEWER, "console")
+    writer.record(
+        who,
+        Action.LOCKOUT if result.just_locked else Action.SIGN_IN_FAILED,
+        result="refused",
+        reason="account locked" if result.locked else "wrong account or password",
+        details={"locked_until": result.locked_until} if result.locked_until else None,
+    )
+    return None
+
+
+def show_sign_in_problem(err: BaseException) -> None:
+    problem = explain(err)
+    st.error(problem.what)
+    st.caption(problem.check)
+
+
+def read_audit(who: str | None, action: str | None, since: date, until: date, limit: int = 200) -> AuditPage:
+    return audit_parts()[1].list(
+        who=who,
+        action=action,
+        since=datetime.combine(since, time.min, UTC),
+        until=datetime.combine(until, time.max, UTC),
+        limit=limit,
+    )
+
+
+def refund_actions(refund_id: str) -> list[AuditEntry]:
+    return audit_parts()[1].for_refund(refund_id)

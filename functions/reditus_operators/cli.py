@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import getpass
+import hashlib
 import json
 import os
 import re
@@ -32,6 +33,9 @@ from reditus_webhooks import PROVIDERS
 from reditus_webhooks.events import EventStore
 from reditus_webhooks.review import ReviewError
 
+from . import actions
+from .access import AccessDenied, Action, Actor, Role
+from .audit import AuditReader, AuditWriter, audit_csv
 from .config import (
     WEBHOOK_URL_ENV,
     ConfigError,
@@ -49,13 +53,12 @@ from .csv_import import DELIMITER_NAMES, CsvError, parse_csv
 from .dlq import DeadLetterQueue
 from .history import START_OF_TIME, HistoryReader
 from .operations import build_request, history_matches, payment_match
+from .users import UserError, UserStore
 from .webhooks import (
     RECORDED_DECISIONS,
     SampleError,
     WebhookReader,
-    dismiss_review,
     send_sample,
-    submit_review,
 )
 
 PROG = "reditus-refunds"
@@ -178,11 +181,33 @@ def _producer(config: SystemConfig) -> RefundProducer:
     )
 
 
-def _default_requester() -> str | None:
+def caller_identity(config: SystemConfig) -> str:
+    """The caller's AWS identity (its STS ARN): what the CLI records as who acted."""
     try:
-        return getpass.getuser()
-    except (KeyError, OSError):
+        arn = str(config.client("sts").get_caller_identity()["Arn"])
+    except (ClientError, BotoCoreError) as err:
+        raise aws_error(
+            err, AwsError, service="STS", resource="the caller's identity", names_hint="your AWS credentials"
+        ) from None
+    return arn
+
+
+def _as_name(args: argparse.Namespace) -> str | None:
+    name = getattr(args, "as_name", None) or getattr(args, "requested_by", None)
+    if name is None:
         return None
+    cleaned = " ".join(str(name).split())
+    if not cleaned or len(cleaned) > 100 or not cleaned.isprintable():
+        raise CliError("--as takes a readable name of up to 100 characters", 2)
+    return cleaned
+
+
+def acting(args: argparse.Namespace, config: SystemConfig) -> actions.Acting:
+    """The CLI acts as the caller's STS identity. Its role in the operators' layer is admin unless
+    --role says less: what a person may do on AWS is the managed policy their credentials carry."""
+    role = Role.parse(getattr(args, "role", None) or "admin")
+    actor = Actor(caller_identity(config), role, "cli", _as_name(args))
+    return actions.Acting(actor, AuditWriter(config.table_name, config.client("dynamodb")))
 
 
 # ---- enqueue ----------------------------------------------------------------------------------------
@@ -191,16 +216,21 @@ def _default_requester() -> str | None:
 def cmd_enqueue(args: argparse.Namespace) -> int:
     if (args.payment_id is None) == (args.csv is None):
         raise CliError("give one PAYMENT_ID or --csv FILE", 2)
-    requested_by = args.requested_by or _default_requester()
     if args.csv:
-        return _enqueue_csv(args, requested_by)
+        return _enqueue_csv(args)
+    _as_name(args)
+    config = system(args)
+    ctx = acting(args, config)
     try:
         request = build_request(
-            args.payment_id, note=args.note, requested_by=requested_by, source="cli", force=args.force
+            args.payment_id,
+            note=args.note,
+            requested_by=ctx.actor.requested_by,
+            source="cli",
+            force=args.force,
         )
     except ContractError as err:
         raise CliError(err.reason, 2) from None
-    config = system(args)
     store = _store(config)
     match = payment_match(store, request.payment_id)
     warning = match.warning if match else None
@@ -208,18 +238,22 @@ def cmd_enqueue(args: argparse.Namespace) -> int:
         raise CliError(f"{warning}; not queued (--force queues it anyway)")
     if warning:
         _eprint(f"warning: {warning}; queued anyway (--force)")
-    _producer(config).send(request)
+    actions.queue_one(ctx, _producer(config), request)
     print(terminal_safe(request.refund_id), flush=True)
     _eprint(f"queued payment {request.payment_id} as refund {request.refund_id} ({config.origin})")
     return 0
 
 
-def _enqueue_csv(args: argparse.Namespace, requested_by: str | None) -> int:
+def _enqueue_csv(args: argparse.Namespace) -> int:
     path = Path(args.csv)
     try:
         data = path.read_bytes()
     except OSError as err:
         raise CliError(f"cannot read {path}: {err.strerror}", 2) from None
+    _as_name(args)
+    config = system(args)
+    ctx = acting(args, config)
+    requested_by = ctx.actor.requested_by
     try:
         report = parse_csv(data, requested_by=requested_by, source="cli", force=args.force)
     except CsvError as err:
@@ -236,7 +270,6 @@ def _enqueue_csv(args: argparse.Namespace, requested_by: str | None) -> int:
             2,
         )
     requests = report.requests
-    config = system(args)
     store = _store(config)
     held_back = 0
     if args.check_history and requests:
@@ -262,7 +295,18 @@ def _enqueue_csv(args: argparse.Namespace, requested_by: str | None) -> int:
 
     show = sys.stderr.isatty() and len(requests) > 100
     producer = _producer(config)
-    sent = producer.send_many(requests, progress if show else None)
+    file = {
+        "file_name": path.name,
+        "size": len(data),
+        "sha256": hashlib.sha256(data).hexdigest(),
+        "rows": report.rows,
+        "invalid": len(report.invalid),
+        "duplicates": len(report.duplicates),
+        "held_back": held_back,
+    }
+    sent = actions.bulk_upload(
+        ctx, lambda chosen: producer.send_many(chosen, progress if show else None), requests, file
+    )
     if show:
         _eprint("")
     for request, why in sent.failed:
@@ -351,6 +395,126 @@ def cmd_history(args: argparse.Namespace) -> int:
         return 0
     headers = ["QUEUED (UTC)", "REFUND_ID", "PAYMENT_ID", "OUTCOME", "HTTP", "TRIES", "BY", "DETAIL"]
     print(_table(headers, [_history_row(r) for r in records]), flush=True)
+    if args.refund_id:
+        config = system(args)
+        touched = AuditReader(config.table_name, config.client("dynamodb")).for_refund(args.refund_id)
+        if touched:
+            print("\nACTIONS", flush=True)
+            print(_table(AUDIT_HEADERS, [_audit_row(e) for e in touched]), flush=True)
+    return 0
+
+
+AUDIT_HEADERS = ["AT (UTC)", "WHO", "AS", "ACTION", "RESULT", "COUNT", "REFUND_IDS"]
+
+
+def _audit_row(entry: Any) -> list[str]:
+    ids = " ".join(entry.refund_ids[:3]) + (" ..." if entry.count > 3 or len(entry.refund_ids) > 3 else "")
+    cells = (
+        entry.at.replace("T", " ")[:19],
+        entry.who,
+        entry.who_name or "-",
+        entry.action,
+        entry.result,
+        str(entry.count),
+        ids or "-",
+    )
+    return [terminal_safe(c) for c in cells]
+
+
+def cmd_audit(args: argparse.Namespace) -> int:
+    try:
+        since = parse_time(args.since) if args.since else None
+        until = parse_time(args.until) if args.until else None
+    except ValueError as err:
+        raise CliError(str(err), 2) from None
+    if args.action and args.action not in {a.value for a in Action}:
+        raise CliError(f"unknown action {args.action!r}; use one of {', '.join(a.value for a in Action)}", 2)
+    if args.limit < 1:
+        raise CliError("--limit must be at least 1", 2)
+    config = system(args)
+    ctx = acting(args, config)
+    actions.check_audit(ctx)
+    reader = AuditReader(config.table_name, config.client("dynamodb"))
+    try:
+        page = reader.list(who=args.who, action=args.action, since=since, until=until, limit=args.limit)
+    except ValueError as err:
+        raise CliError(str(err), 2) from None
+    if args.csv:
+        sys.stdout.write(audit_csv(page.entries).decode("utf-8"))
+        sys.stdout.flush()
+        actions.record_export(ctx, "audit", len(page.entries), [], format="csv")
+        return 0
+    if args.json:
+        for entry in page.entries:
+            data = entry.to_json()
+            data["refund_ids"] = reader.all_refund_ids(entry)
+            print(json_line(data))
+        sys.stdout.flush()
+        return 0
+    if not page.entries:
+        _eprint("no audit records match (the default window is the last 30 days; see --since)")
+        return 0
+    print(_table(AUDIT_HEADERS, [_audit_row(e) for e in page.entries]), flush=True)
+    if page.cursor:
+        _eprint(f"showing the newest {len(page.entries)}; --limit or --since/--until for more")
+    return 0
+
+
+def cmd_users_add(args: argparse.Namespace) -> int:
+    try:
+        role = Role.parse(args.role)
+    except ValueError as err:
+        raise CliError(str(err), 2) from None
+    if sys.stdin.isatty():
+        password = getpass.getpass("Password: ")
+        if getpass.getpass("Again: ") != password:
+            raise CliError("the two passwords differ; nothing was saved", 2)
+    else:
+        password = sys.stdin.readline().rstrip("\r\n")
+    config = system(args)
+    try:
+        user = UserStore(config.table_name, config.client("dynamodb")).add(args.name, password, role)
+    except UserError as err:
+        raise CliError(str(err), 2) from None
+    _eprint(f"added {user.name} ({user.role.value})")
+    return 0
+
+
+def cmd_users_list(args: argparse.Namespace) -> int:
+    config = system(args)
+    users = UserStore(config.table_name, config.client("dynamodb")).list()
+    if args.json:
+        for user in users:
+            print(
+                json_line(
+                    {
+                        "name": user.name,
+                        "role": user.role.value,
+                        "locked_until": user.locked_until,
+                        "created_at": user.created_at,
+                    }
+                )
+            )
+        sys.stdout.flush()
+        return 0
+    if not users:
+        _eprint(f"no accounts; `{PROG} users add NAME --role viewer|operator|admin` creates one")
+        return 0
+    rows = [
+        [terminal_safe(c) for c in (u.name, u.role.value, u.locked_until or "-", u.created_at or "-")]
+        for u in users
+    ]
+    print(_table(["NAME", "ROLE", "LOCKED UNTIL", "CREATED (UTC)"], rows), flush=True)
+    return 0
+
+
+def cmd_users_remove(args: argparse.Namespace) -> int:
+    config = system(args)
+    try:
+        UserStore(config.table_name, config.client("dynamodb")).remove(args.name)
+    except UserError as err:
+        raise CliError(str(err), 2) from None
+    _eprint(f"removed {args.name}")
     return 0
 
 
@@ -412,7 +576,8 @@ def _ms_iso(ms: int) -> str:
 def cmd_dlq_redrive(args: argparse.Namespace) -> int:
     if args.all == bool(args.message_ids):
         raise CliError("give --all or the MESSAGE_IDs to send back (see `dlq list`)", 2)
-    moved = _dlq(args).redrive(None if args.all else args.message_ids)
+    config = system(args)
+    moved = actions.redrive(acting(args, config), _dlq(args), None if args.all else args.message_ids)
     for message_id in moved:
         print(terminal_safe(message_id))
     sys.stdout.flush()
@@ -518,19 +683,13 @@ def cmd_webhooks_reviews(args: argparse.Namespace) -> int:
     return 0
 
 
-def _operator(args: argparse.Namespace) -> str:
-    operator = args.requested_by or _default_requester()
-    if not operator or not operator.strip():
-        raise CliError("say who decides with --requested-by", 2)
-    return operator.strip()
-
-
 def cmd_webhooks_submit(args: argparse.Namespace) -> int:
-    operator = _operator(args)
     config = system(args)
+    ctx = acting(args, config)
+    operator = ctx.actor.requested_by
     events = EventStore(config.table_name, config.client("dynamodb"))
     try:
-        done = submit_review(args.refund_id, events=events, producer=_producer(config), operator=operator)
+        done = actions.submit(ctx, args.refund_id, events=events, producer=_producer(config))
     except ReviewError as err:
         raise CliError(str(err)) from None
     print(terminal_safe(done.refund_id), flush=True)
@@ -542,11 +701,11 @@ def cmd_webhooks_submit(args: argparse.Namespace) -> int:
 
 
 def cmd_webhooks_dismiss(args: argparse.Namespace) -> int:
-    operator = _operator(args)
     config = system(args)
+    ctx = acting(args, config)
     events = EventStore(config.table_name, config.client("dynamodb"))
     try:
-        review = dismiss_review(args.refund_id, events=events, operator=operator)
+        review = actions.dismiss(ctx, args.refund_id, events=events)
     except ReviewError as err:
         raise CliError(str(err)) from None
     print(terminal_safe(review.refund_id), flush=True)
@@ -689,10 +848,23 @@ def build_parser() -> OneLineParser:
     parser.add_argument(
         "--data-dir", help="the local stack's data folder (default $REDITUS_LOCAL_DATA_DIR or .local-data)"
     )
+    parser.add_argument(
+        "--as",
+        dest="as_name",
+        metavar="NAME",
+        help="a readable name recorded next to your AWS identity (never instead of it)",
+    )
+    parser.add_argument(
+        "--role",
+        choices=[r.value for r in Role],
+        help="act with less than admin (your AWS credentials' policy is what limits you on AWS)",
+    )
     # The same two options after the command too (SUPPRESS: given there, they win; absent, no override).
     common = OneLineParser(add_help=False)
     common.add_argument("--stack-name", default=argparse.SUPPRESS, help=argparse.SUPPRESS)
     common.add_argument("--data-dir", default=argparse.SUPPRESS, help=argparse.SUPPRESS)
+    common.add_argument("--as", dest="as_name", default=argparse.SUPPRESS, help=argparse.SUPPRESS)
+    common.add_argument("--role", default=argparse.SUPPRESS, help=argparse.SUPPRESS)
     commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
 
     enqueue = commands.add_parser(
@@ -701,7 +873,7 @@ def build_parser() -> OneLineParser:
     enqueue.add_argument("payment_id", nargs="?", metavar="PAYMENT_ID")
     enqueue.add_argument("--csv", metavar="FILE", help="a CSV with a payment_id column (and optionally note)")
     enqueue.add_argument("--note", help="free text kept with the refund")
-    enqueue.add_argument("--requested-by", help="who asks (default: your user name)")
+    enqueue.add_argument("--requested-by", help="same as --as (kept for scripts)")
     enqueue.add_argument("--force", action="store_true", help="queue even if already refunded or in flight")
     enqueue.add_argument(
         "--skip-invalid", action="store_true", help="CSV: queue the valid rows despite bad ones"
@@ -765,7 +937,7 @@ def build_parser() -> OneLineParser:
     ):
         decide = webhook_commands.add_parser(name, parents=[common], help=what)
         decide.add_argument("refund_id", metavar="REFUND_ID")
-        decide.add_argument("--requested-by", help="who decides (default: your user name)")
+        decide.add_argument("--requested-by", help="same as --as (kept for scripts)")
         decide.set_defaults(func=func)
     sample = webhook_commands.add_parser(
         "send-sample",
@@ -777,6 +949,39 @@ def build_parser() -> OneLineParser:
     sample.add_argument("--payment-id", help="the id the event names (default: a new one)")
     sample.add_argument("--url", help=f"the receiver's base URL (default ${WEBHOOK_URL_ENV} or the stack's)")
     sample.set_defaults(func=cmd_webhooks_send_sample)
+
+    audit = commands.add_parser("audit", parents=[common], help="the audit log: who did what (admins)")
+    audit.add_argument("--who", help="one person's actions (their identity as recorded)")
+    audit.add_argument("--action", help=", ".join(a.value for a in Action))
+    audit.add_argument("--since", help="30m, 2h, 7d, a date or an ISO time (default: 30 days ago)")
+    audit.add_argument("--until", help="as --since (default: now)")
+    audit.add_argument("--limit", type=int, default=50, help="at most this many (default 50)")
+    output = audit.add_mutually_exclusive_group()
+    output.add_argument("--json", action="store_true", help="one JSON object per line")
+    output.add_argument("--csv", action="store_true", help="CSV on standard output")
+    audit.set_defaults(func=cmd_audit)
+
+    users = commands.add_parser("users", help="password mode's accounts: add, list, remove")
+    user_commands = users.add_subparsers(dest="users_command", metavar="ACTION", required=True)
+    # Its --role is the account's, not the acting one: a parent without the shared --role (argparse's
+    # "resolve" would strip it from the shared action, for every command).
+    account = OneLineParser(add_help=False)
+    account.add_argument("--stack-name", default=argparse.SUPPRESS, help=argparse.SUPPRESS)
+    account.add_argument("--data-dir", default=argparse.SUPPRESS, help=argparse.SUPPRESS)
+    users_add = user_commands.add_parser(
+        "add",
+        parents=[account],
+        help="add an account (password from stdin, else prompted twice)",
+    )
+    users_add.add_argument("name", metavar="NAME")
+    users_add.add_argument("--role", required=True, choices=[r.value for r in Role])
+    users_add.set_defaults(func=cmd_users_add)
+    users_list = user_commands.add_parser("list", parents=[common], help="the accounts and their roles")
+    users_list.add_argument("--json", action="store_true", help="one JSON object per line")
+    users_list.set_defaults(func=cmd_users_list)
+    users_remove = user_commands.add_parser("remove", parents=[common], help="remove an account")
+    users_remove.add_argument("name", metavar="NAME")
+    users_remove.set_defaults(func=cmd_users_remove)
 
     console = commands.add_parser("console", parents=[common], help="the Streamlit console on its own")
     console.add_argument("--port", type=int, help="default $REDITUS_LOCAL_CONSOLE_PORT or 8501")
@@ -843,6 +1048,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     except CliError as err:
         code, message = err.code, str(err)
     except (ContractError, CsvError) as err:
+        code, message = 2, str(err)
+    except AccessDenied as err:
+        code, message = 1, f"refused: {err}"
+    except UserError as err:
         code, message = 2, str(err)
     except (ConfigError, SettingsError) as err:
         code, message = 1, str(err)

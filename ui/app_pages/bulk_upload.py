@@ -5,6 +5,7 @@ from __future__ import annotations
 import pandas as pd
 import streamlit as st
 
+from reditus_operators import actions
 from reditus_operators.csv_import import (
     DELIMITER_NAMES,
     MAX_BYTES,
@@ -15,6 +16,7 @@ from reditus_operators.csv_import import (
     CsvError,
     read_header,
 )
+from reditus_refunds.producer import SendReport
 from ui import access, data, view
 from ui.bulk import SAMPLE_CSV, BulkUpload, digest, guess_column, problems_csv, queued_csv, start_upload
 
@@ -230,6 +232,11 @@ if not upload.started:
         )
         st.button("Upload another file", type="tertiary", on_click=_start_over, key="bulk_start_over_early")
     if queue:
+        try:
+            actions.check_bulk(data.acting(identity), [request for _, request in to_send])
+        except data.DENIED as err:
+            st.error(str(err), icon=":material/block:")
+            st.stop()
         upload.start_sending()  # drawn again without these buttons, with a progress bar instead
         st.rerun()
     if dry_run:
@@ -266,6 +273,22 @@ if upload.remaining() and (upload.sending or not upload.finished):
         st.stop()
     bar.empty()
     data.clear_query_caches()
+    report_sent = SendReport(
+        sent=[request for _, request in upload.queued.values()],
+        failed=[(request, reason) for _, request, reason in upload.failed.values()],
+    )
+    actions.record_bulk(
+        data.acting(identity),
+        report_sent,
+        {
+            "file_name": uploaded.name,
+            "size": len(content),
+            "sha256": upload.file_digest,
+            "rows": report.rows,
+            "invalid": len(report.invalid),
+            "duplicates": len(report.duplicates),
+        },
+    )
 elif upload.started and not upload.finished:
     upload.finished_at = upload.started_at
 

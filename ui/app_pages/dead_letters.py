@@ -13,7 +13,7 @@ TABLE_VERSION = "dead_letter_table_version"
 PENDING_ACTION = "dead_letter_pending_action"
 LAST_ACTION = "dead_letter_last_action"
 
-access.require_identity()
+identity = access.require_identity()
 try:
     services = data.services()
 except data.AWS_ERRORS as err:
@@ -44,13 +44,15 @@ def _run_action(action: str, message_ids: tuple[str, ...] | None) -> None:
     try:
         if action == "delete":
             assert message_ids is not None
-            done = data.delete_dead_letters(services, list(message_ids))
+            done = data.delete_dead_letters(services, list(message_ids), data.acting(identity))
             st.session_state[LAST_ACTION] = (
                 "success",
                 f"Deleted {len(done)} message(s) from the dead-letter queue.",
             )
         else:
-            done = data.redrive_dead_letters(services, None if message_ids is None else list(message_ids))
+            done = data.redrive_dead_letters(
+                services, None if message_ids is None else list(message_ids), data.acting(identity)
+            )
             st.session_state[LAST_ACTION] = (
                 "success",
                 f"Moved {len(done)} message(s) back to the refund queue; the submitter picks them up now.",
@@ -62,6 +64,8 @@ def _run_action(action: str, message_ids: tuple[str, ...] | None) -> None:
                 f"{len(done)} of {wanted} message(s) were handled; the others were no longer in the queue "
                 "or not visible yet (try again in a minute).",
             )
+    except data.DENIED as err:
+        st.session_state[LAST_ACTION] = ("warning", str(err))
     except data.AWS_ERRORS as err:
         st.session_state[LAST_ACTION] = data.explain(err)
     # A new table widget: the old selection pointed at rows that may be gone.

@@ -49,8 +49,12 @@ def _draw_detail(record: HistoryRecord, closable: bool) -> None:
         if record.force:
             st.badge("forced", color="orange", icon=":material/warning:")
         st.space("stretch")
-        if record.outcome in REQUEUEABLE and st.button(
-            "Requeue this refund", icon=":material/replay:", key=f"requeue_one_{record.refund_id}"
+        if (
+            record.outcome in REQUEUEABLE
+            and identity.role.value != "viewer"
+            and st.button(
+                "Requeue this refund", icon=":material/replay:", key=f"requeue_one_{record.refund_id}"
+            )
         ):
             st.session_state[PENDING_REQUEUE] = (record.refund_id,)
             st.rerun()
@@ -116,6 +120,29 @@ def _draw_detail(record: HistoryRecord, closable: bool) -> None:
     else:
         st.text("No attempt yet.")
 
+    try:
+        touched = data.refund_actions(record.refund_id)
+    except data.AWS_ERRORS:
+        touched = []
+    st.caption("Actions that touched it")
+    if touched:
+        st.dataframe(
+            [
+                {
+                    "at": view.utc_timestamp(e.at),
+                    "who": e.who,
+                    "action": e.action,
+                    "result": e.result,
+                    "count": e.count,
+                }
+                for e in touched
+            ],
+            hide_index=True,
+            key=f"refund_actions_{record.refund_id}",
+        )
+    else:
+        st.text("None recorded.")
+
     with st.expander("The whole record (JSON)"):
         st.code(json.dumps(record.to_dict(), indent=2, ensure_ascii=False), language="json")
 
@@ -176,7 +203,9 @@ def _draw_requeue_confirmation() -> None:
         if confirm.button("Confirm requeue", type="primary", icon=":material/check:"):
             st.session_state.pop(PENDING_REQUEUE, None)
             try:
-                result = data.requeue_refunds(services, list(pending), identity.requested_by)
+                result = data.requeue_refunds(services, list(pending), data.acting(identity))
+            except data.DENIED as err:
+                st.session_state[LAST_REQUEUE] = data.Problem(str(err), "Ask an operator or an admin.")
             except data.AWS_ERRORS as err:
                 st.session_state[LAST_REQUEUE] = data.explain(err)
             else:
@@ -356,7 +385,7 @@ selected = [page.records[i] for i in view.selected_rows(table_key) if 0 <= i < l
 requeueable = [r for r in selected if r.outcome in REQUEUEABLE]
 actions = st.container(horizontal=True, vertical_alignment="center")
 with actions:
-    if st.button(
+    if identity.role.value != "viewer" and st.button(
         f"Requeue {len(requeueable)} selected" if requeueable else "Requeue selected",
         icon=":material/replay:",
         disabled=not requeueable,
@@ -366,11 +395,11 @@ with actions:
         st.session_state[PENDING_REQUEUE] = tuple(r.refund_id for r in requeueable)
         st.rerun()
 
-    store, export_filter = services.store, table_filter
+    store, export_filter, ctx = services.store, table_filter, data.acting(identity)
 
     def _export() -> bytes:
         try:
-            content, _, _ = data.export_csv(store, export_filter)
+            content, _, _ = data.export_csv(store, export_filter, ctx=ctx)
         except data.AWS_ERRORS as err:
             problem = data.explain(err)
             return f"# export failed: {problem.what} {problem.check}\n".encode()

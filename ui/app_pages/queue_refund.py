@@ -26,7 +26,11 @@ def _queue() -> None:
             note=state.get("queue_note") or None,
             force=bool(state.get("queue_force")),
             requested_by=identity.requested_by,
+            ctx=data.acting(identity),
         )
+    except data.DENIED as err:
+        state[LAST_RESULT] = data.Refusal(str(err))
+        return
     except ContractError as err:
         state[LAST_RESULT] = data.Refusal(err.reason)
         return
@@ -63,11 +67,12 @@ with form_column, st.form("queue_refund", enter_to_submit=False, border=True):
         placeholder="Why: for example “refunded by support, ticket 4821”",
         height=96,
     )
-    st.checkbox(
-        "Force: send even if this payment already has a 200 or a pending request",
-        key="queue_force",
-        help="Without it, a payment that was already refunded (or is being refunded) is not sent again.",
-    )
+    if identity.role.value == "admin":
+        st.checkbox(
+            "Force: send even if this payment already has a 200 or a pending request",
+            key="queue_force",
+            help="Without it, a payment that was already refunded (or is being refunded) is not sent again.",
+        )
     st.form_submit_button("Queue refund", type="primary", icon=":material/send:", on_click=_queue)
 
 

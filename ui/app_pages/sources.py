@@ -36,17 +36,17 @@ st.caption(
 def _decide(action: str, refund_id: str) -> None:
     try:
         if action == "submit":
-            done = data.submit_partial_refund(services, refund_id, identity.requested_by)
+            done = data.submit_partial_refund(services, refund_id, data.acting(identity))
             message = (
                 f"Queued refund {done.refund_id}."
                 if done.message_id
                 else f"Refund {done.refund_id} had been queued already; the review is closed."
             )
         else:
-            data.dismiss_partial_refund(services, refund_id, identity.requested_by)
+            data.dismiss_partial_refund(services, refund_id, data.acting(identity))
             message = f"Dismissed {refund_id}: nothing was queued. A later event for it opens it again."
         st.session_state[LAST_DECISION] = ("success", message)
-    except data.REVIEW_ERRORS as err:
+    except data.REVIEW_ERRORS + data.DENIED as err:
         st.session_state[LAST_DECISION] = ("warning", str(err))
     except data.AWS_ERRORS as err:
         st.session_state[LAST_DECISION] = data.explain(err)
@@ -152,10 +152,14 @@ for review in reviews:
             st.badge(review.provider, color="blue")
             st.text(review.refund_id)
             st.space("stretch")
-            if st.button("Submit", icon=":material/send:", type="primary", key=f"submit_{review.refund_id}"):
+            if identity.role.value != "viewer" and st.button(
+                "Submit", icon=":material/send:", type="primary", key=f"submit_{review.refund_id}"
+            ):
                 _decide("submit", review.refund_id)
                 st.rerun()
-            if st.button("Dismiss", icon=":material/close:", key=f"dismiss_{review.refund_id}"):
+            if identity.role.value != "viewer" and st.button(
+                "Dismiss", icon=":material/close:", key=f"dismiss_{review.refund_id}"
+            ):
                 _decide("dismiss", review.refund_id)
                 st.rerun()
         first, second, third = st.columns(3)

@@ -193,7 +193,8 @@ def test_queue_a_refund_and_follow_it_to_200_in_history(
     expect(detail.get_by_text("refunded · 200", exact=True)).to_be_visible(timeout=SETTLE_TIMEOUT_MS)
     expect(detail.get_by_text(DEMO_PAYMENT, exact=True)).to_be_visible()
     expect(detail.get_by_text("browser test: refunded by support", exact=True)).to_be_visible()
-    expect(detail.get_by_text("open-console", exact=True)).to_be_visible()
+    # Requested by (a text field; the actions table below names the same identity in a grid cell).
+    expect(detail.get_by_test_id("stText").filter(has_text="open-console")).to_be_visible()
     expect(detail.get_by_text("Attempts", exact=True).first).to_be_visible()
     screenshot(page, "03-history-refund-detail")
 

@@ -31,6 +31,7 @@ CONSOLE_ENV = (
     "CONSOLE_OPEN",
     "CONSOLE_PASSWORD",
     "CONSOLE_OPERATOR",
+    "CONSOLE_SIGN_IN",
     "REDITUS_STACK_NAME",
     "AWS_ENDPOINT_URL",
     "HISTORY_TABLE_NAME",
@@ -546,60 +547,114 @@ def test_dead_letters_delete_needs_confirmation(open_console: AwsFixture) -> Non
     assert queue_depth(aws.sqs, aws.queue_url) == 0
 
 
-# ---- access -----------------------------------------------------------------------------------------
-def test_password_sign_in_is_required_when_configured(
+# ---- access ---------------------------------------------------------------------------------------
+PASSWORD = "correct horse battery staple"
+
+
+def add_account(aws: AwsFixture, name: str, role: str, password: str = PASSWORD) -> None:
+    """An account as `reditus-refunds users add` makes it (argon2 hash, role, registry)."""
+    from reditus_operators.access import Role
+    from reditus_operators.users import UserStore
+
+    UserStore(aws.table, aws.dynamodb).add(name, password, Role.parse(role))
+
+
+def audit_entries(aws: AwsFixture) -> list[Any]:
+    from reditus_operators.audit import AuditReader
+
+    return AuditReader(aws.table, aws.dynamodb).list(limit=100).entries
+
+
+def test_password_sign_in_signs_in_as_the_account(
     system: AwsFixture, console_env: pytest.MonkeyPatch
 ) -> None:
-    console_env.setenv("CONSOLE_PASSWORD", "correct horse battery staple")
-    console_env.setenv("CONSOLE_OPEN", "1")  # a password wins over an open console
+    """One account per person: the right password signs in as that account (its name is what is
+    recorded), a wrong one is refused and audited; there is no field to type another identity."""
+    add_account(system, "ana", "operator")
+    console_env.setenv("CONSOLE_SIGN_IN", "password")
+    console_env.setenv("CONSOLE_OPEN", "1")  # accounts win over an open console
     at = AppTest.from_file(APP, default_timeout=60)
     at.run()
     assert not at.exception
     assert not any(t.value == "Queue a refund" for t in at.title)
+    assert [t.label for t in at.text_input] == ["Account", "Password"]
     name, password = at.text_input
-    name.input("Ana Operator")
-    password.input("wrong")
+    name.input("ana")
+    password.input("wrong password, long enough")
     click(at, "Sign in")
-    assert any("not right" in e.value for e in at.error)
+    assert any("do not match" in e for e in errors(at)), errors(at)
     assert not any(t.value == "Queue a refund" for t in at.title)
+    [failure] = audit_entries(system)
+    assert (failure.who, failure.action, failure.result) == ("ana", "sign_in_failed", "refused")
 
     name, password = at.text_input
-    password.input("correct horse battery staple")
+    password.input(PASSWORD)
     click(at, "Sign in")
     assert [t.value for t in at.title] == ["Queue a refund"]
+    assert "ana" in texts(at) and any("Role: operator" in c for c in captions(at))
     assert not any("Open console" in w.value for w in at.warning)
+    # Nothing on the signed-in pages lets a person say they are someone else.
+    assert not any("name" in t.label.lower() or "operator" in t.label.lower() for t in at.text_input)
     at.text_input(key="queue_payment_id").input("pay_signed")
     click(at, "Queue refund")
     [body] = messages(system.queue_url, system.sqs)
-    assert body["requested_by"] == "Ana Operator"
+    assert body["requested_by"] == "ana"
 
 
-def test_password_sign_in_needs_a_name(system: AwsFixture, console_env: pytest.MonkeyPatch) -> None:
-    console_env.setenv("CONSOLE_PASSWORD", "pw")
+def test_password_sign_in_needs_an_account_name(system: AwsFixture, console_env: pytest.MonkeyPatch) -> None:
+    add_account(system, "ana", "viewer")
+    console_env.setenv("CONSOLE_SIGN_IN", "password")
     at = AppTest.from_file(APP, default_timeout=60)
     at.run()
-    at.text_input[1].input("pw")
+    at.text_input[1].input(PASSWORD)
     click(at, "Sign in")
-    assert any("Enter your name" in e.value for e in at.error)
+    assert any("Enter your account name" in e for e in errors(at)), errors(at)
+    assert not any(t.value == "History" for t in at.title)
+    # Another account's password is not this one's.
+    at.text_input[0].input("ben")
+    click(at, "Sign in")
+    assert any("do not match" in e for e in errors(at)), errors(at)
 
 
-def test_openid_connect_sign_in_is_required_when_configured(
+def test_the_retired_shared_password_says_what_replaced_it(
     system: AwsFixture, console_env: pytest.MonkeyPatch
 ) -> None:
-    auth = {
-        "redirect_uri": "http://localhost:8501/oauth2callback",
-        "cookie_secret": "s3cret",
-        "client_id": "console",
-        "client_secret": "x",
-        "server_metadata_url": "https://idp.example.com/.well-known/openid-configuration",
-    }
+    console_env.setenv("CONSOLE_PASSWORD", PASSWORD)
     at = AppTest.from_file(APP, default_timeout=60)
-    at.secrets["auth"] = auth
+    at.run()
+    assert not at.exception
+    assert any("retired" in e and "users add" in e for e in errors(at)), errors(at)
+    assert not at.text_input
+
+
+OIDC_AUTH = {
+    "redirect_uri": "http://localhost:8501/oauth2callback",
+    "cookie_secret": "s3cret",
+    "client_id": "console",
+    "client_secret": "x",
+    "server_metadata_url": "https://idp.example.com/.well-known/openid-configuration",
+}
+
+
+def test_openid_connect_sign_in_is_required_and_allow_listed(
+    system: AwsFixture, console_env: pytest.MonkeyPatch
+) -> None:
+    at = AppTest.from_file(APP, default_timeout=60)
+    at.secrets["auth"] = OIDC_AUTH
+    at.secrets["access"] = {"emails": {"ops@example.com": "operator"}, "domains": {"audit.example": "viewer"}}
     at.user = {"is_logged_in": False}
     at.run()
     assert not at.exception
     assert [b.label for b in at.button] == ["Sign in"]
     assert not any(t.value == "Queue a refund" for t in at.title)
+
+    # The identity provider accepts this account, the allow-list does not: a clear page, no console.
+    at.user = {"is_logged_in": True, "email": "eve@other.example", "sub": "eve-1"}
+    at.run()
+    assert not at.exception
+    assert any("eve@other.example is not allowed to use this console" in e for e in errors(at)), errors(at)
+    assert [b.label for b in at.button] == ["Sign out"]
+    assert not any(t.value in ("Queue a refund", "History") for t in at.title)
 
     at.user = {"is_logged_in": True, "email": "ops@example.com", "name": "Ops"}
     at.run()
@@ -609,6 +664,11 @@ def test_openid_connect_sign_in_is_required_when_configured(
     click(at, "Queue refund")
     [body] = messages(system.queue_url, system.sqs)
     assert body["requested_by"] == "ops@example.com"
+
+    # A domain rule gives its role (viewer: History is the first page offered, no queueing).
+    at.user = {"is_logged_in": True, "email": "kim@audit.example"}
+    at.run()
+    assert [t.value for t in at.title] == ["History"] and "kim@audit.example" in texts(at)
 
 
 def test_console_stays_closed_without_sign_in_configured(system: AwsFixture) -> None:
@@ -620,20 +680,26 @@ def test_console_stays_closed_without_sign_in_configured(system: AwsFixture) -> 
 
 
 # ---- failures ---------------------------------------------------------------------------------------
-def test_missing_table_is_a_message_not_a_traceback(
-    open_console: AwsFixture, console_env: pytest.MonkeyPatch
-) -> None:
-    console_env.setenv("HISTORY_TABLE_NAME", "no-such-table")
+def point_local_stack_at(aws: AwsFixture, tmp_path: Path, **names: str) -> None:
+    """Rewrite the local stack's state file (what an open console reads) with other names."""
+    from reditus_operators.config import SystemConfig, write_local_state
+
+    fields = {"table_name": aws.table, "queue_url": aws.queue_url, "dlq_url": aws.dlq_url, **names}
+    config = SystemConfig(fields["table_name"], fields["queue_url"], fields["dlq_url"], "us-east-1",
+                          origin="local stack", local=True)  # fmt: skip
+    write_local_state(config, tmp_path / "local-stack")
+
+
+def test_missing_table_is_a_message_not_a_traceback(open_console: AwsFixture, tmp_path: Path) -> None:
+    point_local_stack_at(open_console, tmp_path, table_name="no-such-table")
     at = app(HISTORY_PAGE)
     assert not at.exception
     assert any("'no-such-table' does not exist" in e for e in errors(at)), errors(at)
     assert any("HISTORY_TABLE_NAME" in c for c in captions(at))
 
 
-def test_missing_queue_is_a_message_not_a_traceback(
-    open_console: AwsFixture, console_env: pytest.MonkeyPatch
-) -> None:
-    console_env.setenv("REFUND_QUEUE_URL", open_console.queue_url + "-gone")
+def test_missing_queue_is_a_message_not_a_traceback(open_console: AwsFixture, tmp_path: Path) -> None:
+    point_local_stack_at(open_console, tmp_path, queue_url=open_console.queue_url + "-gone")
     at = app()
     at.text_input(key="queue_payment_id").input("pay_q")
     click(at, "Queue refund")
@@ -769,16 +835,16 @@ def test_cli_and_console_agree_on_which_payments_need_force(
     bulk = start_upload(("payment_id\n" + "\n".join(payments)).encode(), "f.csv", {}, "t")
     bulk.check_history(services.store)
     console_bulk = set(bulk.in_history)
-    console_single = {
-        p
+    results = {
+        p: data.queue_refund(services, payment_id=p, note=None, force=False, requested_by="t")
         for p in payments
-        if not data.queue_refund(services, payment_id=p, note=None, force=False, requested_by="t").sent
     }
-    for queued in set(payments) - expected:  # what the console just queued would now count as pending
-        aws.dynamodb.delete_item(
-            TableName=aws.table,
-            Key={"refund_id": {"S": store(aws).query(payment_id=queued).records[0].refund_id}},
-        )
+    console_single = {p for p, result in results.items() if not result.sent}
+    # What the console just queued would now count as pending: take exactly those records away again
+    # (by the refund ids it answered, not by whatever a payment query lists first).
+    for result in results.values():
+        if result.sent:
+            aws.dynamodb.delete_item(TableName=aws.table, Key={"refund_id": {"S": result.request.refund_id}})
 
     cli_single = {p for p in payments if cli(["enqueue", p]) != 0}
     refusals = capsys.readouterr().err

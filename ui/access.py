@@ -39,6 +39,7 @@ DEFAULT_GROUP_CLAIM = "groups"
 SECRET_PASSWORD = "console_password"  # noqa: S105 (a secret's name)
 OPEN_OPERATOR = "open-console"
 SESSION_IDENTITY = "console_identity"
+SESSION_ENDED = "console_session_ended"
 MAX_NAME = 100
 _NAME_PATTERN = re.compile(r"[^\x00-\x1f\x7f]+")
 
@@ -146,7 +147,9 @@ def _oidc_identity() -> Identity | None:
     user = st.user.to_dict()
     if not user.get("is_logged_in"):
         return None
-    claims = [user.get("email"), user.get("sub")]
+    # An unverified e-mail proves nothing about who this is: then the `sub` is what gets recorded.
+    verified = user.get("email_verified", True) is not False
+    claims = [user.get("email") if verified else None, user.get("sub")]
     who = next((c.strip() for c in claims if isinstance(c, str) and c.strip()), "")
     rules = _secret(SECRET_ACCESS)
     role = oidc_role(user, rules if isinstance(rules, Mapping) else None)
@@ -193,11 +196,17 @@ def _draw_password_sign_in() -> None:
             f"{ENV_SIGN_IN}=password."
         )
         st.stop()
+    ended = st.session_state.pop(SESSION_ENDED, None)
+    if ended:
+        st.warning(ended, icon=":material/logout:")
     with st.form("sign_in"):
         name = st.text_input("Account", max_chars=MAX_NAME)
         password = st.text_input("Password", type="password")
         submitted = st.form_submit_button("Sign in", type="primary", icon=":material/login:")
     if not submitted:
+        return
+    if not (name or "").strip():
+        st.error("Enter your account name.")
         return
     try:
         user = data.sign_in(name or "", password or "")
@@ -209,6 +218,29 @@ def _draw_password_sign_in() -> None:
         return
     st.session_state[SESSION_IDENTITY] = Identity(user.name, AccessMode.PASSWORD, user.role)
     st.rerun()
+
+
+def _still_valid(stored: Identity) -> Identity | None:
+    """The session's account as it is now (read at most every few seconds, ui.data.current_account):
+    a removed or locked account loses the session at its next page load, a changed role applies."""
+    from ui import data
+
+    try:
+        user = data.current_account(stored.requested_by)
+    except data.AWS_ERRORS as err:
+        _draw_sign_in_header()
+        data.show_sign_in_problem(err)
+        st.stop()
+    if user is None or data.locked_now(user):
+        st.session_state.pop(SESSION_IDENTITY, None)
+        st.session_state[SESSION_ENDED] = (
+            f"The account {stored.requested_by} was removed or locked: sign in again."
+        )
+        return None
+    if user.role is not stored.role:
+        stored = Identity(stored.requested_by, AccessMode.PASSWORD, user.role)
+        st.session_state[SESSION_IDENTITY] = stored
+    return stored
 
 
 def _draw_unconfigured() -> None:
@@ -236,7 +268,9 @@ def require_identity() -> Identity:
     if mode is AccessMode.PASSWORD:
         stored = st.session_state.get(SESSION_IDENTITY)
         if isinstance(stored, Identity) and stored.mode is AccessMode.PASSWORD:
-            return stored
+            current = _still_valid(stored)
+            if current is not None:
+                return current
         _draw_password_sign_in()
         st.stop()
     if mode is AccessMode.OPEN:

@@ -39,7 +39,7 @@ from reditus_refunds.aws_errors import AwsError, BotoCoreError, ClientError, Que
 from reditus_refunds.contract import RefundRequest
 from reditus_refunds.history_writer import HistoryWriter
 from reditus_refunds.producer import RefundProducer, SendReport
-from reditus_refunds.records import REQUEUEABLE, HistoryRecord, Outcome
+from reditus_refunds.records import REQUEUEABLE, HistoryRecord, Outcome, parse_iso
 from reditus_webhooks import PROVIDERS
 from reditus_webhooks.events import EventStore, Review
 
@@ -605,6 +605,7 @@ def sign_in(name: str, password: str) -> User | None:
     writer, _, users = audit_parts()
     result = users.sign_in(name, password)
     if result.user is not None:
+        _account.clear()  # a "no such account" read a moment ago must not end the new session
         return result.user
     who = Actor(" ".join(name.split())[:100] or "(blank)", Role.VIEWER, "console")
     writer.record(
@@ -615,6 +616,24 @@ def sign_in(name: str, password: str) -> User | None:
         details={"locked_until": result.locked_until} if result.locked_until else None,
     )
     return None
+
+
+ACCOUNT_TTL_SECONDS = 5
+
+
+@st.cache_data(ttl=ACCOUNT_TTL_SECONDS, show_spinner=False, max_entries=256)
+def _account(key: str, name: str) -> User | None:
+    return audit_parts()[2].get(name)
+
+
+def current_account(name: str) -> User | None:
+    """A signed-in account as stored now: one GetItem per account per few seconds per process, so a
+    removed or locked account stops working within ACCOUNT_TTL_SECONDS, at a negligible cost."""
+    return _account(config_key(current_config()), name)
+
+
+def locked_now(user: User) -> bool:
+    return bool(user.locked_until) and parse_iso(str(user.locked_until)) > datetime.now(UTC)
 
 
 def show_sign_in_problem(err: BaseException) -> None:

@@ -6,6 +6,7 @@ import pandas as pd
 import streamlit as st
 
 from reditus_operators import actions
+from reditus_operators.access import Role
 from reditus_operators.csv_import import (
     DELIMITER_NAMES,
     MAX_BYTES,
@@ -209,13 +210,16 @@ with ready_tab:
 
 # ---- dry run, then queue --------------------------------------------------------------------------
 if not upload.started:
-    upload.send_history_matches = st.checkbox(
-        f"Also queue the {len(history_matches):,} payment(s) that already have a 200 or a pending request "
-        "(sent with force)",
-        value=upload.send_history_matches,
-        disabled=not history_matches,
-        key=FORCE_KEY,
-    )
+    if identity.role is Role.ADMIN:
+        upload.send_history_matches = st.checkbox(
+            f"Also queue the {len(history_matches):,} payment(s) that already have a 200 or a pending "
+            "request (sent with force)",
+            value=upload.send_history_matches,
+            disabled=not history_matches,
+            key=FORCE_KEY,
+        )
+    elif history_matches:
+        st.caption("Only an admin can queue the payments the history already has (with force).")
     to_send = upload.to_send()
     skipped = report.rows - len(to_send)
     buttons = st.container(horizontal=True)
@@ -258,6 +262,13 @@ if upload.remaining() and (upload.sending or not upload.finished):
     def _sent(done: int, total: int) -> None:
         bar.progress(done / max(total, 1), text=f"Queuing: {done:,} of {total:,}")
 
+    try:
+        # Checked again where it sends: the role may have changed, or the session been tampered with.
+        actions.check_bulk(data.acting(identity), [request for _, request in upload.remaining()])
+    except data.DENIED as err:
+        upload.sending = False
+        st.error(str(err), icon=":material/block:")
+        st.stop()
     try:
         upload.send(
             lambda requests, chunk_progress: data.send_batch(services, requests, chunk_progress), _sent

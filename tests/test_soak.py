@@ -6,27 +6,39 @@ outside: the producer side sends, a killer SIGKILLs workers, the simulator and D
 When the refund queue is drained, the history table is scanned, the dead-letter queue read and the
 simulator asked what it saw; tests/soak/count.py turns that into the report.
 
-* faults and duplicates - 20 % of Reditus calls fail transiently (429 with Retry-After, 500, 503,
+* faults and duplicates - 30 % of Reditus calls fail transiently (429 with Retry-After, 500, 503,
   answers slower than the client's read timeout, dropped connections); every message is sent twice
-  (same body, same refund_id); workers are SIGKILLed at random moments and restarted. 5 % of the
-  payments are rejected (400), 5 % unknown (404) and a few asked for by two refund_ids.
+  (same body, same refund_id); workers are SIGKILLed at random moments and restarted; a share of
+  invocations time out mid-batch (abandoned while records are in flight, the environment reset:
+  tests/soak/faulty_worker.py); the counter settlement at the end of an invocation fails for a while,
+  a few times (throttling and 500s on the TransactWriteItems that touch counter items). The 404
+  grace window is on (scaled): 5 % of the payments are rejected (400), 3 % unknown (404 until the
+  window closes, re-checked meanwhile), 5 % "late" (404 for a while inside the window, then 200) and
+  a few asked for by two refund_ids.
 * outage - the simulator answers 503 to everything for a while, with the shipped retry settings.
 * store failure - DynamoDB writes fail for a while (botocore-level, tests/soak/faulty_worker.py).
 
 Checked: every refund_id ends in exactly one terminal history outcome or a dead letter (none lost,
 none settled twice); the simulator applied at most one successful refund per payment, except where a
-kill fell between Reditus answering and the outcome being stored (reported on their own); the day
-counters equal the history items.
+kill or a timeout fell between Reditus answering and the outcome being stored (reported on their
+own); the day counters always equal what the items are counted under, and the history items once
+the repair path (HistoryWriter.settle_days) settled what an environment that went away left marked;
+no refund ever had two live 404 re-check chains (``recheck_chains_max``, see count.chain_report); no
+dead letter is orphaned (``orphaned_dead_letters``).
 
-`make test` runs the small version of each (about a minute together); `make soak` (``-m soak``) the
-full ones - 2,000 requests, a 60 s outage with the shipped settings - and writes soak-report.json.
+`make test` runs the small version of each (about a minute together, carrying every fault above);
+`make soak` (``-m soak``) the full ones - 10,000 requests under faults, a 60 s outage with the
+shipped settings - and writes soak-report.json.
 
 Time scaling. With the template's settings a killed invocation's messages come back after the
 visibility timeout (360 s). The faults and store scenarios shorten it, keeping what correctness
 needs: a lease (function timeout + 5 s, after the batching window of 1 s) must end before the
 message comes back, so visibility > timeout + 6 s (small: 5 s timeout / 12 s visibility, store 8 / 15;
 full: 12 / 20, store 20 / 30), and the Reditus client's timeouts are scaled with them (read 1 s and a
-slow answer after 1.5 s; full: 2 s and 3 s). The outage scenario keeps every retry setting the
+slow answer after 1.5 s; full: 2 s and 3 s). The 404 grace window and re-check delay (shipped 900 s
+and 60 s) become 60 s and 6 s (small: 16 s and 3 s): longer than the visibility timeout, so a
+redelivered batch meets a live chain. Timeouts: every 200th invocation (small: every 8th) is
+abandoned 0.05-1.5 s in. The outage scenario keeps every retry setting the
 template ships (4 calls per delivery with 0.5-8 s backoff, 60 s function timeout, maxReceiveCount 5);
 the full version also keeps the 360 s visibility timeout and a 60 s outage. The small version scales
 only the visibility timeout (5 s) and makes the outage twice as long (10 s), i.e. 12 times harsher
@@ -45,6 +57,7 @@ from __future__ import annotations
 
 import json
 import os
+import threading
 from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
@@ -54,14 +67,16 @@ from unittest.mock import ANY
 import pytest
 from botocore.config import Config
 from botocore.exceptions import ClientError
+
 from reditus_local.resources import moto_session
 from reditus_operators.dlq import DeadLetter
-
 from reditus_refunds.contract import RefundRequest
+from reditus_refunds.history_writer import HistoryWriter
+from reditus_refunds.records import Settlement
 from tests.conftest import create_history_table
-from tests.soak.count import Planned, problems, tally
-from tests.soak.faulty_worker import WriteFaults
-from tests.soak.scenarios import Result, Scenario, StoreWindow, run
+from tests.soak.count import Planned, chain_report, problems, tally
+from tests.soak.faulty_worker import TIMED_OUT, Events, Timeouts, WriteFaults
+from tests.soak.scenarios import Result, Scenario, SettleWindow, StoreWindow, run
 from tests.soak.system import REPO_ROOT, Kill, Servers, StoreFaults, SystemSettings, dump, start_servers
 
 API_KEY = "sk_soak_3b9e1c7a5f2d4e8b0a6c"
@@ -76,34 +91,57 @@ SCALED_CLIENT = {
 SCALED_CLIENT_FULL = {**SCALED_CLIENT, "REDITUS_READ_TIMEOUT": "2", "REDITUS_CONNECT_TIMEOUT": "1"}
 # No 404 grace window (a 404 is final at once); the handler logs warnings only.
 PARAMETERS = {"NotFoundGraceSeconds": 0, "LogLevel": "WARNING"}
+# The faults scenario keeps the grace window on, scaled (shipped: 900 s, a re-check every 60 s, i.e.
+# 15 re-checks): longer than the visibility timeout, so a redelivered batch or a copy meets a live
+# re-check chain, and a few re-checks per window.
+GRACE = {"NotFoundGraceSeconds": 60, "NotFoundRecheckDelaySeconds": 6}
+GRACE_SMALL = {"NotFoundGraceSeconds": 16, "NotFoundRecheckDelaySeconds": 3}
 FULL = pytest.param(True, id="full", marks=[pytest.mark.soak, pytest.mark.timeout(1800)])
 SMALL = pytest.param(False, id="small", marks=pytest.mark.timeout(150))
 
 
 def faults_scenario(full: bool) -> Scenario:
+    grace = GRACE if full else GRACE_SMALL
     return Scenario(
         name="faults-full" if full else "faults",
-        requests=2000 if full else 60,
+        requests=10_000 if full else 60,
         copies=2,
-        fault_rate=0.2,
+        fault_rate=0.3,
         slow_seconds=3 if full else 1.5,  # past the read timeout
         retry_after=1,
         rejected=0.05,
-        unknown=0.05,
+        unknown=0.03 if full else 0.05,
+        late=0.05 if full else 0.1,
+        late_after=(2.0, 30.0) if full else (3.0, 12.0),  # inside the grace window
+        send_rate=12 if full else 6,  # about what the workers drain: no backlog outlasting the window
         shared=0.03,
-        kills=12 if full else 2,
-        kill_gap=(5.0, 20.0) if full else (0.5, 2.5),
-        deadline=1200 if full else 100,
+        kills=15 if full else 2,
+        kill_gap=(20.0, 60.0) if full else (0.5, 2.5),
+        # Counter settlements fail for a while, a few times (throttling and 500s, botocore's retries
+        # used up), while everything else goes on.
+        settle_windows=(
+            tuple(SettleWindow(at, 8) for at in (0.1, 0.35, 0.6, 0.85)) if full else (SettleWindow(0.3, 3),)
+        ),
+        deadline=1500 if full else 110,
         settings=SystemSettings(
             visibility_timeout=20 if full else 12,
             function_timeout=12 if full else 5,
-            workers=3 if full else 1,
-            parameters=PARAMETERS,
+            # Ten instances (the template's ReservedConcurrency; its MaximumConcurrency is 5 by default):
+            # an invocation lasts as long as its slowest record (a 429's Retry-After, a read timeout),
+            # about 3 s here, so throughput comes from instances.
+            workers=10 if full else 1,
+            parameters={**PARAMETERS, **grace},
             function_env=SCALED_CLIENT_FULL if full else SCALED_CLIENT,
+            events=True,
+            # Lambda timeouts mid-batch: every 200th invocation (full; every 8th small) is abandoned
+            # while its records are in flight.
+            timeout_rate=0.005 if full else 0.125,
+            timeout_cut=(0.05, 1.5),
         ),
         notes=[
             "visibility timeout and function timeout scaled down (shipped: 360 s and 60 s)",
             "Reditus client timeouts and backoff scaled with them (shipped: read 10 s, backoff 0.5-8 s)",
+            f"404 grace window and re-check delay scaled down (shipped: 900 s and 60 s): {grace}",
         ],
     )
 
@@ -170,6 +208,9 @@ REPORT_FIELDS = (
     "duplicate_submissions_unexplained",
     "resubmitted_after_timeout",
     "kills",
+    "timeouts",
+    "orphaned_dead_letters",
+    "unsettled_before_repair",
 )
 _scenarios: dict[str, dict[str, Any]] = {}
 
@@ -186,6 +227,8 @@ def record(report: dict[str, Any], found: list[str]) -> None:
         "generated_at": datetime.now(UTC).isoformat(timespec="seconds"),
         **{name: sum(int(s[name]) for s in scenarios) for name in REPORT_FIELDS},
         "counters_match": all(s["counters_match"] for s in scenarios),
+        "counters_consistent": all(s["counters_consistent"] for s in scenarios),
+        "recheck_chains_max": max(int(s["recheck_chains_max"]) for s in scenarios),
         "passed": all(not s["problems"] for s in scenarios),
         "scenarios": _scenarios,
     }
@@ -222,8 +265,17 @@ def test_faults_duplicates_and_kills(servers: Servers, full: bool, tmp_path: Pat
     checks = {
         "the killer found a batch in flight for every kill": report["kills"] == scenario.kills,
         "every request was sent twice": report["messages_sent"] == 2 * scenario.requests,
-        "about a fifth of the calls failed": sum(answers.get(k, 0) for k in kinds)
-        >= 0.1 * report["simulator_requests"],
+        "about 30 % of the calls failed": sum(answers.get(k, 0) for k in kinds)
+        >= 0.2 * report["simulator_requests"],
+        "invocations timed out mid-batch": report["timeouts"] > 0,
+        "counter settlements failed": report["settle_faults"]["injected"] > 0,
+        "404s inside the grace window were re-checked": report["rechecks"]["rechecks_sent"] > 0,
+        "late payments were refunded after a 404 inside the window": report["late_payments"][
+            "refunded_after_a_404"
+        ]
+        > 0,
+        "re-check chains stayed single": report["recheck_chains_max"] == 1,
+        "no orphaned dead letter": report["orphaned_dead_letters"] == 0,
     }
     if full:  # enough draws for every kind to turn up
         checks["every kind of fault turned up"] = all(answers.get(kind) for kind in kinds)
@@ -373,5 +425,162 @@ def test_the_count_finds_what_it_must() -> None:
         "unexpected_outcomes = 1",
         "duplicate_submissions_unexplained = 1",
         "the day counters do not match the history items",
+        # The made-up items carry no counted_outcome: the counters count what nothing is marked as.
+        "the day counters do not match what the items are counted under (a count lost or doubled)",
         "not every request reached a terminal outcome or the dead-letter queue",
     ]
+
+
+def test_counter_faults_fail_only_the_settlements(servers: Servers, tmp_path: Path) -> None:
+    """target "counters": a transaction that moves a day counter fails; other writes go through."""
+    faults = StoreFaults(tmp_path / "faults.json", tmp_path / "faults.log")
+    hook = WriteFaults(faults.flag, faults.stats, seed=5)
+    no_retry = Config(retries={"mode": "standard", "total_max_attempts": 1})
+    client = moto_session().client("dynamodb", endpoint_url=servers.endpoint, config=no_retry)
+    client.meta.events.register("before-send.dynamodb", hook.before_send)  # type: ignore[arg-type]
+    table = f"counters-{tmp_path.name}"
+    create_history_table(client, table)
+    writer = HistoryWriter(table, client)
+    refund = Settlement("r1", "2027-01-15", None, "refunded")
+    client.put_item(TableName=table, Item={"refund_id": {"S": "r1"}, "outcome": {"S": "refunded"}})
+
+    faults.on(["throttle"], target="counters")
+    client.put_item(TableName=table, Item={"refund_id": {"S": "r2"}})  # not a counter: goes through
+    assert writer.settle([refund]) == [refund]  # the settlement failed, and says so
+    faults.off()
+    assert writer.settle([refund]) == []
+    assert [f[:2] for f in faults.injected()] == [["TransactWriteItems", "throttle"]]
+    counter = client.get_item(TableName=table, Key={"refund_id": {"S": "counter#2027-01-15"}})["Item"]
+    assert counter["refunded"] == {"N": "1"}
+
+
+def test_an_abandoned_invocation_stops_at_its_cut(tmp_path: Path) -> None:
+    """Timeouts cut every 1/rate-th invocation while its records are in flight, and say so."""
+    events = Events(tmp_path / "events")
+    stopped: list[int] = []
+    cuts = [threading.Event(), threading.Event()]
+
+    def stop(code: int) -> None:  # stands in for os._exit: the handler's threads stop here
+        cuts[len(stopped)].set()
+        stopped.append(code)
+
+    def handler(event: dict[str, Any], context: Any) -> dict[str, Any]:
+        if event["cut"]:
+            assert cuts[0].wait(10), "the cut never came"
+        else:  # runs past where a cut would come (0.1 s at most): none comes
+            assert not cuts[1].wait(0.5), "an invocation that was not to be cut was cut"
+        return {"batchItemFailures": []}
+
+    class Context:
+        def get_remaining_time_in_millis(self) -> int:
+            return 5000
+
+    wrapped = Timeouts(0.5, (0.05, 0.1), events, seed=1, stop=stop).wrap(handler)
+    assert wrapped({"Records": [{}], "cut": True}, Context()) == {"batchItemFailures": []}
+    assert stopped == [TIMED_OUT]
+    wrapped({"Records": [{}], "cut": False}, Context())  # rate 0.5: the next one runs to its end
+    assert stopped == [TIMED_OUT]
+    lines = [json.loads(line) for f in (tmp_path / "events").iterdir() for line in f.read_text().splitlines()]
+    assert [line["e"] for line in lines] == ["timeout", "invocation", "invocation"]
+    assert 0.05 <= lines[0]["after"] <= 0.1 and lines[0]["records"] == 1
+
+
+def test_the_count_sees_chains_orphans_and_counts_lost() -> None:
+    """chain_report, orphaned dead letters and the counters' consistency, on made-up evidence."""
+    t = 1_800_000_000.0
+
+    def call(refund_id: str, token: str, at: float) -> dict[str, Any]:
+        return {
+            "e": "call",
+            "rid": refund_id,
+            "tok": token,
+            "mid": f"m-{token}-{at}",
+            "t0": at,
+            "t1": at + 0.1,
+        }
+
+    def sent(refund_id: str, parent: str | None, token: str, at: float) -> dict[str, Any]:
+        return {"e": "send", "rid": refund_id, "parent": parent, "tok": token, "t": at}
+
+    single = [
+        sent("r1", None, "a1", t),
+        call("r1", "a1", t + 6),
+        sent("r1", "a1", "a2", t + 6.1),
+        call("r1", "a2", t + 12),
+        # A redelivered batch started a second chain (b1), which was turned away: never called.
+        sent("r1", None, "b1", t + 7),
+        {
+            "e": "deliver",
+            "rid": "r1",
+            "tok": "b1",
+            "mid": "m-b1",
+            "t0": t + 13,
+            "t1": t + 13,
+            "res": "retrying",
+        },
+    ]
+    assert chain_report(single)["recheck_chains_max"] == 1
+    assert chain_report(single)["recheck_messages_turned_away"] == 1
+    # The same, but the second chain asked Reditus while the first still did: two live chains.
+    double = [*single, call("r1", "b1", t + 10), sent("r1", "b1", "b2", t + 10.1), call("r1", "b2", t + 16)]
+    report = chain_report(double)
+    assert report["recheck_chains_max"] == 2
+    assert report["evidence"][0]["refund_id"] == "r1" and set(report["evidence"][0]["chains"]) == {"a1", "b1"}
+    # One chain after the other (the first ended before the second began) is not two at once.
+    one_then_other = [sent("r2", None, "c1", t - 6), call("r2", "c1", t)]
+    one_then_other += [sent("r2", None, "d1", t + 0.5), call("r2", "d1", t + 6)]
+    assert chain_report(one_then_other)["recheck_chains_max"] == 1
+    # A second chain started (by a copy) while the first waited for its last call: two at once,
+    # though the first's last call comes before the second's first.
+    beside = [sent("r3", None, "e1", t), call("r3", "e1", t + 6), sent("r3", None, "f1", t + 5)]
+    beside += [call("r3", "f1", t + 11)]
+    assert chain_report(beside)["recheck_chains_max"] == 2
+    assert chain_report([])["recheck_chains_max"] == 0
+
+    def planned(n: int, expect: str = "refunded") -> Planned:
+        return Planned(RefundRequest(payment_id=f"p{n}", refund_id=f"r{n}"), expect)
+
+    def at(seconds: float) -> str:
+        return datetime.fromtimestamp(t + seconds, UTC).isoformat().replace("+00:00", "Z")
+
+    def item(n: int, outcome: str, *log: tuple[str, float], counted: str | None = None) -> dict[str, Any]:
+        return {
+            "refund_id": f"r{n}",
+            "payment_id": f"p{n}",
+            "outcome": outcome,
+            "counted_outcome": counted or outcome,
+            "queued_at": at(0),
+            "attempt_log": [{"kind": kind, "at": at(s)} for kind, s in log],
+        }
+
+    items = [
+        # Two 404s inside a 60 s window, then one after it: one settlement, not three.
+        item(1, "not_found", ("not_found", 1), ("not_found", 30), ("not_found", 61)),
+        item(2, "refunded", ("not_found", 1), ("refunded", 7)),  # a late payment
+        item(3, "dead_lettered", ("transient", 1)),  # no dead letter: orphaned
+        item(4, "refunded", ("refunded", 1), counted="pending"),  # not settled yet
+        {"refund_id": "counter#2027-01-15", "refunded": 1, "pending": 1, "not_found": 1, "dead_lettered": 1},
+    ]
+    letters = [DeadLetter("m9", "{}", 5, 0, "p9", "r9", "h9")]  # nobody's history knows r9
+    report = tally(
+        [planned(1, "not_found"), planned(2, "late"), planned(3), planned(4)],
+        items,
+        letters,
+        [],
+        [],
+        messages_sent=4,
+        grace_seconds=60,
+    )
+    assert report["duplicate_terminal"] == 0 and report["unexpected_outcomes"] == 0
+    assert report["orphaned_dead_letters"] == 2
+    assert {e["refund_id"] for e in report["evidence"]["orphaned_dead_letters"]} == {"r3", "r9"}
+    # The counters hold what the items are counted under; r4 waits for its settlement.
+    assert report["counters_consistent"] and report["unsettled_before_repair"] == 1
+    assert not report["counters_match"]
+    # Without the window, the three 404s would be three settlements.
+    assert tally([planned(1, "not_found")], items[:1], [], [], [], messages_sent=1)["duplicate_terminal"] == 1
+    # A count lost (the counter says nothing of r1's not_found).
+    lost = [*items[:4], {"refund_id": "counter#2027-01-15", "refunded": 1, "pending": 1, "dead_lettered": 1}]
+    broken = tally([planned(1, "not_found")], lost, [], [], [], messages_sent=1, grace_seconds=60)
+    assert not broken["counters_consistent"]
+    assert any("counted under (a count lost or doubled)" in p for p in problems(broken))

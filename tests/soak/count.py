@@ -14,7 +14,17 @@
 * ``resubmitted_after_timeout`` - payments refunded again because the client never received the
   answer: a "slow" fault (applied, answered after the read timeout) or an answer that missed the
   timeout under load; the client cannot know, so it retries. Reported on their own (see `_again`);
-* ``counters_match`` - the per-day counters, summed per outcome, equal the history items per outcome.
+* ``counters_match`` - the per-day counters, summed per outcome, equal the history items per outcome
+  (counted after the repair path, ``HistoryWriter.settle_days``, settled what was left marked);
+* ``counters_consistent`` - before that repair, the counters equal the outcomes the items are
+  *counted under* (``counted_outcome``): a settlement moves a counter and marks its item in one
+  transaction, so no failure may lose or double a count; ``unsettled_before_repair`` - items whose
+  change was not settled yet when the queue drained (an invocation ended with its settlement
+  failing, then its environment went away: a kill or a timeout);
+* ``recheck_chains_max`` - the most 404 re-check chains any refund had live at once (must be 1 when
+  there were chains; 0 without any). See `chain_report` for how it is derived;
+* ``orphaned_dead_letters`` - dead letters whose refund_id has no history item, plus items recorded
+  ``dead_lettered`` with no dead letter (an item that moved on to a later outcome is not one).
 """
 
 from __future__ import annotations
@@ -27,7 +37,6 @@ from datetime import datetime
 from typing import Any
 
 from reditus_operators.dlq import DeadLetter
-
 from reditus_refunds.contract import RefundRequest
 from reditus_refunds.layout import COUNTER_PREFIX, HASH_KEY, PAYMENT_MARKER_PREFIX
 from reditus_refunds.records import Outcome
@@ -36,7 +45,8 @@ from reditus_refunds.submitter import LEASE_MARGIN_SECONDS
 from .system import Kill
 
 TERMINAL = {o.value for o in Outcome if o.terminal}
-# Attempt-log kinds that settle a refund (404 is final: the soak runs without the grace window).
+# Attempt-log kinds that settle a refund. A 404 ("not_found") settles it only outside the grace
+# window; inside, it schedules a re-check (see _settlements).
 TERMINAL_KINDS = {"refunded", "rejected", "not_found", "failed", "invalid", "duplicate"}
 EVIDENCE_LIMIT = 10
 
@@ -46,7 +56,9 @@ class Planned:
     """One refund request and what it must end in."""
 
     request: RefundRequest
-    expect: str  # refunded | rejected | not_found | shared (one refund_id of the payment refunded)
+    # refunded | rejected | not_found | shared (one refund_id of the payment refunded) | late (404
+    # for a while, inside the grace window, then refunded)
+    expect: str
 
 
 def _epoch(iso_text: str) -> float:
@@ -68,6 +80,135 @@ def _again(earlier: dict[str, Any], later: dict[str, Any], kill_times: Sequence[
     if any(start - 0.05 <= t <= end + 0.05 for t in kill_times):
         return "kill"
     return "unexplained"
+
+
+def _settlements(item: dict[str, Any], grace_seconds: float) -> int:
+    """How many attempts of the item's log settled it: every terminal kind, except a 404 answered
+    inside the grace window (it scheduled a re-check); the last attempt of a settled item counts
+    too (a 404 answered just before the window closed may have been decided just after)."""
+    log = list(item.get("attempt_log", []))
+    queued = _epoch(str(item["queued_at"])) if item.get("queued_at") else None
+    settled: set[int] = set()
+    for index, attempt in enumerate(log):
+        kind = attempt.get("kind")
+        if kind not in TERMINAL_KINDS:
+            continue
+        inside = (
+            kind == "not_found"
+            and grace_seconds > 0
+            and queued is not None
+            and attempt.get("at")
+            and _epoch(str(attempt["at"])) - queued < grace_seconds
+        )
+        if not inside:
+            settled.add(index)
+    if log and str(item.get("outcome")) in TERMINAL and log[-1].get("kind") in TERMINAL_KINDS:
+        settled.add(len(log) - 1)
+    return len(settled)
+
+
+def chain_report(events: Iterable[dict[str, Any]]) -> dict[str, Any]:
+    """Live 404 re-check chains per refund, from what the workers reported (faulty_worker --events-dir).
+
+    Method. Every re-check a delivery queues is reported with the chain token it carries and the
+    token it was given by the delivery that sent it (``send``: parent -> token; none for the
+    producer's own message). Following parents to the first token gives each re-check's chain:
+    a redelivered batch or a second copy of the producer's message that starts a new chain gives a
+    second first token. Every Reditus call is reported with the token of the delivery that made it
+    (``call``). A chain is live from its first call to its last: a re-check that changed nothing
+    (a superseded chain's, or a copy while another chain waits) made no call, so a chain whose
+    messages were all turned away never counts, while two chains both still asking Reditus overlap.
+    A chain's span starts when its first re-check was queued (by a delivery without a token, whose
+    own call belongs to no chain), so a second chain started while the first was live overlaps it.
+    ``recheck_chains_max`` is the most chains of one refund whose live spans overlap (a sweep over
+    the spans' starts and ends); 0 when no re-check ever called.
+    """
+    parent: dict[str, str | None] = {}
+    sent_at: dict[str, float] = {}
+    calls: list[dict[str, Any]] = []
+    deliveries = sent = overran = 0
+    called_mids: set[str] = set()
+    recheck_mids: set[str] = set()
+    for event in events:
+        kind = event.get("e")
+        if kind == "send" and event.get("tok"):
+            sent += 1
+            parent[str(event["tok"])] = event.get("parent")
+            sent_at[str(event["tok"])] = float(event["t"])
+        elif kind == "call" and event.get("tok"):
+            calls.append(event)
+            called_mids.add(str(event.get("mid")))
+        elif kind == "invocation" and event.get("over"):
+            overran += 1
+        elif kind == "deliver" and event.get("tok"):
+            deliveries += 1
+            recheck_mids.add(str(event.get("mid")))
+
+    def first(token: str) -> str:
+        seen = {token}
+        while (up := parent.get(token)) is not None and up not in seen:
+            token = up
+            seen.add(token)
+        return token
+
+    spans: dict[str, dict[str, list[float]]] = defaultdict(dict)
+    for call in calls:
+        chain = first(str(call["tok"]))
+        # Live from the moment its first re-check was queued (the delivery that started it had no
+        # token: its own call belongs to no chain), so a chain started beside a live one overlaps
+        # it even if the live one makes its last call before the new one's first.
+        start = min(sent_at.get(chain, float(call["t0"])), float(call["t0"]))
+        span = spans[str(call["rid"])].setdefault(chain, [start, float(call["t1"])])
+        span[0], span[1] = min(span[0], start), max(span[1], float(call["t1"]))
+    most = 0
+    worst: list[dict[str, Any]] = []
+    for refund_id, chains in spans.items():
+        edges = sorted([(a, 1) for a, _ in chains.values()] + [(b, -1) for _, b in chains.values()])
+        live = peak = 0
+        for _, step in edges:  # an end sorts before a start at the same instant: touching is not overlapping
+            live += step
+            peak = max(peak, live)
+        if peak > 1:
+            worst.append({"refund_id": refund_id, "chains": {k: v for k, v in chains.items()}})
+        most = max(most, peak)
+    return {
+        "recheck_chains_max": most,
+        "rechecks_sent": sent,
+        "recheck_deliveries": deliveries,
+        "recheck_messages_turned_away": len(recheck_mids - called_mids),
+        "refunds_with_chains": len(spans),
+        # Invocations that ran past their deadline (Lambda fails the whole batch): the settlement
+        # at the end of an invocation retried for longer than the time left, for one.
+        "invocations_past_deadline": overran,
+        "evidence": worst[:EVIDENCE_LIMIT],
+    }
+
+
+def counter_report(items: Iterable[dict[str, Any]]) -> dict[str, Any]:
+    """The day counters beside the items: the outcomes they hold and the ones they are counted under."""
+    counters: Counter[str] = Counter()
+    counted: Counter[str] = Counter()
+    outcomes: Counter[str] = Counter()
+    unsettled: list[str] = []
+    for item in items:
+        key = str(item[HASH_KEY])
+        if key.startswith(COUNTER_PREFIX):
+            for kind in Outcome:
+                if kind.value in item:
+                    counters[kind.value] += int(item[kind.value])
+        elif not key.startswith(PAYMENT_MARKER_PREFIX):
+            outcomes[str(item.get("outcome"))] += 1
+            if item.get("counted_outcome") is not None:
+                counted[str(item["counted_outcome"])] += 1
+            if item.get("counted_outcome") != item.get("outcome"):
+                unsettled.append(key)
+    held = {k: v for k, v in counters.items() if v}
+    return {
+        "counters": dict(sorted(held.items())),
+        "consistent": held == {k: v for k, v in counted.items() if v},
+        "match": held == dict(outcomes),
+        "unsettled": sorted(unsettled),
+    }
 
 
 def _item_summary(item: dict[str, Any] | None) -> dict[str, Any] | None:
@@ -98,7 +239,14 @@ def tally(
     kills: Sequence[Kill],
     *,
     messages_sent: int,
+    timeouts: Sequence[Kill] = (),
+    events: Sequence[dict[str, Any]] = (),
+    grace_seconds: float = 0,
+    before_repair: Sequence[dict[str, Any]] | None = None,
 ) -> dict[str, Any]:
+    """The report of one scenario. `items` is the table after the repair path ran; `before_repair`
+    (default: the same) as the drained queue left it."""
+    items = list(items)
     by_refund: dict[str, dict[str, Any]] = {}
     counters: Counter[str] = Counter()
     markers = 0
@@ -135,12 +283,11 @@ def tally(
             dead_lettered.append(refund_id)
         if outcome not in TERMINAL and refund_id not in letters:
             lost.append(refund_id)
-        if found is not None:
-            settlements = [a for a in found.get("attempt_log", []) if a.get("kind") in TERMINAL_KINDS]
-            if len(settlements) > 1:
-                duplicate_terminal.append(refund_id)
+        if found is not None and _settlements(found, grace_seconds) > 1:
+            duplicate_terminal.append(refund_id)
         per_payment[plan.request.payment_id].append(refund_id)
-        settled_as_planned = plan.expect == "shared" or outcome in (plan.expect, Outcome.DEAD_LETTERED.value)
+        expected = "refunded" if plan.expect == "late" else plan.expect
+        settled_as_planned = plan.expect == "shared" or outcome in (expected, Outcome.DEAD_LETTERED.value)
         if outcome in TERMINAL and not settled_as_planned:
             wrong.append({"refund_id": refund_id, "expected": plan.expect, "item": _item_summary(found)})
     # Several refund_ids for one payment: exactly one is refunded, the others are duplicates of it.
@@ -163,7 +310,8 @@ def tally(
         paid = record.get("payment_id")
         if paid and record.get("applied"):
             applied[paid].append(record)
-    kill_times = sorted(k.at for k in kills)
+    # A Lambda timeout cuts an invocation as a kill does: between Reditus's answer and its record.
+    kill_times = sorted(k.at for k in [*kills, *timeouts])
     explained: list[str] = []
     unexplained: list[str] = []
     after_timeout: list[str] = []
@@ -178,6 +326,14 @@ def tally(
 
     history = Counter(str(item.get("outcome")) for item in by_refund.values())
     counted = {k: v for k, v in counters.items() if v}
+    before = counter_report(items if before_repair is None else before_repair)
+    chains = chain_report(events)
+    # Orphans: a dead letter nobody's history knows, or a dead_lettered item with no dead letter.
+    orphans = sorted(r for r in letters if r not in by_refund) + sorted(
+        r
+        for r, i in by_refund.items()
+        if i.get("outcome") == Outcome.DEAD_LETTERED.value and r not in letters
+    )
     report: dict[str, Any] = {
         "requests": len(wanted),
         "messages_sent": messages_sent,
@@ -193,13 +349,19 @@ def tally(
         "duplicate_submissions_unexplained": len(unexplained),
         "resubmitted_after_timeout": len(after_timeout),
         "kills": len(kills),
+        "timeouts": len(timeouts),
+        "recheck_chains_max": chains["recheck_chains_max"],
+        "orphaned_dead_letters": len(orphans),
         "counters_match": counted == dict(history),
+        "counters_consistent": before["consistent"],
+        "unsettled_before_repair": len(before["unsettled"]),
         "outcomes": dict(sorted(history.items())),
         "counters": dict(sorted(counted.items())),
         "payment_markers": markers,
         "simulator_requests": len(sim_requests),
         "simulator_answers": dict(sorted(faults.items())),
         "max_attempts": max((int(i.get("attempts", 0)) for i in by_refund.values()), default=0),
+        "rechecks": {k: v for k, v in chains.items() if k not in ("recheck_chains_max", "evidence")},
     }
     evidence: dict[str, Any] = {}
     if lost:
@@ -229,6 +391,18 @@ def tally(
         ]
     if not report["counters_match"]:
         evidence["counters"] = {"counters": counted, "history": dict(history)}
+    if not before["consistent"]:
+        evidence["counters_before_repair"] = {
+            "counters": before["counters"],
+            "unsettled": before["unsettled"][:EVIDENCE_LIMIT],
+        }
+    if chains["evidence"]:
+        evidence["recheck_chains"] = chains["evidence"]
+    if orphans:
+        evidence["orphaned_dead_letters"] = [
+            {"refund_id": r, "item": _item_summary(by_refund.get(r)), "dead_letters": len(letters.get(r, []))}
+            for r in orphans[:EVIDENCE_LIMIT]
+        ]
     if evidence:
         report["evidence"] = evidence
     return report
@@ -242,6 +416,14 @@ def problems(report: dict[str, Any], *, dead_letters_allowed: bool = True) -> li
             found.append(f"{name} = {report[name]}")
     if not report["counters_match"]:
         found.append("the day counters do not match the history items")
+    if not report["counters_consistent"]:
+        found.append(
+            "the day counters do not match what the items are counted under (a count lost or doubled)"
+        )
+    if report["recheck_chains_max"] > 1:
+        found.append(f"recheck_chains_max = {report['recheck_chains_max']}")
+    if report["orphaned_dead_letters"]:
+        found.append(f"orphaned_dead_letters = {report['orphaned_dead_letters']}")
     if report["terminal"] + report["dead_lettered"] < report["requests"]:
         found.append("not every request reached a terminal outcome or the dead-letter queue")
     if not dead_letters_allowed and (report["dead_lettered"] or report["dead_letter_messages"]):

@@ -13,6 +13,7 @@ import time
 from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -33,9 +34,11 @@ def plan_requests(
     rejected: float = 0.0,
     unknown: float = 0.0,
     shared: float = 0.0,
+    late: float = 0.0,
 ) -> list[Planned]:
     """`count` refund requests, each its own refund_id: mostly refundable payments, some the simulator
-    rejects (400) or does not know (404), and some for a payment an earlier request already asked for."""
+    rejects (400) or does not know (404), some it knows only a while after the request is sent (404,
+    then 200: "late"), and some for a payment an earlier request already asked for."""
     planned: list[Planned] = []
     refundable: list[str] = []
     for n in range(count):
@@ -47,6 +50,8 @@ def plan_requests(
             payment_id, expect = f"{prefix}-bad{n:05d}", "rejected"
         elif draw < shared + rejected + unknown:
             payment_id, expect = f"{prefix}-unknown{n:05d}", "not_found"
+        elif draw < shared + rejected + unknown + late:
+            payment_id, expect = f"{prefix}-late{n:05d}", "late"
         else:
             payment_id, expect = f"{prefix}-pay{n:05d}", "refunded"
             refundable.append(payment_id)
@@ -65,12 +70,21 @@ def simulator_payments(planned: Sequence[Planned]) -> dict[str, list[str]]:
     return {"add_payments": refundable, "add_invalid": invalid}
 
 
-def send(system: System, planned: Sequence[Planned], copies: int, rng: random.Random) -> int:
+def send(
+    system: System,
+    planned: Sequence[Planned],
+    copies: int,
+    rng: random.Random,
+    before: Callable[[Sequence[Planned]], None] | None = None,
+) -> int:
     """Ten at a time: once as the console and CLI do (recorded pending), then `copies - 1` more times
-    with the same body as a raw SendMessageBatch, in another order. Returns the messages sent."""
+    with the same body as a raw SendMessageBatch, in another order. `before` is called with each ten
+    before they go. Returns the messages sent."""
     producer = RefundProducer(system.sqs, system.queue_url, system.writer)
     sent = 0
     for start in range(0, len(planned), 10):
+        if before is not None:
+            before(planned[start : start + 10])
         chunk = [p.request for p in planned[start : start + 10]]
         report = producer.send_many(chunk)
         assert not report.failed, report.failed
@@ -162,6 +176,17 @@ class StoreWindow:
     seconds: float
     kinds: tuple[str, ...] = ("throttle", "error")
     rate: float = 1.0
+    target: str = "writes"  # or "counters": only the counter settlements fail
+
+
+@dataclass(frozen=True)
+class SettleWindow:
+    """A while during which the counter settlements fail, opening once `at` of the requests were
+    submitted to Reditus (a share of the planned requests, counted at the simulator)."""
+
+    at: float
+    seconds: float
+    kinds: tuple[str, ...] = ("throttle", "error")
 
 
 @dataclass(frozen=True)
@@ -185,7 +210,18 @@ class Scenario:
     outage_seconds: float = 0.0
     store_windows: tuple[StoreWindow, ...] = ()
     start_after: float = 0.25  # the outage or store failure starts once this share was submitted
+    late: float = 0.0  # share of payments the simulator knows only `late_after` seconds after sending
+    late_after: tuple[float, float] = (1.0, 5.0)
+    settle_windows: tuple[SettleWindow, ...] = ()  # alongside everything else, from a thread
+    # Requests per second the producer sends at (0: as fast as it can). Paced about as fast as the
+    # workers drain, refunds reach Reditus soon after they are queued, as they do in production,
+    # rather than after a backlog longer than the 404 grace window.
+    send_rate: float = 0.0
     notes: list[str] = field(default_factory=list)
+
+    @property
+    def grace_seconds(self) -> float:
+        return float(self.settings.parameters.get("NotFoundGraceSeconds", 0))
 
 
 @dataclass
@@ -216,9 +252,12 @@ def run(servers: Servers, scenario: Scenario, log_dir: Path) -> Result:
         rejected=scenario.rejected,
         unknown=scenario.unknown,
         shared=scenario.shared,
+        late=scenario.late,
     )
+    if scenario.late:
+        assert scenario.late_after[1] < scenario.grace_seconds, "a late payment must come inside the window"
     store_faults = None
-    if scenario.store_windows:
+    if scenario.store_windows or scenario.settle_windows:
         store_faults = StoreFaults(
             log_dir / f"{scenario.name}.store-faults.json", log_dir / f"{scenario.name}.store-faults.log"
         )
@@ -239,8 +278,40 @@ def run(servers: Servers, scenario: Scenario, log_dir: Path) -> Result:
     started = time.monotonic()
     outage: dict[str, Any] = {}
     windows: list[dict[str, Any]] = []
+    late_rng = random.Random(scenario.seed + 2)
+
+    paced: list[float] = []
+
+    def before_sending(chunk: Sequence[Planned]) -> None:
+        if scenario.send_rate:
+            paced.append(paced[-1] + len(chunk) / scenario.send_rate if paced else time.monotonic())
+            time.sleep(max(0.0, paced[-1] - time.monotonic()))  # the producer's pace, a scenario knob
+        # Counted from now, just before the request is sent: 404 until then, 200 after.
+        late = {
+            p.request.payment_id: late_rng.uniform(*scenario.late_after) for p in chunk if p.expect == "late"
+        }
+        if late:
+            servers.configure(add_late=late)
+
+    settled_windows: list[dict[str, Any]] = []
     with running(system):
-        producer = Background("producer", lambda: send(system, planned, scenario.copies, rng))
+        producer = Background(
+            "producer",
+            lambda: send(
+                system,
+                planned,
+                scenario.copies,
+                rng,
+                before_sending if scenario.late or scenario.send_rate else None,
+            ),
+        )
+        settle_faults = None
+        if scenario.settle_windows:
+            assert store_faults is not None
+            settle_faults = Background(
+                "settle faults",
+                lambda: _settle_windows(servers, scenario, store_faults, settled_windows, describe),
+            )
         killer = None
         if scenario.kills:
             killer = Killer(
@@ -280,13 +351,20 @@ def run(servers: Servers, scenario: Scenario, log_dir: Path) -> Result:
                         time.sleep(min(2.0, window.seconds))
             remaining = scenario.deadline - (time.monotonic() - started)
             wait_until(
-                lambda: producer.done.is_set() and (killer is None or killer.done) and system.drained(),
+                lambda: (
+                    producer.done.is_set()
+                    and (killer is None or killer.done)
+                    and (settle_faults is None or settle_faults.done.is_set())
+                    and system.drained()
+                ),
                 remaining,
                 f"{scenario.name}: every message to be settled",
                 describe,
                 interval=1.0,  # each look counts every message in moto: no need to look more often
             )
             messages_sent = producer.join()
+            if settle_faults is not None:
+                settle_faults.join()
         finally:
             if killer is not None:
                 killer.stop()
@@ -295,6 +373,13 @@ def run(servers: Servers, scenario: Scenario, log_dir: Path) -> Result:
             if scenario.outage_seconds and "ended" not in outage:
                 servers.configure(outage=False)
     duration = time.monotonic() - started
+    drained = system.scan()
+    # The repair path for what an environment that went away could not settle (app.py: settle).
+    repaired = system.writer.settle_days(
+        sorted(
+            {str(i["queued_day"]) for i in drained if i.get("queued_day") and "#" not in str(i["refund_id"])}
+        )
+    )
     report = tally(
         planned,
         system.scan(),
@@ -302,7 +387,24 @@ def run(servers: Servers, scenario: Scenario, log_dir: Path) -> Result:
         servers.requests(),
         system.kills,
         messages_sent=messages_sent,
+        timeouts=system.timeouts(),
+        events=system.events(),
+        grace_seconds=scenario.grace_seconds,
+        before_repair=drained,
     )
+    report["settled_by_repair"] = repaired
+    if scenario.late:
+        late_ids = {p.request.refund_id for p in planned if p.expect == "late"}
+        late_items = [i for i in drained if i["refund_id"] in late_ids]
+        report["late_payments"] = {
+            "requests": len(late_ids),
+            "refunded_after_a_404": sum(
+                1
+                for i in late_items
+                if i.get("outcome") == "refunded"
+                and any(a.get("kind") == "not_found" for a in i.get("attempt_log", []))
+            ),
+        }
     report = {
         "scenario": scenario.name,
         **report,
@@ -319,8 +421,21 @@ def run(servers: Servers, scenario: Scenario, log_dir: Path) -> Result:
             "store_windows": [
                 {"seconds": w.seconds, "kinds": list(w.kinds), "rate": w.rate} for w in scenario.store_windows
             ],
+            "send_rate": scenario.send_rate or None,
+            "late_payments": scenario.late,
+            "late_after_seconds": list(scenario.late_after) if scenario.late else None,
+            "settle_windows": [
+                {"at": w.at, "seconds": w.seconds, "kinds": list(w.kinds)} for w in scenario.settle_windows
+            ],
         },
     }
+    if scenario.settle_windows:
+        report["settle_faults"] = {"windows": settled_windows}
+    if system.settings.timeout_rate:
+        report["timeouts_detail"] = {
+            "workers_restarted": len(system.restarts_after_timeout),
+            "cut_at_seconds": [round(float(e["after"]), 2) for e in system.events() if e["e"] == "timeout"],
+        }
     if scenario.notes:
         report["settings"]["notes"] = scenario.notes
     if scenario.outage_seconds:
@@ -330,7 +445,13 @@ def run(servers: Servers, scenario: Scenario, log_dir: Path) -> Result:
             "requests_refused": sum(1 for r in records if r.get("fault") == "outage"),
             "refunds_hit": _hit_by(system, lambda a: a.get("http_status") == 503),
         }
-    if store_faults is not None:
+    if store_faults is not None and scenario.settle_windows:
+        injected = store_faults.injected()
+        for done in settled_windows:
+            done["injected"] = sum(1 for f in injected if done["from"] <= float(f[2]) <= done["to"] + 1)
+        report["settle_faults"]["injected"] = len(injected)
+        report["settle_faults"]["by_kind"] = dict(Counter(f[1] for f in injected))
+    elif store_faults is not None:
         injected = store_faults.injected()
         report["store_faults"] = {
             "windows": [
@@ -349,6 +470,36 @@ def run(servers: Servers, scenario: Scenario, log_dir: Path) -> Result:
             ),
         }
     return Result(report, system, planned)
+
+
+def _submitted(servers: Servers, wanted: int) -> bool:
+    return servers.request_count() >= wanted
+
+
+def _settle_windows(
+    servers: Servers,
+    scenario: Scenario,
+    faults: StoreFaults,
+    done: list[dict[str, Any]],
+    describe: Callable[[], str],
+) -> None:
+    """Open each counter-settlement failure window once its share of the requests was submitted."""
+    for window in scenario.settle_windows:
+        wanted = max(1, int(scenario.requests * window.at))
+        wait_until(
+            partial(_submitted, servers, wanted),
+            scenario.deadline,
+            f"{wanted} submissions",
+            describe,
+            interval=0.5,
+        )
+        faults.on(window.kinds, 1.0, target="counters")
+        opened = time.time()
+        try:
+            time.sleep(window.seconds)  # the failure window itself
+        finally:
+            faults.off()
+        done.append({"kinds": list(window.kinds), "from": opened, "to": time.time()})
 
 
 def _hit_by(system: System, attempt_matches: Callable[[dict[str, Any]], bool]) -> int:

@@ -28,11 +28,11 @@ from pathlib import Path
 from typing import IO, Any
 
 import requests
+
 from reditus_local.resources import LocalSystem, TemplateModel, create_resources, moto_session
 from reditus_local.stack import AWS_IDENTITY_ENV
 from reditus_operators.dlq import DeadLetter, DeadLetterQueue
 from reditus_operators.history import HistoryReader
-
 from reditus_refunds.history_writer import HistoryWriter
 from reditus_refunds.layout import from_item
 
@@ -285,6 +285,11 @@ class SystemSettings:
     workers: int = 1
     quiet: bool = True  # no per-message lines from the worker (they cost a read each)
     wait_time: int = 2  # the worker's long poll
+    # tests/soak/faulty_worker.py: report every delivery (events), abandon a share of invocations
+    # part-way like a Lambda timeout (timeout_rate, timeout_cut: seconds into the invocation).
+    events: bool = False
+    timeout_rate: float = 0.0
+    timeout_cut: tuple[float, float] = (0.1, 1.0)
 
     def describe(self, local: LocalSystem) -> dict[str, Any]:
         return {
@@ -296,6 +301,11 @@ class SystemSettings:
             "workers": self.workers,
             "function_env": dict(self.function_env),
             "parameters": dict(self.parameters),
+            **(
+                {"timeout_rate": self.timeout_rate, "timeout_cut_seconds": list(self.timeout_cut)}
+                if self.timeout_rate
+                else {}
+            ),
         }
 
 
@@ -306,9 +316,10 @@ class StoreFaults:
     flag: Path
     stats: Path
 
-    def on(self, kinds: Sequence[str], rate: float = 1.0) -> None:
+    def on(self, kinds: Sequence[str], rate: float = 1.0, target: str = "writes") -> None:
+        """Fail `rate` of the write calls (target "writes") or of the counter settlements ("counters")."""
         staged = self.flag.with_name(self.flag.name + ".new")
-        staged.write_text(json.dumps({"kinds": list(kinds), "rate": rate}))
+        staged.write_text(json.dumps({"kinds": list(kinds), "rate": rate, "target": target}))
         os.replace(staged, self.flag)  # the workers never read half a file
 
     def off(self) -> None:
@@ -322,9 +333,12 @@ class StoreFaults:
 
 @dataclass(frozen=True)
 class Kill:
-    at: float  # time.time() just before the signal
+    at: float  # time.time() just before the signal (or when an invocation was abandoned)
     worker: str
     pid: int
+
+
+TIMED_OUT = 75  # tests/soak/faulty_worker.py's exit status for an abandoned invocation
 
 
 class System:
@@ -365,12 +379,16 @@ class System:
         self.dynamodb = self.client("dynamodb")
         self.store = HistoryReader(self.table, self.dynamodb)
         self.writer = HistoryWriter(self.table, self.dynamodb)
+        self.events_dir = log_dir / f"{name}.events"
         self.workers = [
             Process(f"{name}-worker{i}", self.worker_argv(), self.worker_env(), log_dir, WORKER_READY)
             for i in range(settings.workers)
         ]
         self.kills: list[Kill] = []
+        self.restarts_after_timeout: list[Kill] = []
         self._lock = threading.Lock()
+        self._stop_watching = threading.Event()
+        self._watcher: threading.Thread | None = None
 
     def client(self, service: str) -> Any:
         return self._session.client(service, endpoint_url=self.servers.endpoint)  # type: ignore[call-overload]
@@ -399,22 +417,30 @@ class System:
             args += ["--timeout", str(self.settings.function_timeout)]
         if self.settings.quiet:
             args.append("--quiet")
-        if self.store_faults is None:
+        harness: list[str] = []
+        if self.store_faults is not None:
+            harness += [
+                "--fault-file",
+                str(self.store_faults.flag),
+                "--stats-file",
+                str(self.store_faults.stats),
+            ]
+        if self.settings.events:
+            harness += ["--events-dir", str(self.events_dir)]
+        if self.settings.timeout_rate:
+            low, high = self.settings.timeout_cut
+            harness += ["--timeout-rate", str(self.settings.timeout_rate), "--timeout-cut", f"{low}:{high}"]
+        if not harness:
             return _python("reditus_local.worker", *args)
-        faults = self.store_faults
-        return _python(
-            "tests.soak.faulty_worker",
-            "--fault-file",
-            str(faults.flag),
-            "--stats-file",
-            str(faults.stats),
-            "--",
-            *args,
-        )
+        return _python("tests.soak.faulty_worker", *harness, "--", *args)
 
     def start_workers(self) -> None:
         for worker in self.workers:
             worker.start()
+        if self.settings.timeout_rate:
+            self._stop_watching.clear()
+            self._watcher = threading.Thread(target=self._restart_timed_out, name="revive", daemon=True)
+            self._watcher.start()
 
     def kill_and_restart(self, index: int) -> Kill:
         worker = self.workers[index]
@@ -423,12 +449,44 @@ class System:
             pid = worker.kill()
             kill = Kill(at, worker.name, pid)
             self.kills.append(kill)
-        worker.start()
+            worker.start()
         return kill
 
+    def _restart_timed_out(self) -> None:
+        """Lambda starts a new execution environment after a timeout: so does this, for each worker
+        that abandoned an invocation (exit status TIMED_OUT). Any other exit is left for the
+        drain wait to report, with the worker's output."""
+        while not self._stop_watching.wait(0.2):  # the polling interval, not a synchronisation
+            for worker in self.workers:
+                with self._lock:
+                    proc = worker.proc
+                    if self._stop_watching.is_set() or proc is None or proc.poll() != TIMED_OUT:
+                        continue
+                    self.restarts_after_timeout.append(Kill(time.time(), worker.name, proc.pid))
+                    worker.start()
+
     def stop(self) -> None:
+        self._stop_watching.set()
+        if self._watcher is not None:
+            self._watcher.join(START_TIMEOUT + 5)
+            self._watcher = None
         for worker in self.workers:
             worker.stop()
+
+    def events(self) -> list[dict[str, Any]]:
+        """What the workers reported (tests/soak/faulty_worker.py --events-dir), every process."""
+        found: list[dict[str, Any]] = []
+        for path in sorted(self.events_dir.glob("events.*.jsonl")):
+            for line in path.read_text().splitlines():
+                with contextlib.suppress(ValueError):  # a line cut by a SIGKILL
+                    found.append(json.loads(line))
+        return found
+
+    def timeouts(self) -> list[Kill]:
+        """The invocations abandoned as Lambda timeouts, when they were abandoned."""
+        return [
+            Kill(float(e["t"]), "worker", int(e.get("pid", 0))) for e in self.events() if e["e"] == "timeout"
+        ]
 
     def processes(self) -> list[Process]:
         return list(self.workers)

@@ -225,6 +225,29 @@ def test_a_failing_counter_settlement_does_not_fail_the_batch(lam: Lambda) -> No
     assert counted(lam) == {"refunded": 3}
 
 
+def test_the_settlement_never_runs_past_the_invocations_end(lam: Lambda) -> None:
+    """With less time left than a bounded settlement may take, the counters wait for the next
+    invocation: a Lambda timing out in its settlement would have SQS deliver the batch again."""
+    _, failures = lam.run({"payment_id": DEMO_REFUNDABLE[0], "refund_id": "late-1"}, remaining_ms=7_000)
+    assert failures == set() and lam.record("late-1").outcome is Outcome.REFUNDED
+    assert len(lam.service.unsettled) == 1 and counted(lam) == {}
+    _, failures = lam.run({"payment_id": DEMO_REFUNDABLE[1], "refund_id": "late-2"})
+    assert failures == set() and lam.service.unsettled == []
+    assert counted(lam) == {"refunded": 2}
+
+
+def test_the_settlement_has_its_own_bounded_client() -> None:
+    import boto3
+
+    from reditus_refunds.app import SETTLE_CONFIG, SETTLE_RESERVE_SECONDS
+
+    # What botocore makes of it (its `max_attempts` counts retries, not tries: 2 would mean 3).
+    client = boto3.session.Session(region_name="us-east-1").client("dynamodb", config=SETTLE_CONFIG)
+    assert client.meta.config.retries["total_max_attempts"] == 2
+    worst = 2 * (SETTLE_CONFIG.connect_timeout + SETTLE_CONFIG.read_timeout) + 1  # one backoff, at most 1 s
+    assert worst <= SETTLE_RESERVE_SECONDS
+
+
 def counted(lam: Lambda) -> dict[str, int]:
     totals: dict[str, int] = {}
     for item in lam.items():

@@ -40,6 +40,17 @@ logger = logging.getLogger(__name__)
 
 # Standard retry mode: botocore backs off on throttling and transient AWS errors.
 AWS_CONFIG = Config(retries={"mode": "standard", "max_attempts": 5}, max_pool_connections=32)
+# The counter settlement at an invocation's end must finish before the invocation does: a Lambda
+# that times out there has SQS deliver every record of the batch again. Two tries of a call cut
+# at 1 + 2 s, with one backoff of at most 1 s, take at most 7 s: with less left, it waits for the
+# next invocation (the items stay marked, so nothing is lost).
+SETTLE_CONFIG = Config(
+    retries={"mode": "standard", "total_max_attempts": 2},
+    connect_timeout=1,
+    read_timeout=2,
+    max_pool_connections=2,
+)
+SETTLE_RESERVE_SECONDS = 8.0
 
 
 class SecretKeyProvider:
@@ -162,6 +173,12 @@ class SubmitterService:
         else:
             key_provider = StaticKeyProvider(settings.reditus_api_key)
         self.store = HistoryWriter(settings.history_table_name, self.dynamodb)
+        # An injected client (tests) serves both; in Lambda the settlement has its own, bounded one.
+        self.settle_store = (
+            self.store
+            if dynamodb is not None
+            else HistoryWriter(settings.history_table_name, session.client("dynamodb", config=SETTLE_CONFIG))
+        )
         self.reditus = reditus or ReditusClient(
             settings.reditus_api_base_url,
             key_provider,
@@ -201,9 +218,9 @@ class SubmitterService:
             yield current
         finally:
             self.current = None
-            self.settle(current.ledger.drain())
+            self.settle(current.ledger.drain(), current.deadline)
 
-    def settle(self, settlements: list[Settlement]) -> None:
+    def settle(self, settlements: list[Settlement], deadline: float | None = None) -> None:
         """After every record ran, whatever happened: one transaction moves the day counters.
 
         Never raises: the records' results are stored already, and failing the batch for its
@@ -211,9 +228,16 @@ class SubmitterService:
         marked on its items (outcome != counted_outcome) and is retried at the next invocation
         (HistoryWriter.settle_days repairs what an instance that went away left behind).
         """
+        if deadline is not None and time.monotonic() > deadline - SETTLE_RESERVE_SECONDS and settlements:
+            logger.info(
+                "too little time left to settle the day counters; the next invocation settles them",
+                extra={"unsettled": len(settlements)},
+            )
+            self.unsettled = settlements
+            return
         try:
             with self.telemetry.span("history settle counters"):
-                failed = self.store.settle(settlements)
+                failed = self.settle_store.settle(settlements)
         except Exception:
             logger.exception("settling the day counters failed; retried at the next invocation")
             failed = settlements

@@ -585,3 +585,13 @@ def test_stderr_lines_show_history_text_escaped(system: System) -> None:
     run = system.run("enqueue", "pay_m")
     assert_one_line_error(run, code=1)
     assert "already refunded by r\\x1b[2J\\u202e at x\\x07" in run.err and obeyable(run.err) == []
+
+
+def test_the_local_state_file_is_readable_by_its_owner_only(tmp_path: Path) -> None:
+    """It holds the local webhook signing secrets."""
+    config = SystemConfig(table_name="t", queue_url="http://127.0.0.1:9/q", dlq_url="", region="us-east-1")
+    old = tmp_path / "stack.json"
+    old.write_text("{}")
+    old.chmod(0o644)  # a file from before: narrowed too
+    path = write_local_state(config, tmp_path, {"webhook_env": {"STRIPE_WEBHOOK_SECRET": "whsec_x"}})
+    assert path == old and (path.stat().st_mode & 0o777) == 0o600

@@ -81,7 +81,13 @@ def data_dir(env: Mapping[str, str] | None = None) -> Path:
 def write_local_state(config: SystemConfig, directory: Path, extra: dict[str, Any] | None = None) -> Path:
     directory.mkdir(parents=True, exist_ok=True)
     path = directory / STATE_FILE_NAME
-    path.write_text(json.dumps({**asdict(config), **(extra or {})}, indent=2))
+    # It holds the local webhook signing secrets: readable by its owner only, from the first byte
+    # (created 0600 and written through that descriptor, never widened by the umask).
+    text = json.dumps({**asdict(config), **(extra or {})}, indent=2)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    os.fchmod(fd, 0o600)  # an older file keeps its mode on O_CREAT: narrow it too
+    with os.fdopen(fd, "w", encoding="utf-8") as out:
+        out.write(text)
     return path
 
 

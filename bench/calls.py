@@ -73,22 +73,33 @@ def measure(
     feeder = Feeder(feed_sqs, feed_ddb, stack.table, stack.queue_url, payments)
     runner = BatchRunner(stack, feeder, logs)
 
-    lambda_ddb = CallCounter("dynamodb").attach(service.dynamodb)
+    # The Lambda's DynamoDB calls go through two clients: the service's, and the counter
+    # settlement's own (bounded timeouts; app.py). Both are counted and priced as the Lambda's.
+    lambda_clients = [service.dynamodb]
+    settle_client = getattr(getattr(getattr(service, "settle_store", None), "table", None), "client", None)
+    if settle_client is not None and settle_client is not service.dynamodb:
+        lambda_clients.append(settle_client)
+    lambda_ddb = CallCounter("dynamodb")
+    capacity = CapacityModel(images).attach(feed_ddb, "producer")
+    for client in lambda_clients:
+        lambda_ddb.attach(client)
+        capacity.attach(client, "lambda")
     lambda_sqs = CallCounter("sqs").attach(service.sqs)
     producer_ddb = CallCounter("dynamodb").attach(feed_ddb)
     feeder_sqs = CallCounter("sqs").attach(feed_sqs)
-    capacity = CapacityModel(images).attach(service.dynamodb, "lambda").attach(feed_ddb, "producer")
     logged = logs.bytes
     try:
         for batch in range(refunds // 10):
             if batch * 10 == priced:
-                capacity.detach(service.dynamodb, "lambda")
+                for client in lambda_clients:
+                    capacity.detach(client, "lambda")
                 capacity.detach(feed_ddb, "producer")
             runner.run(handler, reset=False)
     finally:
         for counter in (lambda_ddb, lambda_sqs, producer_ddb, feeder_sqs):
             counter.detach()
-        capacity.detach(service.dynamodb, "lambda")
+        for client in lambda_clients:
+            capacity.detach(client, "lambda")
         capacity.detach(feed_ddb, "producer")
     log_bytes = logs.bytes - logged
 

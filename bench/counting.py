@@ -4,8 +4,9 @@
 read). `CapacityModel` prices each DynamoDB call in request units the way DynamoDB bills them:
 
 * writes: 1 WRU per KB of the larger of the item's before and after image, twice that inside a
-  transaction; plus, per global secondary index (all three project ALL), 1 write per KB of the
-  index entry when the item is or was in the index, 2 when an index key changes (delete + put).
+  transaction; plus, per global secondary index, with the projection layout.INDEX_PROJECTIONS
+  declares (template.yaml the same), 1 write per KB of the index entry when the item enters or
+  leaves the index or an attribute the index holds changes, 2 when its index key changes.
 * reads: 1 RRU per 4 KB per item for a consistent read (also for an item that is not there),
   half for an eventually consistent one; a Query is billed on the total size it read.
 
@@ -24,7 +25,7 @@ from dataclasses import dataclass, field
 from decimal import Decimal
 from typing import Any
 
-from reditus_refunds.layout import HASH_KEY, INDEXES
+from reditus_refunds.layout import HASH_KEY, INDEX_PROJECTIONS, INDEXES
 
 DDB_WRITES = frozenset({"PutItem", "UpdateItem", "DeleteItem", "BatchWriteItem", "TransactWriteItems"})
 DDB_READS = frozenset({"GetItem", "BatchGetItem", "Query", "Scan", "TransactGetItems"})
@@ -170,20 +171,36 @@ def _kb(size: int, unit: int) -> int:
     return max(1, math.ceil(size / unit))
 
 
-def index_writes(before: dict[str, Any] | None, after: dict[str, Any] | None) -> int:
-    """Index write units one item change costs over the table's GSIs (all ALL projections)."""
+def _index_entry(item: dict[str, Any], keys: tuple[str, ...], projected: tuple[str, ...]) -> dict[str, Any]:
+    """What an index holds of an item: the table's and the index's keys and the projected attributes."""
+    return {k: v for k, v in item.items() if k == HASH_KEY or k in keys or k in projected}
+
+
+def index_writes(
+    before: dict[str, Any] | None,
+    after: dict[str, Any] | None,
+    projections: dict[str, tuple[str, ...]] | None = None,
+) -> int:
+    """Index write units one item change costs over the table's GSIs, each with its projection
+    (layout.INDEX_PROJECTIONS unless given): 1 per KB of the entry when it enters or leaves the
+    index or when a projected attribute changes, both when its index key changes (delete + put);
+    nothing when only attributes the index does not hold change."""
+    projections = INDEX_PROJECTIONS if projections is None else projections
     units = 0
-    for hash_key, range_key in INDEXES.values():
+    for index, (hash_key, range_key) in INDEXES.items():
+        keys, projected = (hash_key, range_key), projections[index]
         was = bool(before) and hash_key in before and range_key in before  # type: ignore[operator]
         now = bool(after) and hash_key in after and range_key in after  # type: ignore[operator]
-        old = _kb(item_size(before) + INDEX_ENTRY_OVERHEAD, 1024)
-        new = _kb(item_size(after) + INDEX_ENTRY_OVERHEAD, 1024)
+        old_entry = _index_entry(before or {}, keys, projected)
+        new_entry = _index_entry(after or {}, keys, projected)
+        old = _kb(item_size(old_entry) + INDEX_ENTRY_OVERHEAD, 1024)
+        new = _kb(item_size(new_entry) + INDEX_ENTRY_OVERHEAD, 1024)
         if was and now:
             assert before is not None and after is not None
             same_key = before[hash_key] == after[hash_key] and before[range_key] == after[range_key]
             if not same_key:
                 units += old + new
-            elif before != after:
+            elif old_entry != new_entry:
                 units += new
         elif now:
             units += new

@@ -49,7 +49,12 @@ def _n(value: int) -> dict[str, str]:
     return {"N": str(value)}
 
 
-def _item(rng: random.Random, at: datetime, outcome: str) -> dict[str, Any]:
+RARE_REQUESTER = "rare@example.com"  # one refund among all the table's, mid-period
+
+
+def _item(
+    rng: random.Random, at: datetime, outcome: str, requested_by: str = "ops@example.com"
+) -> dict[str, Any]:
     stamp = iso(at)
     return {
         HASH_KEY: _s(str(uuid.UUID(int=rng.getrandbits(128)))),
@@ -58,7 +63,7 @@ def _item(rng: random.Random, at: datetime, outcome: str) -> dict[str, Any]:
         "counted_outcome": _s(outcome),
         "queued_at": _s(stamp),
         "queued_day": _s(stamp[:10]),
-        "requested_by": _s("ops@example.com"),
+        "requested_by": _s(requested_by),
         "source": _s("csv"),
         "message_id": _s(str(uuid.UUID(int=rng.getrandbits(128)))),
         "attempts": _n(1),
@@ -89,7 +94,8 @@ def fill(dynamodb: Any, table: str, size: int, now: datetime, seed: int = 7) -> 
         for _ in range(count):
             outcome = rng.choices(names, weights)[0]
             counts[outcome] = counts.get(outcome, 0) + 1
-            pending.append(_item(rng, start + timedelta(seconds=rng.uniform(0, span)), outcome))
+            who = RARE_REQUESTER if len(pending) == size // 2 else "ops@example.com"
+            pending.append(_item(rng, start + timedelta(seconds=rng.uniform(0, span)), outcome, who))
         counter = {HASH_KEY: _s(COUNTER_PREFIX + day.isoformat()), "counter_day": _s(day.isoformat())}
         counter.update({outcome: _n(n) for outcome, n in counts.items()})
         pending.append(counter)
@@ -113,10 +119,23 @@ def read_figures(dynamodb: Any, table: str, today: date) -> dict[str, int]:
     if len(page.records) != PAGE_SIZE or page_items != page.items_read:
         raise RuntimeError(f"unexpected first page: {len(page.records)} rows, {page_items} items read")
     counter.reset()
+    # The person filter over 90 days: one matching refund among them all.
+    rare = store.query(
+        requested_by=RARE_REQUESTER,
+        since=datetime.combine(today - timedelta(days=89), time.min, UTC),
+        until=datetime.combine(today, time.max, UTC),
+        limit=PAGE_SIZE,
+    )
+    if len(rare.records) != 1:
+        raise RuntimeError(f"the person filter found {len(rare.records)} refunds of {RARE_REQUESTER}, not 1")
+    rare_items, rare_calls = counter.items_read, counter.total
+    counter.reset()
     store.daily_counts(today - timedelta(days=DAYS - 1), today)
     figures = {
         "page_items": page_items,
         "page_calls": page_calls,
+        "requested_by_rare_items": rare_items,
+        "requested_by_rare_calls": rare_calls,
         "summary_items": counter.items_read,
         "summary_calls": counter.total,
     }

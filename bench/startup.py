@@ -3,13 +3,23 @@
 Each measurement is a fresh interpreter; the time is taken inside it, from before the first
 import to after the last client exists (interpreter start-up is the same for both and left out).
 
+Where: the function's package as functions/Makefile builds it (bench/artifact.py: the locked
+dependencies installed for Python 3.12, all compiled to bytecode), imported from that directory by
+python3.12, the template's runtime, with nothing else on the path but the standard library. When
+no python3.12 (or no package registry) is there, the development venv's interpreter instead, with
+bytecode cached in a private directory (PYTHONPYCACHEPREFIX) after a first compiling run; the
+table says which was used. Bare runs the same way from the same package.
+
 Both run as in Lambda: LAMBDA_TASK_ROOT set and tracing on (the template's `Tracing: Active`), so
 the X-Ray SDK behaves as it does there (its Lambda context and local sampler; outside Lambda it
-would build a botocore X-Ray client for sampling rules, which Lambda never does). Both run with
-bytecode: a first run compiles every module into a private cache (PYTHONPYCACHEPREFIX) that the
-timed runs read, as they read the compiled bytecode the Lambda package ships (functions/Makefile).
-Without it, a machine that sets PYTHONDONTWRITEBYTECODE would time the compiler on our modules
-only, because pip installed the libraries with bytecode.
+would build a botocore X-Ray client for sampling rules, which Lambda never does).
+
+What is compared: the CPU time of the process (user + system) over that span, medians over
+interleaved rounds. Import and init are CPU-bound once the files are in the page cache (two
+untimed warm-up runs put them there), and CPU time is what a busy machine does not inflate: on a
+2-core machine shared with other work (load 5-7), wall-clock times of the same import vary by 2x
+from one process to the next, so a median of a few wall times says more about the neighbours
+than about the code. Wall times are reported beside.
 
 * handler: ``import reditus_refunds.handler``, which builds the service at import: the DynamoDB,
   SQS and (REDITUS_API_KEY_SECRET being set) Secrets Manager clients, the Reditus HTTP session and
@@ -26,20 +36,26 @@ import statistics
 import subprocess
 import sys
 import tempfile
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from pathlib import Path
 
+from .artifact import Built
 from .procs import ROOT
 
-HANDLER_CODE = """
+# Timed from inside: wall (perf_counter) and the process's CPU (process_time), in seconds.
+PROLOGUE = """
 import time
-started = time.perf_counter()
-import reditus_refunds.handler
-print(f"BENCH_SECONDS {time.perf_counter() - started:.6f}")
+started, cpu = time.perf_counter(), time.process_time()
+"""
+EPILOGUE = """
+print(f"BENCH_SECONDS {time.perf_counter() - started:.6f} {time.process_time() - cpu:.6f}")
 """
 
-BARE_CODE = """
-import time
-started = time.perf_counter()
+HANDLER_CODE = PROLOGUE + "import reditus_refunds.handler" + EPILOGUE
+
+BARE_CODE = (
+    PROLOGUE
+    + """
 import boto3
 import requests
 from botocore.config import Config
@@ -47,54 +63,153 @@ config = Config(retries={"mode": "standard", "max_attempts": 5}, max_pool_connec
 session = boto3.session.Session()
 clients = [session.client(name, config=config) for name in ("dynamodb", "sqs", "secretsmanager")]
 http = requests.Session()
-print(f"BENCH_SECONDS {time.perf_counter() - started:.6f}")
 """
+    + EPILOGUE
+)
 
 
-def _run(code: str, env: dict[str, str], *options: str) -> subprocess.CompletedProcess[str]:
-    done = subprocess.run(
-        [sys.executable, *options, "-c", code], cwd=ROOT, env=env, capture_output=True, text=True, timeout=120
-    )
-    if done.returncode != 0:
-        raise RuntimeError(f"the start-up probe failed:\n{done.stderr[-2000:]}")
-    return done
+@dataclass(frozen=True)
+class Probe:
+    """Where a cold start is timed: an interpreter, its options, environment and directory."""
+
+    executable: str
+    options: tuple[str, ...]
+    env: dict[str, str]
+    cwd: Path
+    where: str  # for the table, e.g. "Python 3.12.1, built package"
+    source_env: dict[str, str]  # the same, with any bytecode ignored (all compiled at import)
+
+    def run(self, code: str, *options: str, source: bool = False) -> subprocess.CompletedProcess[str]:
+        done = subprocess.run(
+            [self.executable, *self.options, *options, "-c", code],
+            cwd=self.cwd,
+            env=self.source_env if source else self.env,
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+        if done.returncode != 0:
+            raise RuntimeError(f"the start-up probe failed ({self.where}):\n{done.stderr[-2000:]}")
+        return done
+
+    def seconds(self, code: str, source: bool = False) -> tuple[float, float]:
+        """(wall, cpu) seconds of one fresh process."""
+        for line in self.run(code, source=source).stdout.splitlines():
+            if line.startswith("BENCH_SECONDS "):
+                wall, cpu = line.split()[1:3]
+                return float(wall), float(cpu)
+        raise RuntimeError("the start-up probe printed no time")
 
 
-def _seconds(code: str, env: dict[str, str]) -> float:
-    for line in _run(code, env).stdout.splitlines():
-        if line.startswith("BENCH_SECONDS "):
-            return float(line.split()[1])
-    raise RuntimeError("the start-up probe printed no time")
+def _lambda_base(env: dict[str, str]) -> dict[str, str]:
+    """Lambda's tracing on (a loopback daemon address nothing listens on: nothing is sent at
+    import), and nothing of this process's own Python set-up."""
+    drop = ("POWERTOOLS_TRACE_DISABLED", "PYTHONDONTWRITEBYTECODE", "PYTHONPYCACHEPREFIX", "PYTHONPATH")
+    probe = {k: v for k, v in env.items() if k not in drop and k not in ("PYTHONHOME", "VIRTUAL_ENV")}
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as unused:
+        unused.bind(("127.0.0.1", 0))
+        probe["AWS_XRAY_DAEMON_ADDRESS"] = f"127.0.0.1:{unused.getsockname()[1]}"
+    return probe
+
+
+def lambda_env(env: dict[str, str], workdir: str) -> dict[str, str]:
+    """The development venv's run: tracing on, a task root, bytecode cached in `workdir`."""
+    return {
+        **_lambda_base(env),
+        "LAMBDA_TASK_ROOT": os.path.join(workdir, "task"),
+        "PYTHONPYCACHEPREFIX": os.path.join(workdir, "bytecode"),
+    }
+
+
+def dev_probe(env: dict[str, str], workdir: str) -> Probe:
+    probe = lambda_env(env, workdir)
+    # An empty cache that is never written: nothing but source to import from.
+    source = {**probe, "PYTHONPYCACHEPREFIX": os.path.join(workdir, "empty"), "PYTHONDONTWRITEBYTECODE": "1"}
+    version = ".".join(map(str, sys.version_info[:3]))
+    return Probe(sys.executable, (), probe, ROOT, f"Python {version}, development venv", source)
+
+
+def package_probe(env: dict[str, str], built: Built, artifact: Path, workdir: str) -> Probe:
+    """The built package as Lambda runs it: the task root first on the path, its shipped bytecode
+    read as is (no cache prefix, nothing written: /var/task is read-only), no user site."""
+    probe = {
+        **_lambda_base(env),
+        "LAMBDA_TASK_ROOT": str(artifact),
+        "PYTHONPATH": str(artifact),
+        "PYTHONDONTWRITEBYTECODE": "1",
+    }
+    # A cache prefix makes Python look for bytecode there only: the shipped .pyc are ignored.
+    source = {**probe, "PYTHONPYCACHEPREFIX": os.path.join(workdir, "empty")}
+    return Probe(built.python, ("-s",), probe, artifact, f"Python {built.version}, built package", source)
+
+
+@dataclass
+class Timings:
+    wall_ms: list[float] = field(default_factory=list)
+    cpu_ms: list[float] = field(default_factory=list)
+
+    def add(self, wall_cpu: tuple[float, float]) -> None:
+        self.wall_ms.append(wall_cpu[0] * 1000)
+        self.cpu_ms.append(wall_cpu[1] * 1000)
+
+    @property
+    def cpu(self) -> float:
+        return statistics.median(self.cpu_ms)
+
+    @property
+    def wall(self) -> float:
+        return statistics.median(self.wall_ms)
+
+
+def interleaved(probe: Probe, ours: str, bare: str, rounds: int) -> tuple[Timings, Timings]:
+    """`rounds` fresh processes of each, alternating which goes first, after two untimed runs of
+    each (the first compiles into the cache when there is one; both warm the page cache)."""
+    a, b = Timings(), Timings()
+    for _ in range(2):
+        probe.seconds(ours)
+        probe.seconds(bare)
+    for i in range(rounds):
+        pair = [(ours, a), (bare, b)]
+        for code, samples in pair if i % 2 == 0 else reversed(pair):
+            samples.add(probe.seconds(code))
+    return a, b
 
 
 @dataclass
 class StartupFigures:
-    handler_ms: list[float]
-    bare_ms: list[float]
+    where: str
+    handler: Timings
+    bare: Timings
     breakdown: list[tuple[str, float]]  # the handler's direct imports, cumulative ms, largest first
     # The same two without any bytecode (every module compiled at import), as a package built by
     # SAM's default Python builder runs on Lambda's read-only /var/task: what shipping .pyc saves.
-    source_handler_ms: list[float]
-    source_bare_ms: list[float]
+    source_handler: Timings
+    source_bare: Timings
 
     @property
     def handler_median(self) -> float:
-        return statistics.median(self.handler_ms)
+        return self.handler.cpu
 
     @property
     def bare_median(self) -> float:
-        return statistics.median(self.bare_ms)
+        return self.bare.cpu
 
     @property
     def ratio(self) -> float:
-        return self.handler_median / self.bare_median
+        return self.handler.cpu / self.bare.cpu
+
+    @property
+    def wall_ratio(self) -> float:
+        return self.handler.wall / self.bare.wall
 
 
-def import_breakdown(env: dict[str, str], top: int = 8) -> list[tuple[str, float]]:
+def import_breakdown(
+    probe: Probe, module: str = "reditus_refunds.handler", top: int = 8
+) -> list[tuple[str, float]]:
     """`python -X importtime`, one run: the handler's import time by top-level package (the self
     times of its modules; exclusive, so the rows add up). The handler module's own body, where the
     clients and Powertools objects are built, is a row of its own."""
-    stderr = _run("import reditus_refunds.handler", env, "-X", "importtime").stderr
+    stderr = probe.run(f"import {module}", "-X", "importtime").stderr
     subtree: list[tuple[str, int]] = []
     for line in stderr.splitlines():
         if not line.startswith("import time:"):
@@ -107,62 +222,29 @@ def import_breakdown(env: dict[str, str], top: int = 8) -> list[tuple[str, float
         name = column.strip()
         subtree.append((name, self_us))
         if len(column) - len(column.lstrip(" ")) == 1:  # depth 0: a whole import tree ends here
-            if name == "reditus_refunds.handler":
+            if name == module:
                 break
             subtree = []
     totals: dict[str, float] = {}
     for name, self_us in subtree:
-        label = (
-            "handler module body (clients, Powertools objects)"
-            if name == "reditus_refunds.handler"
-            else (name.split(".")[0])
-        )
+        label = "handler module body (clients, Powertools objects)" if name == module else name.split(".")[0]
         totals[label] = totals.get(label, 0.0) + self_us / 1000
     return sorted(totals.items(), key=lambda row: row[1], reverse=True)[:top]
 
 
-def lambda_env(env: dict[str, str], workdir: str) -> dict[str, str]:
-    """The handler's environment as Lambda gives it: tracing on, a task root, bytecode cached."""
-    probe = {
-        k: v for k, v in env.items() if k not in ("POWERTOOLS_TRACE_DISABLED", "PYTHONDONTWRITEBYTECODE")
-    }
-    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as unused:
-        unused.bind(("127.0.0.1", 0))  # nothing is sent at import; any loopback port will do
-        daemon = f"127.0.0.1:{unused.getsockname()[1]}"
-    probe.update(
-        {
-            "LAMBDA_TASK_ROOT": os.path.join(workdir, "task"),
-            "AWS_XRAY_DAEMON_ADDRESS": daemon,
-            "PYTHONPYCACHEPREFIX": os.path.join(workdir, "bytecode"),
-        }
-    )
-    return probe
-
-
-def measure(env: dict[str, str], rounds: int = 12, source_rounds: int = 3) -> StartupFigures:
+def measure(
+    env: dict[str, str], rounds: int = 12, source_rounds: int = 3, built: Built | None = None
+) -> StartupFigures:
+    """The submitter's cold start, from its built package when `built`, else in the dev venv."""
     with tempfile.TemporaryDirectory(prefix="bench-startup-") as workdir:
-        probe = lambda_env(env, workdir)
-        figures = _measure(probe, rounds)
-        # An empty cache that is never written: nothing but source to import from.
-        no_bytecode = {
-            **probe,
-            "PYTHONPYCACHEPREFIX": os.path.join(workdir, "empty"),
-            "PYTHONDONTWRITEBYTECODE": "1",
-        }
+        probe = (
+            dev_probe(env, workdir) if built is None else package_probe(env, built, built.submitter, workdir)
+        )
+        handler, bare = interleaved(probe, HANDLER_CODE, BARE_CODE, rounds)
+        source_handler, source_bare = Timings(), Timings()
         for _ in range(source_rounds):
-            figures.source_handler_ms.append(_seconds(HANDLER_CODE, no_bytecode) * 1000)
-            figures.source_bare_ms.append(_seconds(BARE_CODE, no_bytecode) * 1000)
-        return figures
-
-
-def _measure(env: dict[str, str], rounds: int) -> StartupFigures:
-    handler: list[float] = []
-    bare: list[float] = []
-    for _ in range(2):  # compile into the cache, then warm the file cache
-        _seconds(HANDLER_CODE, env)
-        _seconds(BARE_CODE, env)
-    for i in range(rounds):
-        pair = [(HANDLER_CODE, handler), (BARE_CODE, bare)]
-        for code, samples in pair if i % 2 == 0 else reversed(pair):
-            samples.append(_seconds(code, env) * 1000)
-    return StartupFigures(handler, bare, import_breakdown(env), [], [])
+            source_handler.add(probe.seconds(HANDLER_CODE, source=True))
+            source_bare.add(probe.seconds(BARE_CODE, source=True))
+        return StartupFigures(
+            probe.where, handler, bare, import_breakdown(probe), source_handler, source_bare
+        )

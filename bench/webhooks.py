@@ -3,9 +3,10 @@
 * init: ``import reditus_webhooks.handler`` (Powertools' logger and metrics, the receiver built
   from the environment with a DynamoDB and an SQS client; Secrets Manager only on first use)
   against ``import boto3`` and the same two clients with the same botocore Config, each in a
-  fresh interpreter, measured as bench/startup.py measures the submitter (Lambda's environment,
-  bytecode cached). On the template's Python (3.12) when an interpreter of it can import the
-  dependencies, else on this one: the table says which.
+  fresh interpreter, measured as bench/startup.py measures the submitter: from the receiver's own
+  package built by functions/Makefile (bench/artifact.py) under python3.12, CPU time, medians of
+  interleaved rounds; in the development venv when no python3.12 or registry is there (the table
+  says which).
 * latency: the real handler served on 127.0.0.1 by reditus_local.webhooks (its own process, as
   in the local stack), backed by the project's moto server; signed Stripe ``charge.refunded``
   events, each a new refund (event recorded, refund request sent and recorded pending, event
@@ -17,11 +18,6 @@ from __future__ import annotations
 import hashlib
 import hmac
 import json
-import os
-import shutil
-import statistics
-import subprocess
-import sys
 import tempfile
 import threading
 import time
@@ -31,103 +27,61 @@ from dataclasses import dataclass
 
 import requests
 
-from .procs import ROOT, Child, python
-from .startup import lambda_env
+from .artifact import Built
+from .procs import Child, python
+from .startup import EPILOGUE, PROLOGUE, Timings, dev_probe, import_breakdown, interleaved, package_probe
 
-RUNTIME = "3.12"  # template.yaml's python3.12
 SENDERS = 20
 SECRET = "whsec_bench_" + "0" * 32
 
-RECEIVER_CODE = """
-import time
-started = time.perf_counter()
-import reditus_webhooks.handler
-print(f"BENCH_SECONDS {time.perf_counter() - started:.6f}")
-"""
+RECEIVER_CODE = PROLOGUE + "import reditus_webhooks.handler" + EPILOGUE
 
-BARE_CODE = """
-import time
-started = time.perf_counter()
+BARE_CODE = (
+    PROLOGUE
+    + """
 import boto3
 from botocore.config import Config
 config = Config(retries={"mode": "standard", "max_attempts": 3}, connect_timeout=2, read_timeout=3,
                 max_pool_connections=4)
 session = boto3.session.Session()
 clients = [session.client(name, config=config) for name in ("dynamodb", "sqs")]
-print(f"BENCH_SECONDS {time.perf_counter() - started:.6f}")
 """
-
-DEPENDENCIES_PROBE = "import boto3, aws_lambda_powertools, reditus_webhooks"
-
-
-def interpreter(env: dict[str, str]) -> str:
-    """python3.12 (pyenv's too, as functions/Makefile looks) if it imports what the receiver needs."""
-    candidates = [f"python{RUNTIME}"]
-    pyenv = shutil.which("pyenv")
-    root = subprocess.run([pyenv, "root"], capture_output=True, text=True, check=False) if pyenv else None
-    if root is not None and root.returncode == 0:
-        versions = os.path.join(root.stdout.strip(), "versions")
-        if os.path.isdir(versions):
-            candidates += [
-                os.path.join(versions, v, "bin", f"python{RUNTIME}")
-                for v in sorted(os.listdir(versions))
-                if v.startswith(RUNTIME)
-            ]
-    for candidate in candidates:
-        try:
-            done = subprocess.run(
-                [candidate, "-c", DEPENDENCIES_PROBE], env=env, capture_output=True, text=True, timeout=60
-            )
-        except (OSError, subprocess.TimeoutExpired):
-            continue
-        if done.returncode == 0:
-            return candidate
-    return sys.executable
-
-
-def _seconds(executable: str, code: str, env: dict[str, str]) -> float:
-    done = subprocess.run(
-        [executable, "-c", code], cwd=ROOT, env=env, capture_output=True, text=True, timeout=120
-    )
-    if done.returncode != 0:
-        raise RuntimeError(f"the receiver's start-up probe failed:\n{done.stderr[-2000:]}")
-    for line in done.stdout.splitlines():
-        if line.startswith("BENCH_SECONDS "):
-            return float(line.split()[1])
-    raise RuntimeError("the receiver's start-up probe printed no time")
+    + EPILOGUE
+)
 
 
 @dataclass
 class WebhookInit:
-    python: str
-    receiver_ms: list[float]
-    bare_ms: list[float]
+    python: str  # where it was measured, e.g. "Python 3.12.1, built package"
+    receiver: Timings
+    bare: Timings
+    breakdown: list[tuple[str, float]]
+
+    @property
+    def receiver_ms(self) -> list[float]:
+        return self.receiver.cpu_ms
+
+    @property
+    def bare_ms(self) -> list[float]:
+        return self.bare.cpu_ms
 
     @property
     def ratio(self) -> float:
-        return statistics.median(self.receiver_ms) / statistics.median(self.bare_ms)
+        return self.receiver.cpu / self.bare.cpu
+
+    @property
+    def wall_ratio(self) -> float:
+        return self.receiver.wall / self.bare.wall
 
 
-def measure_init(env: dict[str, str], rounds: int = 12) -> WebhookInit:
+def measure_init(env: dict[str, str], rounds: int = 12, built: Built | None = None) -> WebhookInit:
+    """The receiver's cold start, from its own built package when `built`, else in the dev venv."""
     with tempfile.TemporaryDirectory(prefix="bench-webhook-startup-") as workdir:
-        probe = lambda_env(env, workdir)
-        executable = interpreter(probe)
-        receiver: list[float] = []
-        bare: list[float] = []
-        for _ in range(2):  # compile into the cache, then warm the file cache
-            _seconds(executable, RECEIVER_CODE, probe)
-            _seconds(executable, BARE_CODE, probe)
-        for i in range(rounds):
-            pair = [(RECEIVER_CODE, receiver), (BARE_CODE, bare)]
-            for code, samples in pair if i % 2 == 0 else reversed(pair):
-                samples.append(_seconds(executable, code, probe) * 1000)
-        version = subprocess.run(
-            [executable, "-c", "import sys; print('%d.%d.%d' % sys.version_info[:3])"],
-            capture_output=True,
-            text=True,
-            check=True,
-        ).stdout.strip()
-        return WebhookInit(f"Python {version}", receiver, bare)
+        probe = (
+            dev_probe(env, workdir) if built is None else package_probe(env, built, built.receiver, workdir)
+        )
+        receiver, bare = interleaved(probe, RECEIVER_CODE, BARE_CODE, rounds)
+        return WebhookInit(probe.where, receiver, bare, import_breakdown(probe, "reditus_webhooks.handler"))
 
 
 # ---- latency ----------------------------------------------------------------------------------

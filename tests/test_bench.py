@@ -7,6 +7,7 @@ from pathlib import Path
 from bench.counting import attr_size, index_writes, item_size
 from bench.pricing import PerRefund, per_million
 from bench.report import KEYS
+from reditus_refunds.layout import INDEXES
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -23,6 +24,7 @@ def test_results_have_exactly_the_tracked_keys() -> None:
         "usd_per_million_refunds_sequential",
         "history_items_read_first_page_10k",
         "history_items_read_first_page_100k",
+        "history_items_read_requested_by_rare_100k",
         "summary_items_read_30_days",
         "bulk_10k_send_calls",
         "bulk_10k_vs_raw",
@@ -33,6 +35,8 @@ def test_results_have_exactly_the_tracked_keys() -> None:
         "webhook_p99_ms",
         "webhook_p50_ms_concurrent20",
         "webhook_p99_ms_concurrent20",
+        "wru_per_refund",
+        "rru_per_refund",
     )
 
 
@@ -53,10 +57,30 @@ def test_index_writes() -> None:
         "queued_day": {"S": "2026-01-01"},
         "outcome": {"S": "pending"},
     }
-    assert index_writes(None, base) == 3  # a new item enters the three indexes
-    assert index_writes(base, {**base, "outcome": {"S": "refunded"}}) == 2 + 1 + 1  # by_outcome moves
-    assert index_writes(base, {**base, "lease": {"N": "1"}}) == 3  # ALL projections: every change
+    all_projected = {name: ("payment_id", "outcome", "lease", "queued_day", "attempts") for name in INDEXES}
+    assert index_writes(None, base, all_projected) == 3  # a new item enters the three indexes it has keys of
+    assert index_writes(base, {**base, "outcome": {"S": "refunded"}}, all_projected) == 2 + 1 + 1
+    assert index_writes(base, {**base, "lease": {"N": "1"}}, all_projected) == 3  # every change
     assert index_writes({"refund_id": {"S": "payment#p1"}}, {"refund_id": {"S": "payment#p1"}}) == 0
+
+
+def test_index_writes_follow_the_declared_projections() -> None:
+    """Issue 15: only a change to what an index holds writes to it."""
+    base = {
+        "refund_id": {"S": "r1"},
+        "payment_id": {"S": "p1"},
+        "requested_by": {"S": "alice"},
+        "queued_at": {"S": "2026-01-01T00:00:00.000Z"},
+        "queued_day": {"S": "2026-01-01"},
+        "outcome": {"S": "pending"},
+        "counted_outcome": {"S": "pending"},
+    }
+    assert index_writes(None, base) == 4  # by_outcome, by_day, by_payment, by_requester
+    # The counter settlement and the leases touch no index; keys-only indexes never change.
+    assert index_writes(base, {**base, "counted_outcome": {"S": "refunded"}}) == 0
+    assert index_writes(base, {**base, "lease_token": {"S": "t"}, "lease_until": {"N": "1"}}) == 0
+    assert index_writes(base, {**base, "attempts": {"N": "1"}}) == 2  # the two list indexes show it
+    assert index_writes(base, {**base, "outcome": {"S": "refunded"}}) == 2 + 1  # by_outcome moves
 
 
 def test_cost_adds_its_parts() -> None:

@@ -123,3 +123,49 @@ def test_the_history_page_itself_reads_one_page_and_one_counter_per_day(
     finally:
         st.cache_resource.clear()
         st.cache_data.clear()
+
+
+def _put_refund(big_history: BigHistory, refund_id: str, at: datetime, **extra: str) -> None:
+    stamp = at.strftime("%Y-%m-%dT%H:%M:%S.000Z")
+    item = {
+        "refund_id": {"S": refund_id},
+        "outcome": {"S": "refunded"},
+        "queued_at": {"S": stamp},
+        "queued_day": {"S": stamp[:10]},
+        **{name: {"S": value} for name, value in extra.items()},
+    }
+    big_history.dynamodb.put_item(TableName=TABLE, Item=item)  # type: ignore[attr-defined]
+
+
+def test_the_person_filter_reads_a_page_plus_a_small_constant(big_history: BigHistory) -> None:
+    """Issue 15: one refund of a rare name among 100,000, looked for over 90 days, is found by
+    the by_requester index (keys only, then the item by key), not by filtering the period."""
+    # Sixty days back: outside every other test's window, so their figures are unchanged.
+    _put_refund(
+        big_history, "r-rare-person", big_history.now - timedelta(days=60), payment_id="pay_rare_person",
+        requested_by="rare.person@example.com",
+    )  # fmt: skip
+    store = big_history.store()
+    page = store.query(
+        requested_by="rare.person@example.com", since=big_history.now - timedelta(days=90), limit=PAGE_SIZE
+    )
+    assert [r.refund_id for r in page.records] == ["r-rare-person"]
+    assert page.records[0].payment_id == "pay_rare_person"  # the whole item, read by key
+    assert store.reads.items == page.items_read <= 2 + SMALL_CONSTANT, store.reads
+    assert page.cursor is None
+
+
+def test_the_payment_filter_reads_its_refunds_plus_a_small_constant(big_history: BigHistory) -> None:
+    older = big_history.now - timedelta(days=61)
+    _put_refund(big_history, "r-pay-1", older, payment_id="pay_twice", requested_by="a@example.com")
+    _put_refund(big_history, "r-pay-2", older + timedelta(hours=1), payment_id="pay_twice", note="again")
+    store = big_history.store()
+    page = store.query(payment_id="pay_twice", since=big_history.now - timedelta(days=90), limit=PAGE_SIZE)
+    assert [r.refund_id for r in page.records] == ["r-pay-2", "r-pay-1"]  # newest first
+    assert page.records[0].note == "again" and page.records[1].requested_by == "a@example.com"
+    assert store.reads.items <= 2 * 2 + SMALL_CONSTANT, store.reads
+    # A filter within the payment's refunds: the person's.
+    mine = store.query(
+        payment_id="pay_twice", requested_by="a@example.com", since=big_history.now - timedelta(days=90)
+    )
+    assert [r.refund_id for r in mine.records] == ["r-pay-1"]

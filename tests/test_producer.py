@@ -3,16 +3,18 @@
 from __future__ import annotations
 
 import json
+import threading
 from datetime import timedelta
 
 import pytest
 
 from reditus_operators.dlq import DeadLetterQueue, _peek_ids, original_refund_id
 from reditus_operators.history import HistoryReader
+from reditus_refunds.aws_errors import StoreError
 from reditus_refunds.contract import RefundRequest
 from reditus_refunds.history_writer import HistoryWriter
 from reditus_refunds.outcomes import REDRIVE_REFUND_ID_ATTRIBUTE
-from reditus_refunds.producer import QueueError, RefundProducer
+from reditus_refunds.producer import PENDING_BATCH, QueueError, RefundProducer
 from reditus_refunds.records import Outcome, utc_now
 
 
@@ -163,3 +165,60 @@ def test_a_redriven_dead_letter_keeps_its_refund_id(aws) -> None:
     assert all(
         m["MessageId"] not in (without_id, bad_id, junk) for m in moved
     )  # new ids: hence the attribute
+
+
+class _OverlapSqs:
+    """SQS for send_many: accepts every entry and tells who waits that a send happened."""
+
+    def __init__(self) -> None:
+        self.calls = 0
+        self.sent = threading.Condition()
+
+    def send_message_batch(self, QueueUrl: str, Entries: list[dict[str, str]]) -> dict[str, object]:
+        with self.sent:
+            self.calls += 1
+            self.sent.notify_all()
+        return {"Successful": [{"Id": e["Id"], "MessageId": f"m-{self.calls}-{e['Id']}"} for e in Entries]}
+
+
+class _OverlapStore:
+    """A history writer whose first pending transaction finishes only once SQS has been called
+    again: it can only finish if the sends go on while it is written."""
+
+    def __init__(self, sqs: _OverlapSqs, fail: bool = False) -> None:
+        self.sqs = sqs
+        self.fail = fail
+        self.recorded: list[int] = []
+        self.overlapped = False
+
+    def record_pending(self, entries: list[object]) -> int:
+        if not self.recorded:
+            with self.sqs.sent:
+                seen = self.sqs.calls
+                self.overlapped = self.sqs.sent.wait_for(lambda: self.sqs.calls > seen, timeout=10)
+        if self.fail:
+            raise StoreError("the table is gone", code="ResourceNotFoundException")
+        self.recorded.append(len(entries))
+        return len(entries)
+
+
+def _requests(n: int) -> list[RefundRequest]:
+    return [RefundRequest(refund_id=f"ov-{i}", payment_id=f"pay_ov_{i}") for i in range(n)]
+
+
+def test_send_many_writes_pending_records_while_it_goes_on_sending() -> None:
+    """Issue 15 (bulk_10k_vs_raw): the pending records' transaction overlaps the next SQS calls."""
+    sqs = _OverlapSqs()
+    store = _OverlapStore(sqs)
+    report = RefundProducer(sqs, "queue", store).send_many(_requests(200))  # type: ignore[arg-type]
+    assert store.overlapped
+    assert len(report.sent) == 200 and sum(store.recorded) == 200 and sqs.calls == 20
+
+
+def test_send_many_stops_soon_after_the_store_fails() -> None:
+    """A store failure still ends the upload, within one transaction's worth of messages."""
+    sqs = _OverlapSqs()
+    store = _OverlapStore(sqs, fail=True)
+    with pytest.raises(StoreError, match="the table is gone"):
+        RefundProducer(sqs, "queue", store).send_many(_requests(1000))  # type: ignore[arg-type]
+    assert sqs.calls <= 2 * PENDING_BATCH // 10 + 1

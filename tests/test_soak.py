@@ -17,6 +17,13 @@ simulator asked what it saw; tests/soak/count.py turns that into the report.
   a few asked for by two refund_ids.
 * outage - the simulator answers 503 to everything for a while, with the shipped retry settings.
 * store failure - DynamoDB writes fail for a while (botocore-level, tests/soak/faulty_worker.py).
+* webhooks - billing providers' events of all five providers through the real receiver (its own
+  process, as the local stack runs it): 20 % of the deliveries are redeliveries or replays, 5 % forged
+  with a bad signature, sent by concurrent senders that retry as providers do, while workers are
+  SIGKILLed and the receiver is SIGKILLed once and restarted (tests/soak/webhooks.py). Checked: each
+  real refund ends as exactly one history record in a terminal outcome, nothing forged leaves a
+  record, a message or a call to Reditus, every event is recorded once with its final decision and
+  the receiver's day counts equal its records.
 
 Checked: every refund_id ends in exactly one terminal history outcome or a dead letter (none lost,
 none settled twice); the simulator applied at most one successful refund per payment, except where a
@@ -26,9 +33,10 @@ the repair path (HistoryWriter.settle_days) settled what an environment that wen
 no refund ever had two live 404 re-check chains (``recheck_chains_max``, see count.chain_report); no
 dead letter is orphaned (``orphaned_dead_letters``).
 
-`make test` runs the small version of each (about a minute together, carrying every fault above);
-`make soak` (``-m soak``) the full ones - 10,000 requests under faults, a 60 s outage with the
-shipped settings - and writes soak-report.json.
+`make test` runs the small version of each (about a minute together, carrying every fault above;
+the webhooks' 100 deliveries about 25 s more); `make soak` (``-m soak``) the full ones - 10,000
+requests under faults, a 60 s outage with the shipped settings, 2,000 webhook deliveries - and writes
+soak-report.json.
 
 Time scaling. With the template's settings a killed invocation's messages come back after the
 visibility timeout (360 s). The faults and store scenarios shorten it, keeping what correctness
@@ -57,7 +65,9 @@ from __future__ import annotations
 
 import json
 import os
+import random
 import threading
+from collections import Counter
 from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
@@ -78,6 +88,15 @@ from tests.soak.count import Planned, chain_report, problems, tally
 from tests.soak.faulty_worker import TIMED_OUT, Events, Timeouts, WriteFaults
 from tests.soak.scenarios import Result, Scenario, SettleWindow, StoreWindow, run
 from tests.soak.system import REPO_ROOT, Kill, Servers, StoreFaults, SystemSettings, dump, start_servers
+from tests.soak.webhooks import (
+    Answer,
+    WebhookResult,
+    WebhookScenario,
+    plan_webhooks,
+    run_webhooks,
+    webhook_problems,
+    webhook_tally,
+)
 
 API_KEY = "sk_soak_3b9e1c7a5f2d4e8b0a6c"
 # What the template leaves to the shell, scaled for the faults scenario (see above).
@@ -195,6 +214,19 @@ def store_scenario(full: bool) -> Scenario:
     )
 
 
+def webhook_scenario(full: bool) -> WebhookScenario:
+    return WebhookScenario(
+        name="webhooks-full" if full else "webhooks",
+        deliveries=2000 if full else 100,
+        senders=8 if full else 4,
+        worker_kills=6 if full else 2,
+        kill_gap=(5.0, 15.0) if full else (0.5, 2.0),
+        deadline=600 if full else 100,
+        settings=SystemSettings(visibility_timeout=12, function_timeout=5, workers=2, parameters=PARAMETERS),
+        notes=["visibility timeout and function timeout scaled down (shipped: 360 s and 60 s)"],
+    )
+
+
 # ---- the report (make soak) ---------------------------------------------------------------------------
 REPORT_FIELDS = (
     "requests",
@@ -212,6 +244,15 @@ REPORT_FIELDS = (
     "orphaned_dead_letters",
     "unsettled_before_repair",
 )
+# The webhook scenario's own figures (summed over the scenarios that have them).
+WEBHOOK_FIELDS = (
+    "webhook_events_sent",
+    "webhook_refunds_expected",
+    "webhook_refunds_terminal",
+    "webhook_bad_signature_refused",
+    "webhook_duplicates_answered",
+    "webhook_queued_by_bad_signature",
+)
 _scenarios: dict[str, dict[str, Any]] = {}
 
 
@@ -226,6 +267,11 @@ def record(report: dict[str, Any], found: list[str]) -> None:
     summary = {
         "generated_at": datetime.now(UTC).isoformat(timespec="seconds"),
         **{name: sum(int(s[name]) for s in scenarios) for name in REPORT_FIELDS},
+        **{
+            name: sum(int(s[name]) for s in scenarios if name in s)
+            for name in WEBHOOK_FIELDS
+            if any(name in s for s in scenarios)
+        },
         "counters_match": all(s["counters_match"] for s in scenarios),
         "counters_consistent": all(s["counters_consistent"] for s in scenarios),
         "recheck_chains_max": max(int(s["recheck_chains_max"]) for s in scenarios),
@@ -244,10 +290,19 @@ def servers(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Servers]:
         running.stop()
 
 
-def finish(result: Result, full: bool, checks: dict[str, bool], *, dead_letters_allowed: bool = True) -> None:
+def finish(
+    result: Result | WebhookResult,
+    full: bool,
+    checks: dict[str, bool],
+    *,
+    dead_letters_allowed: bool = True,
+) -> None:
     """The promises (count.problems) and the scenario's own `checks`; recorded in the report when full."""
     report = result.report
-    found = problems(report, dead_letters_allowed=dead_letters_allowed)
+    if isinstance(result, WebhookResult):
+        found = webhook_problems(report)
+    else:
+        found = problems(report, dead_letters_allowed=dead_letters_allowed)
     found += [f"not so: {what}" for what, held in checks.items() if not held]
     if full:
         record(report, found)
@@ -308,6 +363,30 @@ def test_store_failures_are_retried_not_lost_nor_resubmitted(
         "every refund was refunded": report["outcomes"] == {"refunded": scenario.requests},
         # No worker was killed: a second successful refund of a payment has no excuse.
         "no refund was submitted twice": report["kills"] == 0 and report["duplicate_submissions"] == 0,
+    }
+    finish(result, full, checks)
+
+
+@pytest.mark.parametrize("full", [SMALL, FULL])
+def test_webhook_events_become_one_refund_each(servers: Servers, full: bool, tmp_path: Path) -> None:
+    """Provider events of all five providers, repeated, replayed and forged, while workers and the
+    receiver are SIGKILLed: each real refund ends as exactly one history record, nothing forged
+    leaves a trace (tests/soak/webhooks.py)."""
+    scenario = webhook_scenario(full)
+    result = run_webhooks(servers, scenario, tmp_path)
+    report = result.report
+    checks = {
+        "every delivery was sent": report["webhook_events_sent"] == scenario.deliveries,
+        "the killer found a batch in flight for every kill": report["kills"] == scenario.worker_kills,
+        "the receiver was killed and restarted once": report["receiver_kills"] == 1,
+        "senders retried through the receiver's restart": report["webhook_retries"] > 0,
+        "repeats were answered 2xx": report["webhook_duplicates_answered"]
+        == report["webhook_plan"]["repeats"],
+        "nothing was queued by a bad signature": report["webhook_queued_by_bad_signature"] == 0,
+        "events were ignored, held for review and found duplicate": all(
+            report["webhook_decisions"].get(d)
+            for d in ("ignored", "needs_review", "duplicate_refund", "queued")
+        ),
     }
     finish(result, full, checks)
 
@@ -584,3 +663,94 @@ def test_the_count_sees_chains_orphans_and_counts_lost() -> None:
     broken = tally([planned(1, "not_found")], lost, [], [], [], messages_sent=1, grace_seconds=60)
     assert not broken["counters_consistent"]
     assert any("counted under (a count lost or doubled)" in p for p in problems(broken))
+
+
+def test_the_webhook_count_finds_what_it_must() -> None:
+    """webhook_tally() on made-up evidence: a world that kept every promise, then each one broken."""
+    plan = plan_webhooks("t", 60, random.Random(3))
+    held = [r for r in plan.refunds if r.held]
+    assert plan.forged and plan.expected and held, "the plan must hold forged events and held refunds"
+    day = "2027-01-15"
+
+    def refund_item(refund_id: str, payment_id: str) -> dict[str, Any]:
+        return {
+            "refund_id": refund_id,
+            "payment_id": payment_id,
+            "outcome": "refunded",
+            "counted_outcome": "refunded",
+            "queued_day": day,
+            "attempt_log": [{"kind": "refunded"}],
+        }
+
+    def world() -> tuple[list[dict[str, Any]], list[Answer]]:
+        items = [refund_item(r.refund_id, r.payment_id) for r in plan.expected]
+        items.append({"refund_id": f"counter#{day}", "refunded": len(plan.expected)})
+        decided: Counter[str] = Counter()
+        requested: set[str] = set()
+        for event in plan.events:
+            if not event.acts:
+                decision = "ignored"
+            elif event.refund_id in {r.refund_id for r in held}:
+                decision = "needs_review"
+            elif event.refund_id in requested:
+                decision = "duplicate_refund"
+            else:
+                decision = "queued"
+                requested.add(str(event.refund_id))
+            decided[decision] += 1
+            items.append({"refund_id": event.key, "decision": decision, "target_refund_id": event.refund_id})
+        items += [{"refund_id": f"webhook_review#{r.refund_id}", "review_state": "open"} for r in held]
+        items.append({"refund_id": f"webhook_count#stripe#{day}", **decided})
+        answers = [
+            Answer(d, d.kind, 400 if d.kind == "bad" else 200, "rejected" if d.kind == "bad" else "queued")
+            for d in plan.deliveries
+        ]
+        return items, answers
+
+    def found(items: list[dict[str, Any]], answers: list[Answer]) -> list[str]:
+        return webhook_problems(webhook_tally(plan, answers, items, [], []))
+
+    items, answers = world()
+    report = webhook_tally(plan, answers, items, [], [])
+    assert webhook_problems(report) == []
+    assert report["webhook_refunds_terminal"] == report["webhook_refunds_expected"] == len(plan.expected)
+    assert report["webhook_bad_signature_refused"] == len(plan.forged)
+
+    # A forged event was let through: its refund and its event record are found, and it is a stranger.
+    forged = plan.forged[0]
+    assert forged.refund_id is not None
+    payment = forged.refund_id.split(":", 2)[2]
+    leaked = [*items, refund_item(forged.refund_id, payment)]
+    leaked.append({"refund_id": forged.key, "decision": "queued", "target_refund_id": forged.refund_id})
+    accepted = [
+        Answer(a.delivery, a.sent_as, 200, "queued") if a.delivery.event is forged else a for a in answers
+    ]
+    broken = webhook_tally(plan, accepted, leaked, [{"seq": 0, "payment_id": payment, "applied": True}], [])
+    assert broken["webhook_queued_by_bad_signature"] == 4  # event record (twice: key, target), refund, call
+    assert set(webhook_problems(broken)) >= {
+        "webhook_queued_by_bad_signature = 4",
+        "duplicate_terminal = 1",
+        "webhook_unexpected_answers = 1",
+        "not every bad signature was refused with 400",
+        "webhook_stray_events = 1",
+    }
+    # Dedupe off: a second refund_id for one real refund (a stranger), settled and counted.
+    stranger = refund_item(plan.expected[0].refund_id + "-again", plan.expected[0].payment_id)
+    assert "duplicate_terminal = 1" in found([*items, stranger], answers)
+    # A refund lost, an event left half-done, a count gone astray, a held refund requested anyway.
+    lost = [i for i in items if i["refund_id"] != plan.expected[0].refund_id]
+    assert "lost = 1" in found(lost, answers)
+    first = next(e for e in plan.events if e.acts)
+    half_done = [{**i, "decision": "received"} if i["refund_id"] == first.key else i for i in items]
+    problems_found = found(half_done, answers)
+    assert "webhook_events_unfinished = 1" in problems_found
+    assert "the receiver's day counts do not match its event records" in problems_found
+    requested = [*items, refund_item(held[0].refund_id, held[0].payment_id)]
+    requested = [
+        {**i, "review_state": "completed"} if i["refund_id"] == f"webhook_review#{held[0].refund_id}" else i
+        for i in requested
+    ]
+    assert {"duplicate_terminal = 1", "webhook_held_not_in_review = 1"} <= set(found(requested, answers))
+    # A delivery never answered (the sender gave up), a repeat refused.
+    gave_up = [Answer(a.delivery, a.sent_as) if a is answers[0] else a for a in answers]
+    assert "webhook_unanswered = 1" in found(items, gave_up)

@@ -15,6 +15,7 @@ import os
 import re
 import subprocess
 import sys
+import textwrap
 import tomllib
 from pathlib import Path
 from typing import Any
@@ -22,7 +23,9 @@ from typing import Any
 import pytest
 
 from reditus_local.template import TemplateError, load_template, loads_template
+from reditus_operators.audit import AUDIT_INDEXES, AUDIT_PROJECTED
 from reditus_refunds import layout
+from reditus_refunds.records import HistoryRecord
 from reditus_refunds.settings import (
     DEFAULT_REDITUS_API_BASE_URL,
     LAMBDA_ENV_VARS,
@@ -521,13 +524,20 @@ def test_history_table_matches_records(template: dict[str, Any]) -> None:
         gsi["IndexName"]: tuple(k["AttributeName"] for k in gsi["KeySchema"])
         for gsi in p["GlobalSecondaryIndexes"]
     }
-    assert indexes == layout.INDEXES | WEBHOOK_INDEXES
+    assert indexes == layout.INDEXES | WEBHOOK_INDEXES | AUDIT_INDEXES
     for gsi in p["GlobalSecondaryIndexes"]:
         assert [k["KeyType"] for k in gsi["KeySchema"]] == ["HASH", "RANGE"]
         if gsi["IndexName"] in layout.INDEXES:
-            assert gsi["Projection"] == {"ProjectionType": "ALL"}
+            projected = layout.INDEX_PROJECTIONS[gsi["IndexName"]]
+            if projected == layout.KEYS_ONLY:
+                assert gsi["Projection"] == {"ProjectionType": "KEYS_ONLY"}
+            else:
+                assert gsi["Projection"] == {"ProjectionType": "INCLUDE", "NonKeyAttributes": list(projected)}
+        if gsi["IndexName"] in AUDIT_INDEXES:  # the audit lists read what is projected, no more
+            audit_projection = {"ProjectionType": "INCLUDE", "NonKeyAttributes": list(AUDIT_PROJECTED)}
+            assert gsi["Projection"] == audit_projection
     key_attributes = {layout.HASH_KEY} | {
-        a for pair in (layout.INDEXES | WEBHOOK_INDEXES).values() for a in pair
+        a for pair in (layout.INDEXES | WEBHOOK_INDEXES | AUDIT_INDEXES).values() for a in pair
     }
     attributes = {d["AttributeName"]: d["AttributeType"] for d in p["AttributeDefinitions"]}
     assert len(attributes) == len(p["AttributeDefinitions"])
@@ -536,7 +546,7 @@ def test_history_table_matches_records(template: dict[str, Any]) -> None:
 
 def _item_reads(function: Any) -> set[str]:
     """The attributes a *_from_item function reads: item["x"] and item.get("x")."""
-    tree = ast.parse(inspect.getsource(function))
+    tree = ast.parse(textwrap.dedent(inspect.getsource(function)))
     reads = set()
     for node in ast.walk(tree):
         if (
@@ -574,6 +584,29 @@ def test_webhook_indexes_project_what_their_lists_read(
     assert len(projected) == len(projection["NonKeyAttributes"])
     assert not projected & keys, "key attributes are always projected"
     assert projected | keys == _item_reads(from_item) | keys
+
+
+def test_refund_list_indexes_project_what_a_history_record_reads() -> None:
+    """Issue 15: a list page is one Query on the INCLUDE indexes (everything HistoryRecord reads is
+    there), and the bookkeeping the Lambda rewrites without changing what a page shows (the
+    counted outcome, leases, re-check tokens) is in none, so settling counters writes no index."""
+    reads = _item_reads(HistoryRecord.from_item) - {layout.HASH_KEY}
+    assert set(layout.RECORD_ATTRIBUTES) == reads
+    bookkeeping = {"counted_outcome", "lease_token", "lease_until", "recheck_token", "queued_day"}
+    for index, projected in layout.INDEX_PROJECTIONS.items():
+        if projected == layout.KEYS_ONLY:
+            continue
+        keys = set(layout.INDEXES[index])
+        assert set(projected) | keys == reads | keys
+        assert not set(projected) & (keys | bookkeeping)
+
+
+def test_history_table_stays_within_dynamodb_projection_limit(template: dict[str, Any]) -> None:
+    """DynamoDB refuses a table whose indexes project more than 100 non-key attributes in all
+    (an attribute projected into two indexes counts twice)."""
+    indexes = props(template, "HistoryTable")["GlobalSecondaryIndexes"]
+    assert sum(len(g["Projection"].get("NonKeyAttributes", [])) for g in indexes) <= 100
+    assert len(indexes) <= 20
 
 
 def test_refund_records_never_enter_the_webhook_indexes() -> None:

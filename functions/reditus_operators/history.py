@@ -1,6 +1,6 @@
 """HistoryReader: what operators read from the history table (the console, the CLI).
 
-Pages over the three indexes (never a Scan), one refund by key, payment markers in batches,
+Pages over the four refund indexes (never a Scan), one refund by key, payment markers in batches,
 and the per-day counters. Every AWS failure arrives as StoreError with a readable message.
 """
 
@@ -20,9 +20,14 @@ from reditus_refunds.layout import (
     GSI_BY_DAY,
     GSI_BY_OUTCOME,
     GSI_BY_PAYMENT,
+    GSI_BY_REQUESTER,
+    HASH_KEY,
+    INDEX_PROJECTIONS,
+    KEYS_ONLY,
     PAYMENT_MARKER_PREFIX,
     counter_key,
     from_item,
+    item_key,
     marker_key,
     to_attr,
 )
@@ -113,8 +118,10 @@ class HistoryReader:
     ) -> Page:
         """Newest first, one page; never a Scan.
 
-        payment_id uses the by_payment index, outcome the by_outcome index, and
-        everything else walks the by_day index one day at a time backwards.
+        payment_id uses the by_payment index, requested_by the by_requester index, outcome the
+        by_outcome index (each filter within the other's results), and no filter walks the by_day
+        index one day at a time backwards: every page reads a page of index entries (and, from the
+        keys-only payment and person indexes, those items by key), whatever the table's size.
         """
         until = until or self.clock()
         since = since or (until - timedelta(days=30))
@@ -122,27 +129,26 @@ class HistoryReader:
         state = decode_cursor(cursor) if cursor else {}
         records: list[HistoryRecord] = []
         read = 0
-        filter_expr, filter_values = None, {}
-        if requested_by:
-            filter_expr = "requested_by = :requested_by"
-            filter_values = {":requested_by": to_attr(requested_by)}
-        if payment_id is not None or outcome is not None:
+
+        def wanted(record: HistoryRecord) -> bool:
+            return (outcome is None or record.outcome is outcome) and (
+                not requested_by or record.requested_by == requested_by
+            )
+
+        if payment_id is not None or requested_by or outcome is not None:
             if payment_id is not None:
                 index, key_name, key_value = GSI_BY_PAYMENT, "payment_id", payment_id
+            elif requested_by:
+                index, key_name, key_value = GSI_BY_REQUESTER, "requested_by", requested_by
             else:
                 assert outcome is not None
                 index, key_name, key_value = GSI_BY_OUTCOME, "outcome", outcome.value
-            extra_filter = None
-            if payment_id is not None and outcome is not None:
-                extra_filter = "outcome = :outcome_filter"
-                filter_values[":outcome_filter"] = to_attr(outcome.value)
-            combined = " AND ".join(f for f in (filter_expr, extra_filter) if f) or None
             lek = state.get("lek")
             while len(records) < limit:
                 got, lek, scanned = self._query_index(
-                    index, key_name, key_value, low, high, limit - len(records), lek, combined, filter_values
+                    index, key_name, key_value, low, high, limit - len(records), lek
                 )
-                records += got
+                records += [r for r in got if wanted(r)]
                 read += scanned
                 if lek is None:
                     break
@@ -153,15 +159,7 @@ class HistoryReader:
         first_day = low[:10]
         while len(records) < limit and day >= first_day:
             got, lek, scanned = self._query_index(
-                GSI_BY_DAY,
-                "queued_day",
-                day,
-                low,
-                high,
-                limit - len(records),
-                lek,
-                filter_expr,
-                filter_values,
+                GSI_BY_DAY, "queued_day", day, low, high, limit - len(records), lek
             )
             records += got
             read += scanned
@@ -179,9 +177,9 @@ class HistoryReader:
         high: str,
         limit: int,
         lek: dict[str, Any] | None,
-        filter_expr: str | None,
-        filter_values: dict[str, Any],
     ) -> tuple[list[HistoryRecord], dict[str, Any] | None, int]:
+        """One Query, newest first. An index that holds keys only is followed by one BatchGetItem
+        of the items it names (in the index's order; one deleted meanwhile is left out)."""
         kwargs: dict[str, Any] = {
             "IndexName": index,
             "KeyConditionExpression": "#k = :k AND queued_at BETWEEN :low AND :high",
@@ -194,14 +192,17 @@ class HistoryReader:
             "ScanIndexForward": False,
             "Limit": max(1, limit),
         }
-        if filter_expr:
-            kwargs["FilterExpression"] = filter_expr
-            kwargs["ExpressionAttributeValues"].update(filter_values)
         if lek:
             kwargs["ExclusiveStartKey"] = lek
         response = self.table.query(kwargs)
         scanned = int(response.get("ScannedCount", len(response.get("Items", []))))
-        records = [HistoryRecord.from_item(from_item(i)) for i in response.get("Items", [])]
+        items = [from_item(i) for i in response.get("Items", [])]
+        if INDEX_PROJECTIONS[index] == KEYS_ONLY and items:
+            ids = [str(item[HASH_KEY]) for item in items]
+            found = self.table.batch_get([item_key(i) for i in ids])
+            scanned += len(found)
+            items = [found[i] for i in ids if i in found]
+        records = [HistoryRecord.from_item(item) for item in items]
         return records, response.get("LastEvaluatedKey"), scanned
 
     def daily_counts(self, since: date, until: date) -> dict[str, dict[str, int]]:

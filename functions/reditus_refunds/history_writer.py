@@ -199,7 +199,8 @@ class HistoryWriter:
         names: dict[str, str] = {}
         for name in ("requested_by", "note", "source", "requeue_of", "source_event_id"):
             value = getattr(request, name)
-            if value is not None:
+            # An empty index key is refused by DynamoDB (moto lets it through on this path).
+            if value is not None and not (name in INDEX_KEY_ATTRIBUTES and value == ""):
                 sets.append(f"#{name} = if_not_exists(#{name}, :{name})")
                 names[f"#{name}"] = name
                 values[f":{name}"] = value
@@ -481,15 +482,19 @@ class HistoryWriter:
         settled = 0
         for day in days:
             key = day if isinstance(day, str) else day.isoformat()
+            # The index does not hold counted_outcome (settling would write index entries): the
+            # day's items are read by key, consistently, and the lagging ones settled.
             query: dict[str, Any] = {
                 "IndexName": GSI_BY_DAY,
                 "KeyConditionExpression": "queued_day = :day",
-                "FilterExpression": "attribute_not_exists(counted_outcome) OR counted_outcome <> outcome",
+                "ProjectionExpression": HASH_KEY,
                 "ExpressionAttributeValues": {":day": to_attr(key)},
             }
             while True:
                 response = self.table.query(query)
-                found = [state_from_item(from_item(raw)) for raw in response.get("Items", [])]
+                ids = [str(from_item(raw)[HASH_KEY]) for raw in response.get("Items", [])]
+                items = self.table.batch_get([item_key(i) for i in ids], consistent=True)
+                found = [state_from_item(items[i]) for i in ids if i in items]
                 due = [s for s in map(self.settlement_for, found) if s is not None]
                 failed = self.settle(due)
                 if failed:

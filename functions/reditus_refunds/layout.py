@@ -16,10 +16,47 @@ HASH_KEY = "refund_id"
 GSI_BY_OUTCOME = "by_outcome"  # outcome + queued_at
 GSI_BY_DAY = "by_day"  # queued_day + queued_at
 GSI_BY_PAYMENT = "by_payment"  # payment_id + queued_at
+GSI_BY_REQUESTER = "by_requester"  # requested_by + queued_at
 INDEXES = {
     GSI_BY_OUTCOME: ("outcome", "queued_at"),
     GSI_BY_DAY: ("queued_day", "queued_at"),
     GSI_BY_PAYMENT: ("payment_id", "queued_at"),
+    GSI_BY_REQUESTER: ("requested_by", "queued_at"),
+}
+# What each index holds besides its keys (template.yaml declares the same; tests/test_template.py
+# checks it). The day and outcome indexes serve the list pages, so they hold what a history record
+# reads (one Query per page) but not the bookkeeping attributes (counted_outcome, leases, re-check
+# tokens): the counter settlement then writes no index entry. A payment has a handful of refunds
+# and the person filter reads one page, so those two hold keys only and their pages read the
+# items by key: no index write after an item is created, whatever changes in it.
+RECORD_ATTRIBUTES = (
+    "payment_id",
+    "outcome",
+    "queued_at",
+    "requested_by",
+    "note",
+    "source",
+    "source_event_id",
+    "force",
+    "http_status",
+    "detail",
+    "error_kind",
+    "attempts",
+    "last_attempt_at",
+    "completed_at",
+    "latency_ms",
+    "duplicate_of",
+    "requeue_of",
+    "message_id",
+    "attempt_log",
+    "attempts_dropped",
+)
+KEYS_ONLY = ()
+INDEX_PROJECTIONS: dict[str, tuple[str, ...]] = {
+    GSI_BY_OUTCOME: tuple(a for a in RECORD_ATTRIBUTES if a not in INDEXES[GSI_BY_OUTCOME]),
+    GSI_BY_DAY: tuple(a for a in RECORD_ATTRIBUTES if a not in INDEXES[GSI_BY_DAY]),
+    GSI_BY_PAYMENT: KEYS_ONLY,
+    GSI_BY_REQUESTER: KEYS_ONLY,
 }
 # Attributes that key an index: DynamoDB refuses an empty string in any of them.
 INDEX_KEY_ATTRIBUTES = frozenset(a for pair in INDEXES.values() for a in pair)

@@ -161,8 +161,7 @@ class HistoryRecord:
     def from_item(cls, item: dict[str, Any]) -> HistoryRecord:
         """Build from a deserialised DynamoDB item (numbers arrive as Decimal)."""
 
-        def opt_int(name: str) -> int | None:
-            value = item.get(name)
+        def opt_int(value: Any) -> int | None:
             return None if value is None else int(value)
 
         # Items written before the log was capped have no attempts_dropped: nothing was dropped.
@@ -177,13 +176,13 @@ class HistoryRecord:
             source=item.get("source"),
             source_event_id=item.get("source_event_id"),
             force=bool(item.get("force", False)),
-            http_status=opt_int("http_status"),
+            http_status=opt_int(item.get("http_status")),
             detail=str(item.get("detail", "")),
             error_kind=item.get("error_kind"),
             attempts=int(item.get("attempts", 0)),
             last_attempt_at=item.get("last_attempt_at"),
             completed_at=item.get("completed_at"),
-            latency_ms=opt_int("latency_ms"),
+            latency_ms=opt_int(item.get("latency_ms")),
             duplicate_of=item.get("duplicate_of"),
             requeue_of=item.get("requeue_of"),
             message_id=item.get("message_id"),

@@ -103,11 +103,16 @@ def test_headline_figures_read_one_counter_item_per_day(big_history: BigHistory)
 def test_the_history_page_itself_reads_one_page_and_one_counter_per_day(
     big_history: BigHistory, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
 ) -> None:
-    for name in ("CONSOLE_PASSWORD", "REDITUS_STACK_NAME", "AWS_ENDPOINT_URL", "DEAD_LETTER_QUEUE_URL"):
+    from reditus_operators.config import SystemConfig, write_local_state
+
+    names = ("CONSOLE_PASSWORD", "CONSOLE_SIGN_IN", "REDITUS_STACK_NAME", "AWS_ENDPOINT_URL")
+    for name in (*names, "HISTORY_TABLE_NAME", "REFUND_QUEUE_URL", "DEAD_LETTER_QUEUE_URL"):
         monkeypatch.delenv(name, raising=False)
+    # The open console runs only against the local stack: it finds this table through the state file.
+    queue = "https://sqs.us-east-1.amazonaws.com/123456789012/refunds"
+    local = SystemConfig(TABLE, queue, "", "us-east-1", origin="local stack", local=True)
+    write_local_state(local, tmp_path)
     monkeypatch.setenv("CONSOLE_OPEN", "1")
-    monkeypatch.setenv("HISTORY_TABLE_NAME", TABLE)
-    monkeypatch.setenv("REFUND_QUEUE_URL", "https://sqs.us-east-1.amazonaws.com/123456789012/refunds")
     monkeypatch.setenv("REDITUS_LOCAL_DATA_DIR", str(tmp_path))
     st.cache_resource.clear()
     st.cache_data.clear()

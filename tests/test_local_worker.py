@@ -28,6 +28,7 @@ from reditus_local.worker import (
     MappingSettings,
     failed_ids,
 )
+from reditus_operators.audit import AUDIT_INDEXES
 from reditus_operators.dlq import DeadLetterQueue
 from reditus_refunds.layout import HASH_KEY, INDEXES
 from reditus_refunds.records import Outcome
@@ -109,7 +110,10 @@ def test_resources_follow_the_template() -> None:
             events.EVENT_DAY_INDEX: [events.EVENT_DAY_ATTRIBUTE, events.EVENT_TIME_ATTRIBUTE],
             events.OPEN_REVIEW_INDEX: [events.REVIEW_OPEN_ATTRIBUTE, events.REVIEW_TIME_ATTRIBUTE],
         }
-        assert indexes == {name: list(keys) for name, keys in INDEXES.items()} | webhook_indexes
+        audit_indexes = {name: list(keys) for name, keys in AUDIT_INDEXES.items()}
+        assert (
+            indexes == {name: list(keys) for name, keys in INDEXES.items()} | webhook_indexes | audit_indexes
+        )
         # The sparse indexes keep the template's lean projection.
         projections = {i["IndexName"]: i["Projection"] for i in table["GlobalSecondaryIndexes"]}
         for declared in history["GlobalSecondaryIndexes"]:

@@ -12,6 +12,7 @@ from typing import Any
 
 import boto3
 import requests
+
 from reditus_local.resources import create_table_as_declared
 
 REGION = "us-east-1"

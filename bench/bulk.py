@@ -24,7 +24,6 @@ from dataclasses import dataclass
 from typing import Any
 
 from reditus_operators.csv_import import parse_csv
-
 from reditus_refunds.history_writer import HistoryWriter
 from reditus_refunds.producer import RefundProducer
 

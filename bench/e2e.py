@@ -29,10 +29,10 @@ from pathlib import Path
 from typing import IO, Any
 
 import requests
+
 from reditus_operators.config import read_local_state
 from reditus_operators.csv_import import parse_csv
 from reditus_operators.history import HistoryReader
-
 from reditus_refunds.history_writer import HistoryWriter
 from reditus_refunds.producer import RefundProducer
 from reditus_refunds.records import Outcome

@@ -22,7 +22,6 @@ from datetime import UTC, date, datetime, time, timedelta
 from typing import Any
 
 from reditus_operators.history import HistoryReader
-
 from reditus_refunds.layout import COUNTER_PREFIX, HASH_KEY
 from reditus_refunds.records import iso
 

@@ -36,6 +36,7 @@ from .webhooks.samples import dumps, stripe_charge, stripe_event, stripe_header
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(180)]
 
 CLI = Path(sys.executable).with_name("reditus-refunds")
+MOTO_CALLER = "arn:aws:sts::123456789012:user/moto"  # what moto answers to GetCallerIdentity
 GRACE_SECONDS = 8
 VISIBILITY_SECONDS = 2
 MAX_RECEIVES = 2
@@ -224,7 +225,11 @@ def test_every_outcome_through_the_cli(stack: Stack) -> None:
             outcome,
             status,
         )
-        assert record["requested_by"] == "e2e" and record["completed_at"]
+        # The CLI's identity is its AWS identity (moto's STS caller); --as/--requested-by names it.
+        assert record["requested_by"] == MOTO_CALLER and record["completed_at"]
+    queued = [json.loads(line) for line in stack.cli("audit", "--json").stdout.splitlines()]
+    named = {r for a in queued if a["action"] == "queue" and a["who_name"] == "e2e" for r in a["refund_ids"]}
+    assert {ids[p] for p in expected} <= named and all(a["who"] == MOTO_CALLER for a in queued)
     late_record = records[ids[late]]
     assert late_record["attempts"] >= 2
     assert late_record["attempt_log"][0]["http_status"] == 404

@@ -309,15 +309,15 @@ def test_without_sign_in_no_page_queues_or_redrives(
     aws: AwsFixture, sign_in: str, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
 ) -> None:
     """With sign-in configured, every page - the dead letters' too - shows only the sign-in."""
-    for name in ("CONSOLE_PASSWORD", "REDITUS_STACK_NAME", "AWS_ENDPOINT_URL"):
+    for name in ("CONSOLE_PASSWORD", "CONSOLE_SIGN_IN", "REDITUS_STACK_NAME", "AWS_ENDPOINT_URL"):
         monkeypatch.delenv(name, raising=False)
     monkeypatch.setenv("CONSOLE_OPEN", "1")  # sign-in wins over an open console
     monkeypatch.setenv("HISTORY_TABLE_NAME", aws.table)
     monkeypatch.setenv("REFUND_QUEUE_URL", aws.queue_url)
     monkeypatch.setenv("DEAD_LETTER_QUEUE_URL", aws.dlq_url)
     monkeypatch.setenv("REDITUS_LOCAL_DATA_DIR", str(tmp_path / "no-local-stack"))
-    if sign_in == "password":
-        monkeypatch.setenv("CONSOLE_PASSWORD", "correct horse battery staple")
+    if sign_in == "password":  # one account per person (the shared password is retired)
+        monkeypatch.setenv("CONSOLE_SIGN_IN", "password")
     st.cache_resource.clear()
     st.cache_data.clear()
     aws.sqs.send_message(

@@ -44,6 +44,8 @@ from tests.conftest import AwsFixture
 from tests.webhooks import samples as s
 from tests.webhooks.test_receiver import base_env
 
+MOTO_CALLER = "arn:aws:sts::123456789012:user/moto"  # what moto answers to GetCallerIdentity
+
 
 @dataclass
 class Run:
@@ -145,11 +147,14 @@ def test_a_partial_sample_awaits_review_then_submit_queues_it(stack: Stack, prov
     assert submitted.code == 0, submitted.err
     [message] = stack.messages()
     assert message["refund_id"] == review["refund_id"]
-    assert message["requested_by"] == "ana@example.com"
+    # The CLI acts as its AWS identity; --requested-by (--as) names the person next to it, in the audit.
+    assert message["requested_by"] == MOTO_CALLER
     assert message["source"] == provider and message["source_event_id"] == review["event_id"]
     assert stack.run("webhooks", "reviews", "--json").lines() == []
     closed = stack.events.get_review(review["refund_id"])
-    assert closed is not None and (closed.state, closed.decided_by) == ("submitted", "ana@example.com")
+    assert closed is not None and (closed.state, closed.decided_by) == ("submitted", MOTO_CALLER)
+    audited = [a for a in stack.run("audit", "--json").lines() if review["refund_id"] in a["refund_ids"]]
+    assert [(a["who"], a["who_name"]) for a in audited] == [(MOTO_CALLER, "ana@example.com")]
 
 
 def test_dismiss_queues_nothing_and_a_second_decision_is_refused(stack: Stack) -> None:
@@ -158,9 +163,9 @@ def test_dismiss_queues_nothing_and_a_second_decision_is_refused(stack: Stack) -
     assert dismissed.code == 0, dismissed.err
     assert stack.messages() == []
     review = stack.events.get_review(answer["refund_id"])
-    assert review is not None and (review.state, review.decided_by) == ("dismissed", "ben")
+    assert review is not None and (review.state, review.decided_by) == ("dismissed", MOTO_CALLER)
     again = stack.run("webhooks", "submit", answer["refund_id"], "--requested-by", "ben")
-    assert again.code == 1 and "already dismissed by ben" in again.err
+    assert again.code == 1 and f"already dismissed by {MOTO_CALLER}" in again.err
     assert stack.messages() == []
 
 

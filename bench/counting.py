@@ -247,10 +247,16 @@ def _write_keys(operation: str, params: dict[str, Any]) -> list[tuple[str, dict[
 
 # What the product's write calls are for, told apart by their shapes (for the breakdown only).
 _SHAPES = (
-    ("lease_holder", "claim"),
-    ("refunded_by", "result+mark"),
+    ("lease_holder", "claim: payment"),
+    ("open_claims = if_not_exists(open_claims, :zero) + :one", "claim: refund"),
+    ("refunded_by", "payment mark"),
     ("counted_outcome = :new", "counters"),
+    ("REMOVE lease_token, lease_until ADD open_claims", "claim handed back"),
+    ("SET lease_until = :zero", "payment release"),
     ("lease_token = :token", "result"),
+    ("decision = :decision", "webhook event finished"),
+    ("count_day = :day", "webhook count"),
+    ("review_state = :state", "webhook review closed"),
 )
 
 

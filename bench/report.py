@@ -15,7 +15,7 @@ from .machine import Machine
 from .memory import MemoryFigures
 from .procs import ROOT
 from .startup import StartupFigures
-from .webhooks import WebhookInit, WebhookLatency
+from .webhooks import WebhookCost, WebhookInit, WebhookLatency
 
 RESULTS = ROOT / "bench" / "results.json"
 DOC = ROOT / "docs" / "performance.md"
@@ -44,6 +44,9 @@ KEYS = (
     "webhook_p99_ms_concurrent20",
     "wru_per_refund",
     "rru_per_refund",
+    "wru_per_webhook_refund",
+    "rru_per_webhook_refund",
+    "wru_per_webhook_replay",
 )
 
 
@@ -59,6 +62,7 @@ class Figures:
     e2e: E2EFigures
     webhook_init: WebhookInit
     webhook_latency: WebhookLatency
+    webhook_cost: WebhookCost
     seconds: float
 
     def usage(self, batch_ms: float) -> pricing.PerRefund:
@@ -105,6 +109,9 @@ class Figures:
             "webhook_p99_ms_concurrent20": round(w.p(w.concurrent_ms, 0.99), 1),
             "wru_per_refund": round(c.wru_per_refund, 2),
             "rru_per_refund": round(c.rru_per_refund, 2),
+            "wru_per_webhook_refund": round(self.webhook_cost.wru_per_webhook_refund, 2),
+            "rru_per_webhook_refund": round(self.webhook_cost.rru_per_webhook_refund, 2),
+            "wru_per_webhook_replay": round(self.webhook_cost.wru_per_webhook_replay, 2),
         }
         assert tuple(values) == KEYS
         return values
@@ -164,7 +171,8 @@ class Figures:
             (
                 "bulk_10k_vs_raw",
                 f"{r['bulk_10k_vs_raw']}",
-                f"{self.bulk.product_s:.1f} s vs raw {self.bulk.raw_s:.1f} s",
+                f"{self.bulk.product_s:.1f} s vs raw {self.bulk.raw_s:.1f} s, DynamoDB and SQS on two moto "
+                f"servers; on one: {self.bulk.vs_raw_one_server:.2f}",
             ),
             (
                 "peak_rss_mb_batch10",
@@ -199,6 +207,18 @@ class Figures:
                 "DynamoDB write units, all in: producer, Lambda, counters, table and indexes",
             ),
             ("rru_per_refund", f"{r['rru_per_refund']}", "DynamoDB read units, all in"),
+            (
+                "wru_per_webhook_refund",
+                f"{r['wru_per_webhook_refund']}",
+                f"a refund from a billing webhook: the receiver's records and pending record "
+                f"({self.webhook_cost.events} events) + the Lambda's share above",
+            ),
+            ("rru_per_webhook_refund", f"{r['rru_per_webhook_refund']}", "the same, read units"),
+            (
+                "wru_per_webhook_replay",
+                f"{r['wru_per_webhook_replay']}",
+                f"a provider's retry of a handled event ({self.webhook_cost.replays} replays)",
+            ),
         ]
 
     def details(self) -> list[str]:
@@ -235,6 +255,7 @@ class Figures:
             f"{lam.gsi_wru / m:.2f} WRU indexes + {lam.rru / m:.2f} RRU; producer {prod.wru / m:.2f} WRU "
             f"table + {prod.gsi_wru / m:.2f} WRU indexes",
             "Request units per refund by call: " + ", ".join(f"{op} {u / m:.2f}" for op, u in by_call),
+            self._webhook_cost_line(),
             f"USD per million refunds, ours: Lambda {cost.lambda_usd:.2f}, DynamoDB {cost.dynamodb_usd:.2f}, "
             f"SQS {cost.sqs_usd:.2f} (CloudWatch Logs, not added: {cost.logs_usd:.2f} for "
             f"{c.log_bytes / n:.0f} bytes/refund); textbook: Lambda {seq.lambda_usd:.2f}",
@@ -252,7 +273,9 @@ class Figures:
             f"History: first page {self.history['10000']['page_calls']} Query call at 10k and "
             f"{self.history['100000']['page_calls']} at 100k; summary "
             f"{self.history['100000']['summary_calls']} BatchGetItem call",
-            f"Bulk 10k: product {bulk.product_s:.1f} s (SQS-only path {bulk.sqs_only_s:.1f} s), "
+            f"Bulk 10k: product {bulk.product_s:.1f} s with DynamoDB and SQS on two moto servers "
+            f"({bulk.vs_raw:.2f} of raw), {bulk.product_one_server_s:.1f} s with both on one "
+            f"({bulk.vs_raw_one_server:.2f} of raw); SQS-only path {bulk.sqs_only_s:.1f} s; "
             f"raw {bulk.raw_s:.1f} s; {bulk.send_calls} SendMessageBatch + {bulk.pending_ddb_calls} "
             f"DynamoDB calls (pending records) vs raw {bulk.raw_calls} SendMessageBatch",
             f"Peak RSS, MB: {rss} (bare {self.memory.bare_mb:.1f})",
@@ -260,6 +283,19 @@ class Figures:
             f"{e2e.queue_seconds:.1f} s); settled by: "
             + ", ".join(f"{count} at {t:.0f} s" for count, t in e2e.milestones),
         ]
+
+    def _webhook_cost_line(self) -> str:
+        wc = self.webhook_cost
+        calls = ", ".join(f"{op} {n / wc.events:.3g}" for op, n in sorted(wc.calls.items()))
+        replay_calls = ", ".join(f"{op} {n / wc.replays:.3g}" for op, n in sorted(wc.replay_calls.items()))
+        units = ", ".join(f"{op} {u:.2f}" for op, u in wc.by_call())
+        return (
+            f"Webhook refund (in-process receiver, {wc.events} Stripe charge.refunded events, each a new "
+            f"refund): receiver calls per event {calls}; request units per event by call: {units}; "
+            f"plus the Lambda's {wc.lambda_wru:.2f} WRU + {wc.lambda_rru:.2f} RRU per refund (from the "
+            f"calls above, not measured twice); a replay ({wc.replays}): {replay_calls}, "
+            f"{wc.wru_per_webhook_replay:.2f} WRU + {wc.rru_per_webhook_replay:.2f} RRU"
+        )
 
     def table(self) -> str:
         rows = self.rows()
@@ -323,6 +359,17 @@ The docstrings of `bench/*.py` say more.
   item, plus the writes DynamoDB makes to the indexes that hold what changed), and SQS send, receive
   and delete, ten per call; {pricing.REGION} list prices as of {pricing.PRICES_DATE}. A 256 MB
   function has about a seventh of a vCPU, so its CPU-bound part runs slower than here.
+  `wru_per_refund`/`rru_per_refund` are the console's refund (producer, Lambda, counters);
+  `*_per_webhook_refund` a refund from a billing webhook: the receiver (`bench/webhooks.py`
+  `measure_cost`, in this process, as `build_receiver` composes it, over the moto server and an
+  empty table of its own) priced over {self.webhook_cost.events} signed Stripe
+  `charge.refunded` events, each a new refund (event record, dedup read, the refund request
+  recorded pending, event finished with its counts), plus the Lambda's share per refund taken
+  from the figures above (its claim, result and counters are the same; not measured twice);
+  `wru_per_webhook_replay` is a provider's retry of a handled event ({self.webhook_cost.replays} of them).
+  Besides the model's units these price the receiver's writes to its own sparse indexes and the
+  conditional writes DynamoDB refuses (billed by the item as it stands, at least 1 WRU), neither
+  of which the model prices.
 - **Cold start** (`bench/startup.py`, `bench/artifact.py`): the function's package built by
   `functions/Makefile` (its locked dependencies installed for Python 3.12, everything compiled to
   bytecode) and imported from that directory by python3.12, the template's runtime, in fresh
@@ -334,7 +381,11 @@ The docstrings of `bench/*.py` say more.
 - **History** (`bench/history.py`): 10,000- and 100,000-refund tables in an in-process moto; items
   read counted from the responses.
 - **Bulk** (`bench/bulk.py`): `parse_csv` + `RefundProducer.send_many` against a raw
-  `send_message_batch` loop over the same rows.
+  `send_message_batch` loop over the same rows. The headline ratio runs the product's DynamoDB
+  calls (its pending records) on a second moto server process and its SQS calls, like the raw
+  loop's (which makes no DynamoDB call), on the bench's: in AWS the two are separate services,
+  while one moto server is one Python process doing both services' work in turn. The same product
+  run with both services on one moto server is in the table's note and the details.
 - **Webhooks** (`bench/webhooks.py`): the receiver's import and init against `boto3` + the same
   DynamoDB and SQS clients, as the cold start above, from the receiver's own built package;
   and request to answer of signed Stripe `charge.refunded` events, each a

@@ -106,6 +106,17 @@ def _run(out: TextIO, say: Progress, quick: bool) -> int:
             call_figures = calls.measure(
                 stack, handler.service, handler.lambda_handler, call_payments, logs, 100 if quick else 1000
             )
+            say("webhook receiver: request units per refund event and per replay (in this process)")
+            # The Lambda's part of a webhook's refund is the same claim, result and counters as a
+            # console's: taken from the figures just measured, not measured again.
+            webhook_cost = webhooks.measure_cost(
+                aws.make_stack(moto.url, sim.url, prefix="webhookcost"),
+                lambda_wru=(call_figures.lambda_units.wru + call_figures.lambda_units.gsi_wru)
+                / call_figures.priced,
+                lambda_rru=call_figures.lambda_units.rru / call_figures.priced,
+                events=30 if quick else 200,
+                replays=10 if quick else 50,
+            )
             say("waiting for the history figures (nothing timed runs beside them)")
             history_out, _ = history_proc.communicate(timeout=600)
             if history_proc.returncode != 0:
@@ -152,6 +163,7 @@ def _run(out: TextIO, say: Progress, quick: bool) -> int:
         e2e=e2e_figures,
         webhook_init=webhook_init,
         webhook_latency=webhook_latency,
+        webhook_cost=webhook_cost,
         seconds=time.monotonic() - say.started,
     )
     print(figures.table(), file=out, flush=True)

@@ -21,9 +21,11 @@ untimed warm-up runs put them there), and CPU time is what a busy machine does n
 from one process to the next, so a median of a few wall times says more about the neighbours
 than about the code. Wall times are reported beside.
 
-* handler: ``import reditus_refunds.handler``, which builds the service at import: the DynamoDB,
-  SQS and (REDITUS_API_KEY_SECRET being set) Secrets Manager clients, the Reditus HTTP session and
-  Powertools' logger, metrics and tracer. No client is created lazily later.
+* handler: ``import reditus_refunds.handler``, which builds the service at import: the two DynamoDB
+  clients (the service's and the counter settlement's bounded one) and (REDITUS_API_KEY_SECRET being
+  set) the Secrets Manager client, the Reditus HTTP session and Powertools' logger, metrics and
+  tracer: everything a first invocation uses. The one client made later is SQS's, at the first 404
+  re-check (a 404 inside the grace window), which most first invocations never send.
 * bare: ``import boto3, requests`` and the same three clients (same botocore Config) and a
   requests Session: what any handler doing this work needs at least.
 """

@@ -11,6 +11,10 @@
   in the local stack), backed by the project's moto server; signed Stripe ``charge.refunded``
   events, each a new refund (event recorded, refund request sent and recorded pending, event
   finished), posted after a warm-up, one at a time and then by 20 concurrent senders.
+* cost: DynamoDB request units of the receiver per refund event, in-process against the bench's
+  moto server and an empty table of its own (``measure_cost``), priced by bench.counting's
+  CapacityModel, plus what it does not price: the writes to the table's other indexes (the
+  receiver's sparse event and review indexes) and refused conditional writes, which DynamoDB bills.
 """
 
 from __future__ import annotations
@@ -18,16 +22,21 @@ from __future__ import annotations
 import hashlib
 import hmac
 import json
+import math
 import tempfile
 import threading
 import time
+from collections import Counter
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from typing import Any
 
 import requests
 
+from . import aws
 from .artifact import Built
+from .counting import DDB_WRITES, INDEX_ENTRY_OVERHEAD, CallCounter, CapacityModel, Units, item_size
 from .procs import Child, python
 from .startup import EPILOGUE, PROLOGUE, Timings, dev_probe, import_breakdown, interleaved, package_probe
 
@@ -173,3 +182,294 @@ def measure_latency(env: dict[str, str], requests_per_phase: int = 400) -> Webho
             list(pool.map(sender, range(SENDERS * 2)))  # warm every sender's connection
             concurrent = list(pool.map(sender, range(requests_per_phase)))
     return WebhookLatency(sequential, concurrent)
+
+
+# ---- cost --------------------------------------------------------------------------------------
+
+
+class UnpricedWrites:
+    """What CapacityModel leaves out of the receiver's writes, priced by the same rules.
+
+    * index writes to the table's indexes other than layout.INDEXES (the model's): the event and
+      review indexes the receiver's records enter, as the moto table (created as template.yaml
+      declares it) describes them: 1 per KB of the entry when it enters or leaves or what it
+      holds changes, both when its key changes;
+    * refused conditional writes: DynamoDB bills one that fails its condition by the item as it
+      stands (1 WRU per KB, at least 1); the model prices successful calls only. A transaction
+      cancelled by a condition is priced the same way for the item whose condition failed.
+
+    Like the model, it starts from an empty table and reads after images through its own client.
+    """
+
+    def __init__(self, images_client: Any, table: str):
+        from reditus_refunds.layout import HASH_KEY, INDEXES
+
+        described = images_client.describe_table(TableName=table)["Table"].get("GlobalSecondaryIndexes", [])
+        self._hash_key = HASH_KEY
+        self.indexes: dict[str, tuple[str, str, tuple[str, ...] | None]] = {}
+        for gsi in described:
+            if gsi["IndexName"] in INDEXES:
+                continue
+            keys = {k["KeyType"]: k["AttributeName"] for k in gsi["KeySchema"]}
+            projection = gsi["Projection"]
+            projected = (
+                None
+                if projection["ProjectionType"] == "ALL"
+                else tuple(projection.get("NonKeyAttributes", ()))
+            )
+            self.indexes[gsi["IndexName"]] = (keys["HASH"], keys["RANGE"], projected)
+        self._images = images_client
+        self._known: dict[str, dict[str, Any] | None] = {}
+        self.units: dict[str, Units] = {}
+
+    def attach(self, client: Any, label: str) -> UnpricedWrites:
+        self.units.setdefault(label, Units())
+
+        def before(params: dict[str, Any], model: Any, context: dict[str, Any], **kwargs: Any) -> None:
+            if model.name in DDB_WRITES:
+                context["bench_unpriced"] = _keys_written(model.name, params)
+
+        def after(model: Any, parsed: dict[str, Any], context: dict[str, Any], **kwargs: Any) -> None:
+            self._after(label, parsed, context.get("bench_unpriced") or [])
+
+        client.meta.events.register(
+            "before-parameter-build.dynamodb.*", before, unique_id=f"unpriced-{label}-b"
+        )
+        client.meta.events.register("after-call.dynamodb.*", after, unique_id=f"unpriced-{label}-a")
+        return self
+
+    @staticmethod
+    def detach(client: Any, label: str) -> None:
+        client.meta.events.unregister("before-parameter-build.dynamodb.*", unique_id=f"unpriced-{label}-b")
+        client.meta.events.unregister("after-call.dynamodb.*", unique_id=f"unpriced-{label}-a")
+
+    def _after(self, label: str, parsed: dict[str, Any], keys: list[tuple[str, str]]) -> None:
+        units = self.units[label]
+        error = parsed.get("Error")
+        if error:
+            code = error.get("Code", "")
+            if code == "ConditionalCheckFailedException":
+                refused = keys
+            elif code == "TransactionCanceledException":
+                reasons = parsed.get("CancellationReasons") or []
+                refused = [
+                    k
+                    for k, r in zip(keys, reasons, strict=False)
+                    if r.get("Code") == "ConditionalCheckFailed"
+                ]
+            else:
+                return
+            for _, key in refused:
+                wru = max(1, math.ceil(item_size(self._known.get(key)) / 1024))
+                units.wru += wru
+                units.per_op["refused conditional write"] = (
+                    units.per_op.get("refused conditional write", 0.0) + wru
+                )
+            return
+        for table, key in keys:
+            found = self._images.get_item(
+                TableName=table, Key={self._hash_key: {"S": key}}, ConsistentRead=True
+            )
+            after = found.get("Item")
+            before = self._known.get(key)
+            self._known[key] = after
+            for index, (hash_key, range_key, projected) in self.indexes.items():
+                gsi = _index_units(before, after, self._hash_key, hash_key, range_key, projected)
+                if gsi:
+                    units.gsi_wru += gsi
+                    units.per_op[f"index {index}"] = units.per_op.get(f"index {index}", 0.0) + gsi
+
+
+def _keys_written(operation: str, params: dict[str, Any]) -> list[tuple[str, str]]:
+    from .counting import _write_keys  # the model's own reading of a write call's keys
+
+    return [(table, str(next(iter(key.values()))["S"])) for table, key, _ in _write_keys(operation, params)]
+
+
+def _index_units(
+    before: dict[str, Any] | None,
+    after: dict[str, Any] | None,
+    table_key: str,
+    hash_key: str,
+    range_key: str,
+    projected: tuple[str, ...] | None,
+) -> int:
+    """Write units of one item change in one index (bench.counting.index_writes' rules)."""
+
+    def entry(item: dict[str, Any] | None) -> dict[str, Any] | None:
+        if not item or hash_key not in item or range_key not in item:
+            return None
+        keep = {table_key, hash_key, range_key}
+        return {k: v for k, v in item.items() if projected is None or k in keep or k in projected}
+
+    old, new = entry(before), entry(after)
+
+    def kb(e: dict[str, Any]) -> int:
+        return max(1, math.ceil((item_size(e) + INDEX_ENTRY_OVERHEAD) / 1024))
+
+    if old is not None and new is not None:
+        if (old[hash_key], old[range_key]) != (new[hash_key], new[range_key]):
+            return kb(old) + kb(new)
+        return kb(new) if old != new else 0
+    if new is not None:
+        return kb(new)
+    return kb(old) if old is not None else 0
+
+
+@dataclass
+class WebhookCost:
+    """Request units of the receiver per refund event and per replay, plus the Lambda's share."""
+
+    events: int
+    replays: int
+    receiver: Units  # the receiver's own records: event, dedup, counts (EventStore's client)
+    producer: Units  # the refund request it queues, recorded pending (RefundProducer's client)
+    replay: Units  # both clients, replays only
+    calls: Counter[str]  # the receiver's DynamoDB calls (both clients), new events
+    replay_calls: Counter[str]
+    sqs_calls: Counter[str]
+    lambda_wru: float  # per refund, from bench/calls.py's figures of the same run
+    lambda_rru: float
+    unpriced: dict[str, Units] = field(default_factory=dict)
+
+    def _part(self, *labels: str) -> Units:
+        total = Units()
+        for units in [getattr(self, label) for label in labels] + [
+            self.unpriced.get(label, Units()) for label in labels
+        ]:
+            total.wru += units.wru
+            total.gsi_wru += units.gsi_wru
+            total.rru += units.rru
+            for op, value in units.per_op.items():
+                total.per_op[op] = total.per_op.get(op, 0.0) + value
+        return total
+
+    @property
+    def receiver_part(self) -> Units:
+        """Everything the receiver does for one new refund event, summed over the events."""
+        return self._part("receiver", "producer")
+
+    @property
+    def replay_part(self) -> Units:
+        return self._part("replay")
+
+    def by_call(self) -> list[tuple[str, float]]:
+        """Request units per refund event by call shape, the event store's and the producer's apart."""
+        # call_shape names any transaction with a Put "pending": on the event store's client
+        # that is the event record's first write.
+        out: dict[str, float] = {}
+        for label, units in (("receiver", self.receiver), ("producer", self.producer)):
+            unpriced = self.unpriced.get(label, Units())
+            for op, value in [*units.per_op.items(), *unpriced.per_op.items()]:
+                if label == "receiver":
+                    op = op.replace("(pending)", "(event received)")
+                name = f"{label} {op}"
+                out[name] = out.get(name, 0.0) + value / self.events
+        return sorted(out.items())
+
+    @property
+    def wru_per_webhook_refund(self) -> float:
+        part = self.receiver_part
+        return (part.wru + part.gsi_wru) / self.events + self.lambda_wru
+
+    @property
+    def rru_per_webhook_refund(self) -> float:
+        return self.receiver_part.rru / self.events + self.lambda_rru
+
+    @property
+    def wru_per_webhook_replay(self) -> float:
+        part = self.replay_part
+        return (part.wru + part.gsi_wru) / self.replays
+
+    @property
+    def rru_per_webhook_replay(self) -> float:
+        return self.replay_part.rru / self.replays
+
+
+def _function_url_event(body: bytes, headers: dict[str, str]) -> dict[str, Any]:
+    return {
+        "version": "2.0",
+        "rawPath": "/stripe",
+        "headers": {k.lower(): v for k, v in headers.items()},
+        "requestContext": {"http": {"method": "POST", "path": "/stripe"}},
+        "body": body.decode(),
+        "isBase64Encoded": False,
+    }
+
+
+def measure_cost(
+    stack: aws.Stack, lambda_wru: float, lambda_rru: float, events: int = 100, replays: int = 20
+) -> WebhookCost:
+    """`events` signed Stripe ``charge.refunded`` events, each a new refund, then a replay of the
+    first `replays` of them (a provider's retry), through the receiver in this process.
+
+    `stack` must have an empty table (the models take an item they have not seen written not to
+    exist). The receiver is the one build_receiver composes, with its event store given a
+    DynamoDB client of its own so that its records and the producer's are priced apart.
+    """
+    from reditus_webhooks.app import build_receiver
+    from reditus_webhooks.events import EventStore
+
+    env = {
+        "HISTORY_TABLE_NAME": stack.table,
+        "REFUND_QUEUE_URL": stack.queue_url,
+        "STRIPE_WEBHOOK_SECRET": SECRET,
+    }
+    events_ddb = aws.client("dynamodb", stack.endpoint)
+    producer_ddb = aws.client("dynamodb", stack.endpoint)
+    sqs = aws.client("sqs", stack.endpoint)
+    receiver = build_receiver(env, dynamodb=producer_ddb, sqs=sqs)
+    receiver.events = EventStore(stack.table, events_ddb)
+    images = aws.client("dynamodb", stack.endpoint)
+    capacity = CapacityModel(images)
+    unpriced = UnpricedWrites(images, stack.table)
+    clients = ((events_ddb, "receiver"), (producer_ddb, "producer"))
+
+    def post(n: int, expected: str) -> None:
+        body, headers = _signed(f"ch_bench_cost_{n}", f"evt_bench_cost_{n}")
+        answer = receiver.handle(_function_url_event(body, headers))
+        if answer.status != 200 or answer.body.get("status") != expected:
+            raise RuntimeError(f"the receiver answered {answer.status} {dict(answer.body)}, not {expected}")
+
+    def attach(labels: tuple[str, str]) -> CallCounter:
+        counter = CallCounter("dynamodb")
+        for (client, _), label in zip(clients, labels, strict=True):
+            capacity.attach(client, label)
+            unpriced.attach(client, label)
+            counter.attach(client)
+        return counter
+
+    def detach(labels: tuple[str, str]) -> None:
+        for (client, _), label in zip(clients, labels, strict=True):
+            capacity.detach(client, label)
+            unpriced.detach(client, label)
+
+    sqs_counter = CallCounter("sqs").attach(sqs)
+    calls = attach(("receiver", "producer"))
+    try:
+        for n in range(events):
+            post(n, "queued")
+    finally:
+        calls.detach()
+        detach(("receiver", "producer"))
+        sqs_counter.detach()
+    replay_calls = attach(("replay", "replay"))
+    try:
+        for n in range(replays):
+            post(n, "duplicate")
+    finally:
+        replay_calls.detach()
+        detach(("replay", "replay"))
+    return WebhookCost(
+        events=events,
+        replays=replays,
+        receiver=capacity.units["receiver"],
+        producer=capacity.units["producer"],
+        replay=capacity.units["replay"],
+        calls=Counter(calls.calls),
+        replay_calls=Counter(replay_calls.calls),
+        sqs_calls=Counter(sqs_counter.calls),
+        lambda_wru=lambda_wru,
+        lambda_rru=lambda_rru,
+        unpriced=unpriced.units,
+    )

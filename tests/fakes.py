@@ -6,7 +6,6 @@ They let the orchestration tests run without moto; the moto-backed tests keep th
 
 from __future__ import annotations
 
-import dataclasses
 import threading
 from collections import Counter
 from collections.abc import Callable, Iterable, Mapping
@@ -16,7 +15,7 @@ from typing import Any
 
 from reditus_refunds.aws_errors import ConditionFailed, StoreError
 from reditus_refunds.contract import RefundRequest
-from reditus_refunds.outcomes import ClaimView, PaymentMarker, RefundState, unsettled
+from reditus_refunds.outcomes import ClaimView, PaymentMarker, RefundState, ResultWrite, unsettled
 from reditus_refunds.records import Attempt, Outcome, Settlement, capped_attempt_log, day_of, iso, utc_now
 from reditus_refunds.reditus import ReditusAnswer, Verdict
 
@@ -71,68 +70,72 @@ class FakeStore:
             marker = self.markers.get(request.payment_id, PaymentMarker())
             if marker.lease_until_ms >= now_ms and marker.lease_holder != request.refund_id:
                 raise ConditionFailed("payment leased")
-            if not request.force and marker.refunded_by not in (None, request.refund_id):
+            if not request.force and marker.refunded_by is not None:
                 raise ConditionFailed("payment refunded")
             base = item or RefundState(
                 refund_id=request.refund_id, outcome=Outcome.PENDING, payment_id=None, queued_at=queued_at
             )
-            self.items[request.refund_id] = dataclasses.replace(
-                base,
+            self.items[request.refund_id] = base._replace(
                 payment_id=request.payment_id or None,
                 message_id=message_id,
                 lease_token=token,
                 lease_until_ms=_ms(lease_until),
             )
-            self.extra.setdefault(request.refund_id, {})["attempts"] = (
-                int(self.extra.get(request.refund_id, {}).get("attempts", 0) or 0) + 1  # type: ignore[call-overload]
+            self.markers[request.payment_id] = marker._replace(
+                lease_holder=request.refund_id, lease_until_ms=_ms(lease_until)
             )
-            self.markers[request.payment_id] = dataclasses.replace(
-                marker, lease_holder=request.refund_id, lease_until_ms=_ms(lease_until)
-            )
+            extra = self.extra.setdefault(request.refund_id, {})
+            extra["attempts"] = int(extra.get("attempts", 0) or 0) + 1  # type: ignore[call-overload]
 
-    def finish(
-        self,
-        refund_id: str,
-        token: str,
-        outcome: Outcome,
-        attempt: Attempt,
-        *,
-        detail: str,
-        http_status: int | None,
-        error_kind: str | None = None,
-        latency_ms: int | None = None,
-        payment_id: str | None = None,
-        previous: RefundState | None = None,
-        recheck_token: str | None = None,
-        keep_recheck: bool = False,
-    ) -> None:
+    def finish(self, result: ResultWrite) -> None:
+        r = result
         with self.lock:
-            item = self.items.get(refund_id)
-            if item is None or item.lease_token != token:
+            item = self.items.get(r.refund_id)
+            if r.outcome is Outcome.REFUNDED and r.payment_id is not None:
+                # As the real store: the payment's mark first, then the result (lease-checked).
+                marker = self.markers.get(r.payment_id, PaymentMarker())
+                self.markers[r.payment_id] = marker._replace(
+                    lease_until_ms=0, refunded_by=r.refund_id, refunded_at=iso(self.clock())
+                )
+            if item is None or item.lease_token != r.token:
                 raise ConditionFailed("lease lost")
-            base = previous or item
-            log, dropped = capped_attempt_log(base.attempt_log, base.attempts_dropped, attempt)
+            base = r.previous or item
+            log, dropped = capped_attempt_log(base.attempt_log, base.attempts_dropped, r.attempt)
             chain = (
-                recheck_token if recheck_token is not None else (item.recheck_token if keep_recheck else None)
+                r.recheck_token
+                if r.recheck_token is not None
+                else (item.recheck_token if r.keep_recheck else None)
             )
-            self.items[refund_id] = dataclasses.replace(
-                item,
-                outcome=outcome,
+            self.items[r.refund_id] = item._replace(
+                outcome=r.outcome,
                 lease_token=None,
                 lease_until_ms=0,
                 recheck_token=chain,
                 attempt_log=tuple(log),
                 attempts_dropped=dropped,
             )
-            self.extra.setdefault(refund_id, {}).update(detail=detail, error_kind=error_kind)
-            if outcome.terminal and payment_id is not None:
-                marker = self.markers.get(payment_id, PaymentMarker())
-                if outcome is Outcome.REFUNDED:
-                    self.markers[payment_id] = dataclasses.replace(
-                        marker, lease_until_ms=0, refunded_by=refund_id
-                    )
-                elif marker.lease_holder == refund_id:  # only our own lease, as the real store
-                    self.markers[payment_id] = dataclasses.replace(marker, lease_until_ms=0)
+            self.extra.setdefault(r.refund_id, {}).update(detail=r.detail, error_kind=r.error_kind)
+            if r.outcome.terminal and r.outcome is not Outcome.REFUNDED and r.payment_id is not None:
+                marker = self.markers.get(r.payment_id, PaymentMarker())
+                if marker.lease_holder == r.refund_id:  # only our own lease, as the real store
+                    self.markers[r.payment_id] = marker._replace(lease_until_ms=0)
+
+    def record_lost_result(self, state: RefundState, marker: PaymentMarker, message_id: str) -> None:
+        with self.lock:
+            item = self.items.get(state.refund_id)
+            if item is None or item.outcome is not state.outcome or item.lease_until_ms >= _ms(self.clock()):
+                raise ConditionFailed("changed")
+            attempt = Attempt(at=iso(self.clock()), http_status=200, kind="refunded", detail="from the mark")
+            log, dropped = capped_attempt_log(item.attempt_log, item.attempts_dropped, attempt)
+            self.items[state.refund_id] = item._replace(
+                outcome=Outcome.REFUNDED,
+                lease_token=None,
+                lease_until_ms=0,
+                recheck_token=None,
+                message_id=message_id,
+                attempt_log=tuple(log),
+                attempts_dropped=dropped,
+            )
 
     def record_without_claim(
         self,
@@ -178,7 +181,7 @@ class FakeStore:
                 if item.counted_outcome is not None:
                     self.counters[(s.day, item.counted_outcome)] -= 1
                 self.counters[(s.day, s.new)] += 1
-                self.items[s.refund_id] = dataclasses.replace(item, counted_outcome=s.new)
+                self.items[s.refund_id] = item._replace(counted_outcome=s.new)
         return []
 
     @staticmethod

@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+from collections import Counter
 from pathlib import Path
 
-from bench.counting import attr_size, index_writes, item_size
+from bench.bulk import BulkFigures
+from bench.counting import Units, attr_size, index_writes, item_size
 from bench.pricing import PerRefund, per_million
 from bench.report import KEYS
+from bench.webhooks import WebhookCost, _index_units
 from reditus_refunds.layout import INDEXES
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -37,6 +40,9 @@ def test_results_have_exactly_the_tracked_keys() -> None:
         "webhook_p99_ms_concurrent20",
         "wru_per_refund",
         "rru_per_refund",
+        "wru_per_webhook_refund",
+        "rru_per_webhook_refund",
+        "wru_per_webhook_replay",
     )
 
 
@@ -88,3 +94,57 @@ def test_cost_adds_its_parts() -> None:
     assert round(cost.dynamodb_usd, 2) == 6.5
     assert round(cost.sqs_usd, 2) == 0.12
     assert cost.total == cost.lambda_usd + cost.dynamodb_usd + cost.sqs_usd
+
+
+def test_bulk_figures_give_the_ratio_both_ways() -> None:
+    """Issue 15: the headline runs DynamoDB on a moto server of its own; the one-server figure
+    stays beside it."""
+    figures = BulkFigures(
+        product_s=9.0,
+        product_one_server_s=12.0,
+        raw_s=6.0,
+        sqs_only_s=5.0,
+        send_calls=1000,
+        raw_calls=1000,
+        pending_ddb_calls=120,
+        sent=10_000,
+    )
+    assert figures.vs_raw == 1.5 and figures.vs_raw_one_server == 2.0
+
+
+def test_webhook_refund_adds_the_lambdas_share_to_the_receivers_units() -> None:
+    """Issue 15: a webhook's refund is all in: the receiver's records, what the model leaves out
+    (its own indexes, refused conditional writes) and the Lambda's part, per event."""
+    cost = WebhookCost(
+        events=10,
+        replays=5,
+        receiver=Units(wru=80.0, gsi_wru=0.0, rru=10.0, per_op={"TransactWriteItems (pending)": 20.0}),
+        producer=Units(wru=40.0, gsi_wru=40.0, rru=0.0),
+        replay=Units(wru=5.0, rru=5.0),
+        calls=Counter(),
+        replay_calls=Counter(),
+        sqs_calls=Counter(),
+        lambda_wru=4.0,
+        lambda_rru=1.5,
+        unpriced={"receiver": Units(wru=10.0, gsi_wru=20.0), "replay": Units(wru=5.0)},
+    )
+    assert cost.wru_per_webhook_refund == (80 + 40 + 40 + 10 + 20) / 10 + 4.0
+    assert cost.rru_per_webhook_refund == 10 / 10 + 1.5
+    assert cost.wru_per_webhook_replay == 2.0 and cost.rru_per_webhook_replay == 1.0
+    assert ("receiver TransactWriteItems (event received)", 2.0) in cost.by_call()
+
+
+def test_other_indexes_are_priced_by_what_they_hold() -> None:
+    received = {
+        "refund_id": {"S": "webhook#stripe#evt_1"},
+        "received_day": {"S": "2026-11-30"},
+        "received_at": {"S": "2026-11-30T09:00:00.000Z"},
+        "decision": {"S": "received"},
+        "note": {"S": "not projected"},
+    }
+    index = ("refund_id", "received_day", "received_at", ("decision",))
+    assert _index_units(None, received, *index) == 1  # enters the index
+    assert _index_units(received, {**received, "note": {"S": "other"}}, *index) == 0
+    assert _index_units(received, {**received, "decision": {"S": "queued"}}, *index) == 1
+    assert _index_units(received, {**received, "received_at": {"S": "2026-11-30T10:00:00.000Z"}}, *index) == 2
+    assert _index_units(None, {"refund_id": {"S": "webhook_count#stripe#2026-11-30"}}, *index) == 0

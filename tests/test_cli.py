@@ -240,6 +240,21 @@ def test_csv_dry_run_and_unusable_files(system: System, tmp_path: Path) -> None:
 # ---- history ---------------------------------------------------------------------------------------
 
 
+def test_history_json_lines_are_whole_records_not_only_the_list_columns(system: System) -> None:
+    """Issue 15: the list indexes hold what a list row shows; `--json` still prints every field of
+    each refund (its attempt log, message id, error kind), as `--refund-id` does."""
+    log = [{"at": "2026-11-30T10:00:00.000Z", "http_status": 503, "kind": "transient", "detail": "busy"}]
+    system.put_record(
+        "r-whole", "pay_w", Outcome.RETRYING, 503, detail="busy", attempt_log=log, message_id="m-w",
+        error_kind="transient", last_attempt_at="2026-11-30T10:00:00.000Z",
+    )  # fmt: skip
+    by_key = json.loads(system.run("history", "--refund-id", "r-whole", "--json").out)
+    assert by_key["attempt_log"][0]["detail"] == "busy" and by_key["message_id"] == "m-w"
+    for args in ((), ("--outcome", "retrying"), ("--payment-id", "pay_w"), ("--requested-by", "ops")):
+        [listed] = map(json.loads, system.run("history", "--json", *args).out.splitlines())
+        assert listed == by_key, args
+
+
 def test_history_json_lines_and_outcome_aliases(system: System) -> None:
     system.put_record("r-200", "pay_ok", Outcome.REFUNDED, 200, detail="ok")
     system.put_record("r-400", "pay_bad", Outcome.REJECTED, 400, detail="payment_id is invalid")

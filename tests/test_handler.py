@@ -268,6 +268,60 @@ def test_the_settlement_has_its_own_bounded_client() -> None:
     assert client.meta.config.read_timeout <= 1 and client.meta.config.connect_timeout <= 0.5
 
 
+def test_the_sqs_client_is_made_at_the_first_recheck_not_at_a_cold_start(aws, simulator, monkeypatch) -> None:
+    """SQS is only called to queue a 404's re-check: a cold start does not pay for its client."""
+    import boto3
+
+    from reditus_refunds.app import SubmitterService
+    from reditus_refunds.settings import Settings
+
+    lam = make_lambda(
+        aws, simulator, monkeypatch, NOT_FOUND_GRACE_SECONDS="600", NOT_FOUND_RECHECK_DELAY_SECONDS="30"
+    )
+    made: list[str] = []
+    make_client = boto3.session.Session.client
+
+    def client(self: boto3.session.Session, service_name: str, *args: object, **kwargs: object) -> object:
+        made.append(service_name)
+        return make_client(self, service_name, *args, **kwargs)  # type: ignore[call-overload]
+
+    monkeypatch.setattr(boto3.session.Session, "client", client)
+    # As in Lambda: only the SQS client is the service's own (the others are moto's, handed in).
+    lam.service = SubmitterService(
+        Settings.from_env(), dynamodb=aws.dynamodb, secrets=aws.secrets, telemetry=lam.service.telemetry
+    )
+    monkeypatch.setattr(lam.handler, "service", lam.service)
+    assert made == []
+    _, failures = lam.run({"payment_id": DEMO_REFUNDABLE[0], "refund_id": "lazy-1"})
+    assert failures == set() and lam.record("lazy-1").outcome is Outcome.REFUNDED
+    assert made == []
+    _, failures = lam.run({"payment_id": "pay_late", "refund_id": "lazy-2"})
+    assert failures == set() and lam.record("lazy-2").outcome is Outcome.RETRYING
+    assert made == ["sqs"]
+    attrs = aws.sqs.get_queue_attributes(QueueUrl=aws.queue_url, AttributeNames=["All"])["Attributes"]
+    assert attrs["ApproximateNumberOfMessagesDelayed"] == "1"  # the re-check, through the client made then
+
+
+def test_the_api_key_is_read_from_secrets_manager_once_per_max_age(aws) -> None:
+    from reditus_refunds.app import SecretKeyProvider
+
+    arn = aws.secrets.create_secret(Name="key-cache", SecretString=" sk_first_0123\n")["ARN"]
+    calls: list[str] = []
+    aws.secrets.meta.events.register(
+        "before-call.secrets-manager.GetSecretValue", lambda **kwargs: calls.append("get")
+    )
+    cached = SecretKeyProvider(arn, aws.secrets, max_age=300)
+    assert cached() == "sk_first_0123" and cached() == "sk_first_0123" and len(calls) == 1
+    aws.secrets.update_secret(SecretId=arn, SecretString="sk_second_4567")
+    assert cached() == "sk_first_0123"  # cached for max_age
+    assert cached(True) == "sk_second_4567" and len(calls) == 2  # a 401 fetches it again
+    uncached = SecretKeyProvider(arn, aws.secrets, max_age=0)
+    assert uncached() == "sk_second_4567" and uncached() == "sk_second_4567" and len(calls) == 4
+    binary = aws.secrets.create_secret(Name="key-binary", SecretBinary=b"sk_bytes_89ab")["ARN"]
+    assert SecretKeyProvider(binary, aws.secrets, max_age=300)() == "sk_bytes_89ab"
+    assert "sk_" not in repr(cached)
+
+
 def counted(lam: Lambda) -> dict[str, int]:
     totals: dict[str, int] = {}
     for item in lam.items():

@@ -23,10 +23,14 @@ from reditus_local.resources import (
 )
 from reditus_local.simulator import DEMO_INVALID, DEMO_REFUNDABLE, ReditusSimulator
 from reditus_local.worker import (
+    REPAIR_EVERY_SECONDS,
     EventSourceMapping,
     FakeLambdaContext,
     MappingSettings,
+    ScheduledFunction,
+    build_parser,
     failed_ids,
+    repair_schedule,
 )
 from reditus_operators.audit import AUDIT_INDEXES
 from reditus_operators.dlq import DeadLetterQueue
@@ -358,6 +362,141 @@ def test_the_real_handler_behind_the_mapping(
     DeadLetterQueue(local.aws.sqs, local.aws.dlq_url, local.aws.queue_url).redrive()
     assert esm.poll_once() is not None
     assert lam.record("w-503").outcome is Outcome.REFUNDED
+
+
+# ---- the scheduled function: the counter repair ----------------------------------------------------
+
+
+def test_a_scheduled_function_runs_at_start_then_once_per_interval_of_its_clock() -> None:
+    now = [1000.0]
+    seen: list[tuple[dict[str, Any], int, str]] = []
+    results: list[Any] = []
+
+    def handler(event: dict[str, Any], context: FakeLambdaContext) -> dict[str, Any]:
+        seen.append((event, context.get_remaining_time_in_millis(), context.function_name))
+        return {"settled": 0, "days": []}
+
+    schedule = ScheduledFunction(
+        handler,
+        600,
+        function_name="repair",
+        timeout_seconds=300,
+        clock=lambda: now[0],
+        on_result=results.append,
+    )
+    assert schedule.run_if_due()  # once at start
+    assert not schedule.run_if_due()
+    now[0] += 599.5
+    assert not schedule.run_if_due()
+    now[0] += 0.5
+    assert schedule.run_if_due() and not schedule.run_if_due()
+    assert schedule.runs == 2 and len(results) == 2
+    event, remaining, name = seen[0]
+    # What an EventBridge schedule sends; the context counts down from the function's timeout.
+    assert (event["source"], event["detail-type"], event["detail"]) == ("aws.events", "Scheduled Event", {})
+    assert (remaining, name) == (300_000, "repair")
+
+
+def test_a_failed_scheduled_run_is_logged_and_waits_for_its_next_slot(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    now = [0.0]
+    calls: list[float] = []
+
+    def failing(event: dict[str, Any], context: FakeLambdaContext) -> None:
+        calls.append(now[0])
+        raise RuntimeError("the table is unavailable")
+
+    schedule = ScheduledFunction(
+        failing, 600, function_name="repair", timeout_seconds=300, clock=lambda: now[0]
+    )
+    with caplog.at_level("WARNING", logger="reditus_local.worker"):
+        assert schedule.run_if_due()
+    assert schedule.failures == 1 and "the table is unavailable" in caplog.text
+    now[0] += 10
+    assert not schedule.run_if_due()
+    now[0] += 600
+    assert schedule.run_if_due() and calls == [0.0, 610.0]
+
+
+def test_the_mapping_runs_its_schedules_before_every_poll(local: Local) -> None:
+    handler = Recorder()
+    steps: list[int] = []
+
+    def step() -> None:
+        steps.append(len(handler.events))  # batches handled so far
+        if len(steps) == 3:
+            esm.stopping.set()
+
+    class Sqs:
+        """The queue, and a bound on the loop should the steps never stop it."""
+
+        def __init__(self) -> None:
+            self.receives = 0
+
+        def __getattr__(self, name: str) -> Any:
+            return getattr(local.aws.sqs, name)
+
+        def receive_message(self, **kwargs: Any) -> Any:
+            self.receives += 1
+            if self.receives >= 10:
+                esm.stopping.set()
+            return local.aws.sqs.receive_message(**kwargs)
+
+    settings = MappingSettings(queue_url=local.aws.queue_url, timeout_seconds=5, wait_time_seconds=0)
+    esm = EventSourceMapping(Sqs(), settings, handler, between_polls=[step])
+    send(local, "a")
+    esm.run()
+    # Before the first poll (the start), after the batch, after an empty poll; then stopped.
+    assert steps == [0, 1, 1]
+    assert [r["body"] for r in handler.events[0]["Records"]] == ["a"]
+
+
+def test_the_worker_repairs_the_day_counters_with_the_templates_scheduled_function(
+    local: Local, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The template's CounterRepairFunction, run by the worker's schedule against the local table:
+    an item whose outcome moved while its counter did not (a submitter environment that went away)
+    is counted where it belongs."""
+    from reditus_refunds import repair
+    from reditus_refunds.contract import RefundRequest
+    from reditus_refunds.history_writer import HistoryWriter
+    from reditus_refunds.producer import RefundProducer
+    from reditus_refunds.records import day_of, iso, utc_now
+
+    monkeypatch.setenv("HISTORY_TABLE_NAME", local.aws.table)
+    monkeypatch.setattr(repair, "_repair", None)
+    writer = HistoryWriter(local.aws.table, local.aws.dynamodb)
+    producer = RefundProducer(local.aws.sqs, local.aws.queue_url, store=writer)
+    producer.send_many([RefundRequest(payment_id="pay-1", refund_id="r-lost")])
+    # The result was stored, the settlement of its counter lost with the environment.
+    local.aws.dynamodb.update_item(
+        TableName=local.aws.table,
+        Key={HASH_KEY: {"S": "r-lost"}},
+        UpdateExpression="SET outcome = :o",
+        ExpressionAttributeValues={":o": {"S": "refunded"}},
+    )
+    day = day_of(iso(utc_now()))
+
+    def counter() -> dict[str, str]:
+        item = local.aws.dynamodb.get_item(TableName=local.aws.table, Key={HASH_KEY: {"S": f"counter#{day}"}})
+        return {k: v["N"] for k, v in item["Item"].items() if k in {o.value for o in Outcome}}
+
+    assert counter() == {"pending": "1"}
+    capsys.readouterr()
+
+    schedule = repair_schedule(local.model, REPAIR_EVERY_SECONDS, "us-east-1")
+    assert schedule is not None
+    assert schedule.function_name == local.model.physical_name("CounterRepairFunction")
+    assert schedule.timeout_seconds == template_props("CounterRepairFunction")["Timeout"]
+    assert schedule.run_if_due() and schedule.failures == 0
+    assert counter() == {"pending": "0", "refunded": "1"}
+    assert "counter repair: settled the day counters of 1 refund(s)" in capsys.readouterr().out
+
+
+def test_the_worker_repairs_every_ten_minutes_unless_told_not_to() -> None:
+    assert build_parser().parse_args([]).repair_every == REPAIR_EVERY_SECONDS == 600
+    assert build_parser().parse_args(["--no-repair"]).no_repair
 
 
 # ---- the snapshot --------------------------------------------------------------------------------

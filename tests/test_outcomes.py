@@ -110,6 +110,36 @@ SITUATIONS = [
     ),
     ("payment refunded by another", MSG, None, PaymentMarker(refunded_by="r0"), Situation.ALREADY_REFUNDED),
     ("payment refunded by this one", MSG, None, PaymentMarker(refunded_by="r1"), Situation.NEW),
+    # Reditus answered 200, the payment was marked, the result write after the mark was lost.
+    ("200 on the mark, result lost", MSG, state(), PaymentMarker(refunded_by="r1"), Situation.RESULT_LOST),
+    (
+        "200 on the mark, result lost after a retry",
+        MSG,
+        state(Outcome.RETRYING),
+        PaymentMarker(refunded_by="r1"),
+        Situation.RESULT_LOST,
+    ),
+    (
+        "200 on the mark, result lost, forced",
+        FORCED,
+        state(),
+        PaymentMarker(refunded_by="r1"),
+        Situation.RESULT_LOST,
+    ),
+    (
+        "200 on the mark, the result write still under its lease",
+        MSG,
+        state(lease_until_ms=LIVE),
+        PaymentMarker(refunded_by="r1"),
+        Situation.LEASED,
+    ),
+    (
+        "200 on the mark and on the refund",
+        MSG,
+        state(Outcome.REFUNDED),
+        PaymentMarker(refunded_by="r1"),
+        Situation.SETTLED,
+    ),
     ("payment refunded by another, force", FORCED, None, PaymentMarker(refunded_by="r0"), Situation.FORCED),
     (
         "payment leased by another",
@@ -165,6 +195,7 @@ BEFORE = [
     (Situation.STALE_RECHECK, None, Next.DONE),
     (Situation.CHAIN_LIVE, None, Next.DONE),
     (Situation.ALREADY_REFUNDED, Outcome.DUPLICATE, Next.DONE),
+    (Situation.RESULT_LOST, Outcome.REFUNDED, Next.DONE),
     (Situation.PAYMENT_LEASED, None, Next.SQS_RETRY),
 ]
 
@@ -236,7 +267,7 @@ def test_the_rules_are_pure() -> None:
         if isinstance(node, ast.Import | ast.ImportFrom)
         for alias in node.names
     }
-    assert imported <= {"__future__", "dataclasses", "datetime", "enum", "records"}, imported
+    assert imported <= {"__future__", "datetime", "enum", "records", "typing"}, imported
 
 
 def test_the_attempt_log_keeps_the_first_and_the_latest() -> None:

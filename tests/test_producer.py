@@ -5,8 +5,10 @@ from __future__ import annotations
 import json
 import threading
 from datetime import timedelta
+from unittest.mock import ANY
 
 import pytest
+from botocore.exceptions import ClientError
 
 from reditus_operators.dlq import DeadLetterQueue, _peek_ids, original_refund_id
 from reditus_operators.history import HistoryReader
@@ -14,7 +16,7 @@ from reditus_refunds.aws_errors import StoreError
 from reditus_refunds.contract import RefundRequest
 from reditus_refunds.history_writer import HistoryWriter
 from reditus_refunds.outcomes import REDRIVE_REFUND_ID_ATTRIBUTE
-from reditus_refunds.producer import PENDING_BATCH, QueueError, RefundProducer
+from reditus_refunds.producer import PENDING_BATCH, SQS_IN_FLIGHT, QueueError, RefundProducer
 from reditus_refunds.records import Outcome, utc_now
 
 
@@ -222,3 +224,134 @@ def test_send_many_stops_soon_after_the_store_fails() -> None:
     with pytest.raises(StoreError, match="the table is gone"):
         RefundProducer(sqs, "queue", store).send_many(_requests(1000))  # type: ignore[arg-type]
     assert sqs.calls <= 2 * PENDING_BATCH // 10 + 1
+
+
+class _ScriptedSqs:
+    """SQS for send_many, thread-safe: `answer(call, entries)` says what each call returns (or raises);
+    it records which entries it accepted and how many calls were in flight at once."""
+
+    def __init__(self, answer=None) -> None:
+        self.answer = answer
+        self.lock = threading.Condition()
+        self.calls = 0
+        self.in_flight = 0
+        self.most_in_flight = 0
+        self.returned: list[int] = []  # call numbers, in the order their answers were given
+        self.accepted: set[str] = set()
+
+    def send_message_batch(self, QueueUrl: str, Entries: list[dict[str, str]]) -> dict[str, object]:
+        with self.lock:
+            self.calls += 1
+            call = self.calls
+            self.in_flight += 1
+            self.most_in_flight = max(self.most_in_flight, self.in_flight)
+            self.lock.notify_all()
+        try:
+            refused = self.answer(self, call, Entries) if self.answer else set()
+            ok = [e for e in Entries if e["Id"] not in refused]
+            with self.lock:
+                self.accepted |= {json.loads(e["MessageBody"])["refund_id"] for e in ok}
+            return {
+                "Successful": [{"Id": e["Id"], "MessageId": f"m-{call}-{e['Id']}"} for e in ok],
+                "Failed": [{"Id": i, "Code": "InvalidParameterValue", "Message": "no"} for i in refused],
+            }
+        finally:
+            with self.lock:
+                self.in_flight -= 1
+                self.returned.append(call)
+                self.lock.notify_all()
+
+
+class _RecordingStore:
+    def __init__(self, fail: bool = False) -> None:
+        self.fail = fail
+        self.lock = threading.Lock()
+        self.recorded: list[str] = []
+
+    def record_pending(self, entries: list[tuple[RefundRequest, str, str]]) -> int:
+        if self.fail:
+            raise StoreError("the table is gone", code="ResourceNotFoundException")
+        with self.lock:
+            self.recorded += [request.refund_id for request, _, _ in entries]
+        return len(entries)
+
+
+def test_send_many_keeps_several_sends_in_flight_and_reports_in_order() -> None:
+    """Issue 15: SendMessageBatch calls overlap (the first answers only after the second has), yet
+    the report and the progress read as if they took turns, refusals exact."""
+
+    def answer(sqs: _ScriptedSqs, call: int, entries: list[dict[str, str]]) -> set[str]:
+        if call == 1:
+            with sqs.lock:
+                sqs.lock.wait_for(lambda: 2 in sqs.returned, timeout=10)
+        return {"3"} if call == 4 else set()
+
+    sqs, store = _ScriptedSqs(answer), _RecordingStore()
+    requests = _requests(205)
+    seen: list[int] = []
+    report = RefundProducer(sqs, "queue", store).send_many(  # type: ignore[arg-type]
+        requests, progress=lambda done, total: seen.append(done)
+    )
+    assert sqs.returned.index(2) < sqs.returned.index(1) and sqs.most_in_flight >= 2
+    assert report.sent == requests[:33] + requests[34:] and report.failed == [(requests[33], ANY)]
+    assert report.failed[0][1] == "InvalidParameterValue: no"
+    assert report.send_calls == 21 and seen == [*range(10, 201, 10), 205]
+    assert store.recorded == [r.refund_id for r in report.sent]  # in order, each once
+
+
+def test_a_queue_error_lets_the_sends_in_flight_finish_and_records_all_they_queued() -> None:
+    def answer(sqs: _ScriptedSqs, call: int, entries: list[dict[str, str]]) -> set[str]:
+        if call == 12:
+            raise ClientError({"Error": {"Code": "AccessDenied", "Message": "no"}}, "SendMessageBatch")
+        return set()
+
+    sqs, store = _ScriptedSqs(answer), _RecordingStore()
+    with pytest.raises(QueueError, match="access to the queue 'queue' is denied"):
+        RefundProducer(sqs, "queue", store).send_many(_requests(1000))  # type: ignore[arg-type]
+    assert sqs.calls <= 12 + SQS_IN_FLIGHT - 1  # nothing new once the error is known
+    assert len(sqs.accepted) == (sqs.calls - 1) * 10
+    assert sorted(store.recorded) == sorted(sqs.accepted)  # what reached the queue is recorded
+
+
+def test_both_failures_are_reported() -> None:
+    """The queue fails, then so does the history: the error says both."""
+
+    def answer(sqs: _ScriptedSqs, call: int, entries: list[dict[str, str]]) -> set[str]:
+        if call == 1:
+            raise ClientError({"Error": {"Code": "AccessDenied", "Message": "no"}}, "SendMessageBatch")
+        return set()
+
+    producer = RefundProducer(_ScriptedSqs(answer), "queue", _RecordingStore(fail=True))  # type: ignore[arg-type]
+    with pytest.raises(QueueError, match=r"denied.*pending records were not written: the table is gone"):
+        producer.send_many(_requests(50))
+
+
+def test_send_many_goes_on_when_whole_batches_are_refused() -> None:
+    """Refused entries have no pending record to wait for: the sends never stall on them."""
+
+    def answer(sqs: _ScriptedSqs, call: int, entries: list[dict[str, str]]) -> set[str]:
+        return {e["Id"] for e in entries} if call <= 25 else set()
+
+    sqs, store = _ScriptedSqs(answer), _RecordingStore()
+    report = RefundProducer(sqs, "queue", store).send_many(_requests(300))  # type: ignore[arg-type]
+    assert sqs.calls == 30 and len(report.failed) == 250 and len(report.sent) == 50
+    assert store.recorded == [r.refund_id for r in report.sent]
+
+
+class _Stopped(Exception):
+    pass
+
+
+def test_a_caller_stopping_the_upload_still_gets_the_sent_ones_recorded() -> None:
+    """The console's progress callback can raise (Streamlit stopping the script): the sends in
+    flight finish and every message that reached the queue has its pending record."""
+
+    def progress(done: int, total: int) -> None:
+        if done >= 30:
+            raise _Stopped
+
+    sqs, store = _ScriptedSqs(), _RecordingStore()
+    with pytest.raises(_Stopped):
+        RefundProducer(sqs, "queue", store).send_many(_requests(1000), progress)  # type: ignore[arg-type]
+    assert 30 <= len(sqs.accepted) <= 30 + SQS_IN_FLIGHT * 10
+    assert sorted(store.recorded) == sorted(sqs.accepted)

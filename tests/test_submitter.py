@@ -14,11 +14,11 @@ from datetime import datetime, timedelta
 import pytest
 
 from reditus_operators.history import HistoryReader
-from reditus_refunds.aws_errors import StoreError
+from reditus_refunds.aws_errors import ConditionFailed, StoreError
 from reditus_refunds.contract import RefundRequest
 from reditus_refunds.history_writer import HistoryWriter
-from reditus_refunds.layout import INDEX_KEY_ATTRIBUTES
-from reditus_refunds.outcomes import RECHECK_ATTRIBUTE, REDRIVE_REFUND_ID_ATTRIBUTE
+from reditus_refunds.layout import INDEX_KEY_ATTRIBUTES, item_key
+from reditus_refunds.outcomes import RECHECK_ATTRIBUTE, REDRIVE_REFUND_ID_ATTRIBUTE, ResultWrite
 from reditus_refunds.producer import RefundProducer
 from reditus_refunds.records import MAX_ATTEMPT_LOG, Attempt, Outcome, iso, utc_now
 from reditus_refunds.reditus import ReditusAnswer, Verdict
@@ -407,7 +407,9 @@ def test_a_rejection_releases_only_its_own_lease_on_the_payment(rig: Rig, aws) -
     )
     attempt = Attempt(at=iso(rig.clock.now), http_status=400, kind="rejected", detail="nope")
     rig.store.finish(
-        "slow", "t-slow", Outcome.REJECTED, attempt, detail="nope", http_status=400, payment_id="pay_own"
+        ResultWrite(
+            "slow", "t-slow", Outcome.REJECTED, attempt, detail="nope", http_status=400, payment_id="pay_own"
+        )
     )
     marker = aws.dynamodb.get_item(TableName=aws.table, Key={"refund_id": {"S": "payment#pay_own"}})["Item"]
     assert marker["lease_holder"]["S"] == "other" and int(marker["lease_until"]["N"]) == taken_until
@@ -675,3 +677,89 @@ def test_the_payment_lease_is_released_on_every_terminal_outcome(fake: FakeRig) 
         )
         second = fake.produce({"payment_id": payment, "refund_id": f"b-{status}"}, message_id=f"m-b-{status}")
         assert fake.deliver(second) is Outcome.REFUNDED
+
+
+# ---- issue 15: the claim and the result as single-item writes -----------------------------------
+class DiesAfterTheMark(HistoryWriter):
+    """The invocation ends between the payment's mark and the result write (a Lambda timeout)."""
+
+    def finish(self, result: ResultWrite) -> None:
+        write = self.table.update
+
+        def update(request: dict) -> None:
+            if request["Key"] == item_key(result.refund_id):
+                raise Killed()
+            write(request)
+
+        self.table.update = update  # type: ignore[method-assign]
+        try:
+            super().finish(result)
+        finally:
+            self.table.update = write  # type: ignore[method-assign]
+
+
+def test_a_200_whose_result_write_was_lost_is_recorded_from_the_mark_not_sent_again(rig: Rig, aws) -> None:
+    dying = DiesAfterTheMark(aws.table, aws.dynamodb, clock=rig.clock)
+    rig.submitter.store = dying
+    with pytest.raises(Killed):
+        rig.deliver({"payment_id": "pay_lost", "refund_id": "r-lost"}, message_id="m-lost")
+    assert rig.reditus.calls["pay_lost"] == 1
+    marker = rig.history.payment_markers(["pay_lost"])["pay_lost"]
+    assert marker.refunded_by == "r-lost"
+    assert rig.history.get("r-lost").outcome is Outcome.PENDING  # type: ignore[union-attr]
+    # Another refund of the payment is a duplicate at once: the mark is the record of the 200.
+    rig.submitter.store = rig.store
+    assert (
+        rig.deliver({"payment_id": "pay_lost", "refund_id": "r-other"}, message_id="m-o") is Outcome.DUPLICATE
+    )
+    # SQS delivers the message again once the lease has expired: recorded from the mark.
+    rig.clock.now += timedelta(minutes=10)
+    assert (
+        rig.deliver({"payment_id": "pay_lost", "refund_id": "r-lost"}, message_id="m-lost")
+        is Outcome.REFUNDED
+    )
+    assert rig.reditus.calls["pay_lost"] == 1
+    record = rig.history.get("r-lost")
+    assert record is not None and record.outcome is Outcome.REFUNDED and record.http_status == 200
+    assert "mark" in record.detail and record.attempt_log[-1].http_status == 200
+    assert counters(rig.history) == {"refunded": 1, "duplicate": 1}
+    # And a further copy changes nothing.
+    assert (
+        rig.deliver({"payment_id": "pay_lost", "refund_id": "r-lost"}, message_id="m-lost")
+        is Outcome.REFUNDED
+    )
+    assert rig.reditus.calls["pay_lost"] == 1
+
+
+def test_a_claim_that_cannot_take_the_payment_hands_the_refund_back(rig: Rig, aws) -> None:
+    """The refund is taken first, then its payment; when another refund holds the payment, the
+    refund's lease and the attempt it counted are handed back, so nothing waits for an expiry."""
+    request = RefundRequest(payment_id="pay_busy", refund_id="r-second")
+    view = rig.store.read_for_claim("r-second", "pay_busy")  # read before the other took the payment
+    other = RefundRequest(payment_id="pay_busy", refund_id="r-first")
+    rig.store.claim(
+        other,
+        rig.store.read_for_claim("r-first", "pay_busy"),
+        message_id="m-first",
+        queued_at=iso(rig.clock.now),
+        token="t-first",
+        lease_until=rig.clock.now + timedelta(seconds=60),
+    )
+    rig.store.record_pending([(request, "m-second", iso(rig.clock.now))])
+    view = rig.store.read_for_claim("r-second", "pay_busy")
+    stale = type(view)(view.state, None)  # decided before the payment was taken
+    with pytest.raises(ConditionFailed):
+        rig.store.claim(
+            request,
+            stale,
+            message_id="m-second",
+            queued_at=iso(rig.clock.now),
+            token="t-second",
+            lease_until=rig.clock.now + timedelta(seconds=60),
+        )
+    item = rig.store.get_item("r-second")
+    assert item is not None and "lease_token" not in item and "lease_until" not in item
+    assert item["attempts"] == 0
+    # The delivery decides again and waits for the payment, without waiting for its own lease.
+    with pytest.raises(RetryLater, match="another refund of this payment"):
+        rig.deliver({"payment_id": "pay_busy", "refund_id": "r-second"}, message_id="m-second")

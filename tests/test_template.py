@@ -25,7 +25,6 @@ import pytest
 from reditus_local.template import TemplateError, load_template, loads_template
 from reditus_operators.audit import AUDIT_INDEXES, AUDIT_PROJECTED
 from reditus_refunds import layout
-from reditus_refunds.records import HistoryRecord
 from reditus_refunds.settings import (
     DEFAULT_REDITUS_API_BASE_URL,
     LAMBDA_ENV_VARS,
@@ -34,6 +33,8 @@ from reditus_refunds.settings import (
 )
 from reditus_webhooks import events
 
+from .iam_derivation import calls_on, dynamodb_actions, entered, functions, grants, parse, receiver
+
 ROOT = Path(__file__).resolve().parents[1]
 TEMPLATE_PATH = ROOT / "template.yaml"
 FUNCTION = "RefundSubmitterFunction"
@@ -41,7 +42,10 @@ ROLE = "RefundSubmitterRole"
 # The webhook receiver (issue 13), checked in tests/test_template_webhooks.py.
 RECEIVER = "WebhookReceiverFunction"
 RECEIVER_ROLE = "WebhookReceiverRole"
-FUNCTIONS = (FUNCTION, RECEIVER)
+# The counter repair (scheduled), checked in tests/test_repair.py.
+REPAIR = "CounterRepairFunction"
+REPAIR_ROLE = "CounterRepairRole"
+FUNCTIONS = (FUNCTION, RECEIVER, REPAIR)
 
 # What the deployed function must be given (the rest of LAMBDA_ENV_VARS are tuning knobs with
 # defaults in settings.py).
@@ -80,14 +84,6 @@ LAMBDA_PACKAGE = ROOT / "functions" / "reditus_refunds"
 WEBHOOK_INDEXES = {
     events.EVENT_DAY_INDEX: (events.EVENT_DAY_ATTRIBUTE, events.EVENT_TIME_ATTRIBUTE),
     events.OPEN_REVIEW_INDEX: (events.REVIEW_OPEN_ATTRIBUTE, events.REVIEW_TIME_ATTRIBUTE),
-}
-# TransactWriteItems is authorised through the actions of its items (IAM has no action of its own
-# for them to fall under).
-TRANSACT_ITEM_ACTIONS = {
-    "Put": "PutItem",
-    "Update": "UpdateItem",
-    "Delete": "DeleteItem",
-    "ConditionCheck": "ConditionCheckItem",
 }
 # checkov checks the template may skip (with a reason next to the resource) and nothing else.
 # CKV_AWS_258 (a Function URL without IAM auth): the receiver's, public by necessity.
@@ -157,67 +153,7 @@ def role_statements(template: dict[str, Any], name: str = ROLE) -> list[dict[str
     return statements
 
 
-def as_list(value: Any) -> list[Any]:
-    return value if isinstance(value, list) else [value]
-
-
 # --- what the function calls on DynamoDB, read from its code -----------------------------------
-
-
-def _receiver(node: ast.expr) -> str | None:
-    """'self.table' for the call self.table.transact(...)."""
-    parts: list[str] = []
-    while isinstance(node, ast.Attribute):
-        parts.append(node.attr)
-        node = node.value
-    if isinstance(node, ast.Name):
-        parts.append(node.id)
-        return ".".join(reversed(parts))
-    return None
-
-
-def _calls_on(tree: ast.AST, receiver: str) -> set[str]:
-    """Names of the methods called as <receiver>.<name>(...) anywhere in tree."""
-    return {
-        node.func.attr
-        for node in ast.walk(tree)
-        if isinstance(node, ast.Call)
-        and isinstance(node.func, ast.Attribute)
-        and _receiver(node.func.value) == receiver
-    }
-
-
-def _parse(name: str) -> ast.Module:
-    return ast.parse((LAMBDA_PACKAGE / name).read_text(encoding="utf-8"))
-
-
-def _functions(tree: ast.Module) -> dict[str, ast.FunctionDef]:
-    """Module-level functions and the methods of every class, by name."""
-    found: dict[str, ast.FunctionDef] = {}
-    for node in tree.body:
-        members = node.body if isinstance(node, ast.ClassDef) else [node]
-        for member in members:
-            if isinstance(member, ast.FunctionDef):
-                found[member.name] = member
-    return found
-
-
-def _reached(functions: dict[str, ast.FunctionDef], entries: set[str], owner: str) -> set[str]:
-    """The functions reached from entries through self.<m>(, <owner>.<m>( and <function>( calls."""
-    reached: set[str] = set()
-    todo = list(entries)
-    while todo:
-        name = todo.pop()
-        if name in reached or name not in functions:
-            continue
-        reached.add(name)
-        node = functions[name]
-        callees = _calls_on(node, "self") | _calls_on(node, owner)
-        callees |= {
-            c.func.id for c in ast.walk(node) if isinstance(c, ast.Call) and isinstance(c.func, ast.Name)
-        }
-        todo += sorted(callees)
-    return reached
 
 
 def dynamodb_actions_the_function_calls() -> set[str]:
@@ -228,26 +164,11 @@ def dynamodb_actions_the_function_calls() -> set[str]:
     call the client (`self.client.<op>(`, table.py). A transaction counts as the kinds of item
     (Put, Update...) the reached code builds.
     """
-    writer = _functions(_parse("history_writer.py"))
-    table = _functions(_parse("table.py"))
-    entries = set().union(*(_calls_on(_parse(m), "self.store") for m in ("submitter.py", "app.py")))
-    assert entries and entries <= set(writer), f"store calls not in HistoryWriter: {entries - set(writer)}"
-    in_writer = _reached(writer, entries, "HistoryWriter")
-
-    table_calls = set().union(*(_calls_on(writer[name], "self.table") for name in in_writer))
-    assert table_calls <= set(table), f"table calls not in HistoryTable: {table_calls - set(table)}"
-    ops = set().union(*(_calls_on(table[name], "self.client") for name in _reached(table, table_calls, "")))
-    kinds: set[str] = set()
-    for name in in_writer:
-        for literal in ast.walk(writer[name]):
-            if isinstance(literal, ast.Dict):
-                kinds |= {k.value for k in literal.keys if isinstance(k, ast.Constant)} & set(
-                    TRANSACT_ITEM_ACTIONS
-                )
-    iam = {"".join(part.title() for part in op.split("_")) for op in ops - {"transact_write_items"}}
-    if "transact_write_items" in ops:
-        iam |= {TRANSACT_ITEM_ACTIONS[kind] for kind in kinds}
-    return {f"dynamodb:{action}" for action in iam}
+    writer = functions(parse("reditus_refunds/history_writer.py"))
+    entries = set().union(
+        *(calls_on(parse(f"reditus_refunds/{m}"), "self.store") for m in ("submitter.py", "app.py"))
+    )
+    return dynamodb_actions([(writer, entered(writer, entries, "HistoryWriter"))])
 
 
 # --- the loader -----------------------------------------------------------------------------
@@ -438,8 +359,8 @@ def test_function_uses_its_own_role(template: dict[str, Any]) -> None:
     # A SAM-generated role would add AWSLambdaSQSQueueExecutionRole (every queue in the account).
     assert fn["Role"] == {"Fn::GetAtt": [ROLE, "Arn"]}
     assert "Policies" not in fn
-    assert list(resources_of(template, "AWS::IAM::Role")) == [ROLE, RECEIVER_ROLE]
-    for role in (ROLE, RECEIVER_ROLE):
+    assert list(resources_of(template, "AWS::IAM::Role")) == [ROLE, RECEIVER_ROLE, REPAIR_ROLE]
+    for role in (ROLE, RECEIVER_ROLE, REPAIR_ROLE):
         trust = props(template, role)["AssumeRolePolicyDocument"]["Statement"]
         assert trust == [
             {"Effect": "Allow", "Principal": {"Service": "lambda.amazonaws.com"}, "Action": "sts:AssumeRole"}
@@ -447,21 +368,7 @@ def test_function_uses_its_own_role(template: dict[str, Any]) -> None:
 
 
 def test_function_permissions_are_least_privilege(template: dict[str, Any]) -> None:
-    statements = role_statements(template)
-    by_service: dict[str, set[str]] = {}
-    for statement in statements:
-        assert statement["Effect"] == "Allow"
-        assert "NotAction" not in statement and "NotResource" not in statement
-        actions = as_list(statement["Action"])
-        services = {action.partition(":")[0] for action in actions}
-        assert len(services) == 1, f"one service per statement: {statement}"
-        for resource in as_list(statement["Resource"]):
-            # X-Ray has no resource-level permissions.
-            assert resource != "*" or services == {"xray"}, f"unscoped statement {statement}"
-        for action in actions:
-            assert "*" not in action, f"wildcard action {action}"
-            service, _, name = action.partition(":")
-            by_service.setdefault(service, set()).add(name)
+    by_service, resources_by_service = grants(role_statements(template))
     assert set(by_service) == {"sqs", "dynamodb", "secretsmanager", "kms", "logs", "xray"}
     assert by_service["logs"] == {"CreateLogStream", "PutLogEvents"}
     assert by_service["xray"] == {"PutTraceSegments", "PutTelemetryRecords"}
@@ -475,11 +382,6 @@ def test_function_permissions_are_least_privilege(template: dict[str, Any]) -> N
         "GetQueueAttributes",
         "SendMessage",
     }
-
-    resources_by_service: dict[str, list[Any]] = {}
-    for statement in statements:
-        service = as_list(statement["Action"])[0].split(":")[0]
-        resources_by_service.setdefault(service, []).extend(as_list(statement["Resource"]))
     assert all(r == {"Fn::GetAtt": ["RefundQueue", "Arn"]} for r in resources_by_service["sqs"])
     assert resources_by_service["dynamodb"] == [
         {"Fn::GetAtt": ["HistoryTable", "Arn"]},
@@ -499,7 +401,7 @@ def test_the_derived_dynamodb_actions_are_the_functions_calls() -> None:
     # Pages and day counts are the operators' (HistoryReader); pending records are the producers'.
     assert not derived & {"dynamodb:Query", "dynamodb:Scan", "dynamodb:PutItem"}
     # The function's producer (re-checks) writes no pending record: it is built without a store.
-    app = _parse("app.py")
+    app = parse("reditus_refunds/app.py")
     for call in ast.walk(app):
         if (
             isinstance(call, ast.Call)
@@ -560,7 +462,7 @@ def _item_reads(function: Any) -> set[str]:
             isinstance(node, ast.Call)
             and isinstance(node.func, ast.Attribute)
             and node.func.attr == "get"
-            and _receiver(node.func.value) == "item"
+            and receiver(node.func.value) == "item"
             and node.args
             and isinstance(node.args[0], ast.Constant)
         ):
@@ -586,19 +488,28 @@ def test_webhook_indexes_project_what_their_lists_read(
     assert projected | keys == _item_reads(from_item) | keys
 
 
-def test_refund_list_indexes_project_what_a_history_record_reads() -> None:
-    """Issue 15: a list page is one Query on the INCLUDE indexes (everything HistoryRecord reads is
-    there), and the bookkeeping the Lambda rewrites without changing what a page shows (the
-    counted outcome, leases, re-check tokens) is in none, so settling counters writes no index."""
+def test_refund_list_indexes_project_what_a_list_row_shows() -> None:
+    """Issue 15: a list page is one Query on the INCLUDE indexes (every column of the console's
+    table, its CSV export and the CLI's table is there), and nothing the claim or the counter
+    settlement writes is in any index, so neither writes an index entry; a refund's detail (attempt
+    log, message id) is read by key."""
+    import ui.data
+    import ui.view
+    from reditus_refunds.records import HistoryRecord
+
+    shown = set(ui.data.EXPORT_COLUMNS) | set(ui.view.history_frame([]).columns)
+    shown -= {layout.HASH_KEY}
+    assert set(layout.LIST_ATTRIBUTES) == shown
     reads = _item_reads(HistoryRecord.from_item) - {layout.HASH_KEY}
-    assert set(layout.RECORD_ATTRIBUTES) == reads
-    bookkeeping = {"counted_outcome", "lease_token", "lease_until", "recheck_token", "queued_day"}
+    assert shown <= reads
+    claim_and_settlement = {
+        "counted_outcome", "lease_token", "lease_until", "recheck_token", "message_id", "last_attempt_at",
+    }  # fmt: skip
     for index, projected in layout.INDEX_PROJECTIONS.items():
-        if projected == layout.KEYS_ONLY:
-            continue
         keys = set(layout.INDEXES[index])
-        assert set(projected) | keys == reads | keys
-        assert not set(projected) & (keys | bookkeeping)
+        assert not claim_and_settlement & (set(projected) | keys), index
+        if projected != layout.KEYS_ONLY:
+            assert set(projected) | keys == shown | keys
 
 
 def test_history_table_stays_within_dynamodb_projection_limit(template: dict[str, Any]) -> None:
@@ -716,11 +627,12 @@ def test_api_key_secret(template: dict[str, Any]) -> None:
 
 def test_alarms(template: dict[str, Any]) -> None:
     every = resources_of(template, "AWS::CloudWatch::Alarm")
-    # The receiver's alarms are checked in tests/test_template_webhooks.py.
+    # The receiver's alarms are checked in tests/test_template_webhooks.py, the repair's in
+    # tests/test_repair.py.
     alarms = {
         p["Properties"]["MetricName"]: p["Properties"]
         for name, p in every.items()
-        if not name.startswith("Webhook")
+        if not name.startswith(("Webhook", "CounterRepair"))
     }
     assert set(alarms) == {
         "ApproximateNumberOfMessagesVisible",
@@ -805,8 +717,8 @@ def test_sam_translates(translated: dict[str, Any]) -> None:
     assert mapping["Properties"]["ScalingConfig"] == {"MaximumConcurrency": {"Ref": "MaximumConcurrency"}}
     assert lambda_props["Role"] == {"Fn::GetAtt": [ROLE, "Arn"]}
     # SAM generated no role of its own (and so attached no broad managed policies).
-    assert list(resources_of(translated, "AWS::IAM::Role")) == [ROLE, RECEIVER_ROLE]
-    for role in (ROLE, RECEIVER_ROLE):
+    assert list(resources_of(translated, "AWS::IAM::Role")) == [ROLE, RECEIVER_ROLE, REPAIR_ROLE]
+    for role in (ROLE, RECEIVER_ROLE, REPAIR_ROLE):
         assert not resources[role]["Properties"].get("ManagedPolicyArns")
 
 

@@ -1,12 +1,12 @@
 """template.yaml's webhook receiver (issue 13), checked against the receiver's code.
 
 Same approach as tests/test_template.py (whose helpers this uses): the template as written, as
-SAM translates it, and the IAM actions derived from the code the function runs.
+SAM translates it, and the IAM actions derived from the code the function runs
+(tests/iam_derivation.py, shared with the submitter's checks).
 """
 
 from __future__ import annotations
 
-import ast
 import json
 import os
 import re
@@ -34,16 +34,12 @@ from reditus_webhooks.decide import (
     mapping_variable,
 )
 
+from .iam_derivation import calls_on, dynamodb_actions, entered, functions, grants, parse
 from .test_template import (
     FUNCTION,
     RECEIVER,
     RECEIVER_ROLE,
     ROOT,
-    TRANSACT_ITEM_ACTIONS,
-    _calls_on,
-    _functions,
-    _reached,
-    as_list,
     env_vars,
     function_props,
     number_default,
@@ -52,7 +48,6 @@ from .test_template import (
     role_statements,
 )
 
-FUNCTIONS_DIR = ROOT / "functions"
 # Resource and parameter names per provider (the path segment is the provider's name).
 CLASS = {
     "stripe": "Stripe",
@@ -88,21 +83,6 @@ def test_every_provider_is_covered() -> None:
 # --- what the receiver calls on DynamoDB, read from its code -----------------------------------
 
 
-def _parse(relative: str) -> ast.Module:
-    return ast.parse((FUNCTIONS_DIR / relative).read_text(encoding="utf-8"))
-
-
-def _transact_kinds(functions: dict[str, ast.FunctionDef], reached: set[str]) -> set[str]:
-    kinds: set[str] = set()
-    for name in reached:
-        for literal in ast.walk(functions[name]):
-            if isinstance(literal, ast.Dict):
-                kinds |= {k.value for k in literal.keys if isinstance(k, ast.Constant)} & set(
-                    TRANSACT_ITEM_ACTIONS
-                )
-    return kinds
-
-
 def dynamodb_actions_the_receiver_calls() -> set[str]:
     """The IAM actions behind every DynamoDB call the receiver can make, from its source.
 
@@ -111,33 +91,16 @@ def dynamodb_actions_the_receiver_calls() -> set[str]:
     `self.store.<m>(`. Both stores reach the table's methods (`self.table.<m>(`), which call the
     client (`self.client.<op>(`); a transaction counts as the kinds of item the reached code builds.
     """
-    app = _parse("reditus_webhooks/app.py")
-    store = _functions(_parse("reditus_webhooks/events.py"))
-    producer = _functions(_parse("reditus_refunds/producer.py"))
-    writer = _functions(_parse("reditus_refunds/history_writer.py"))
-    table = _functions(_parse("reditus_refunds/table.py"))
+    app = parse("reditus_webhooks/app.py")
+    store = functions(parse("reditus_webhooks/events.py"))
+    producer = functions(parse("reditus_refunds/producer.py"))
+    writer = functions(parse("reditus_refunds/history_writer.py"))
 
-    store_entries = _calls_on(app, "self.events")
-    assert store_entries and store_entries <= set(store), store_entries - set(store)
-    in_store = _reached(store, store_entries, "EventStore")
-    producer_entries = _calls_on(app, "self.producer")
-    assert producer_entries and producer_entries <= set(producer), producer_entries - set(producer)
-    in_producer = _reached(producer, producer_entries, "RefundProducer")
-    writer_entries = set().union(*(_calls_on(producer[name], "self.store") for name in in_producer))
-    assert writer_entries and writer_entries <= set(writer), writer_entries - set(writer)
-    in_writer = _reached(writer, writer_entries, "HistoryWriter")
-
-    table_calls = set().union(
-        *(_calls_on(store[name], "self.table") for name in in_store),
-        *(_calls_on(writer[name], "self.table") for name in in_writer),
-    )
-    assert table_calls <= set(table), table_calls - set(table)
-    ops = set().union(*(_calls_on(table[name], "self.client") for name in _reached(table, table_calls, "")))
-    iam = {"".join(part.title() for part in op.split("_")) for op in ops - {"transact_write_items"}}
-    if "transact_write_items" in ops:
-        kinds = _transact_kinds(store, in_store) | _transact_kinds(writer, in_writer)
-        iam |= {TRANSACT_ITEM_ACTIONS[kind] for kind in kinds}
-    return {f"dynamodb:{action}" for action in iam}
+    in_store = entered(store, calls_on(app, "self.events"), "EventStore")
+    in_producer = entered(producer, calls_on(app, "self.producer"), "RefundProducer")
+    writer_entries = set().union(*(calls_on(producer[name], "self.store") for name in in_producer))
+    in_writer = entered(writer, writer_entries, "HistoryWriter")
+    return dynamodb_actions([(store, in_store), (writer, in_writer)])
 
 
 def test_the_derived_dynamodb_actions_are_the_receivers_calls() -> None:
@@ -312,22 +275,7 @@ def test_each_provider_has_its_own_secret_created_empty(template: dict[str, Any]
 
 
 def test_receiver_permissions_are_least_privilege(template: dict[str, Any]) -> None:
-    statements = role_statements(template, RECEIVER_ROLE)
-    by_service: dict[str, set[str]] = {}
-    resources: dict[str, list[Any]] = {}
-    for statement in statements:
-        assert statement["Effect"] == "Allow"
-        assert "NotAction" not in statement and "NotResource" not in statement
-        actions = as_list(statement["Action"])
-        services = {action.partition(":")[0] for action in actions}
-        assert len(services) == 1, f"one service per statement: {statement}"
-        (service,) = services
-        for resource in as_list(statement["Resource"]):
-            assert resource != "*" or service == "xray", f"unscoped statement {statement}"
-        for action in actions:
-            assert "*" not in action
-            by_service.setdefault(service, set()).add(action.partition(":")[2])
-        resources.setdefault(service, []).extend(as_list(statement["Resource"]))
+    by_service, resources = grants(role_statements(template, RECEIVER_ROLE))
     assert set(by_service) == {"sqs", "dynamodb", "secretsmanager", "kms", "logs", "xray"}
     assert by_service["sqs"] == {"SendMessage"}
     assert resources["sqs"] == [{"Fn::GetAtt": ["RefundQueue", "Arn"]}]
@@ -393,7 +341,7 @@ def translated(template: dict[str, Any]) -> dict[str, Any]:
             return {}
 
     sam = json.loads(json.dumps(template))
-    for name in (FUNCTION, RECEIVER):
+    for name in (FUNCTION, RECEIVER, "CounterRepairFunction"):
         sam["Resources"][name]["Properties"]["CodeUri"] = "s3://example-bucket/reditus-refunds.zip"
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("AWS_DEFAULT_REGION", "us-east-1")
@@ -409,8 +357,17 @@ def test_sam_gives_the_receiver_a_public_url_and_nothing_else(translated: dict[s
     assert url["Properties"] == {"AuthType": "NONE", "TargetFunctionArn": {"Ref": RECEIVER}}
     assert "WebhookReceiverFunctionUrl" in resources
     permissions = [p["Properties"] for p in resources_of(translated, "AWS::Lambda::Permission").values()]
-    assert permissions and all(p["FunctionName"] == {"Ref": RECEIVER} for p in permissions)
-    assert all(p["Principal"] == "*" for p in permissions)
+    public = [p for p in permissions if p["Principal"] == "*"]
+    assert public and all(p["FunctionName"] == {"Ref": RECEIVER} for p in public)
+    # The one other permission: the counter repair's schedule invoking it (tests/test_repair.py).
+    assert [p for p in permissions if p["Principal"] != "*"] == [
+        {
+            "Action": "lambda:InvokeFunction",
+            "FunctionName": {"Ref": "CounterRepairFunction"},
+            "Principal": "events.amazonaws.com",
+            "SourceArn": {"Fn::GetAtt": ["CounterRepairFunctionHourly", "Arn"]},
+        }
+    ]
     # The URL reaches the receiver only; the submitter stays invoked by its queue alone.
     (mapping,) = resources_of(translated, "AWS::Lambda::EventSourceMapping").values()
     assert mapping["Properties"]["FunctionName"] == {"Ref": FUNCTION}

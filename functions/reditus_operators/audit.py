@@ -22,16 +22,16 @@ import io
 import uuid
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from datetime import date, datetime, timedelta
+from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
 from reditus_refunds.aws_errors import BotoCoreError, ClientError, ConditionFailed
-from reditus_refunds.layout import HASH_KEY, from_item, to_attr, to_item
+from reditus_refunds.layout import HASH_KEY, to_item
 from reditus_refunds.records import iso, utc_now
 from reditus_refunds.table import HistoryTable
 
 from .access import Action, Actor
-from .history import decode_cursor, encode_cursor
+from .paging import IndexQuery, page_days, page_key
 
 if TYPE_CHECKING:
     from mypy_boto3_dynamodb import DynamoDBClient
@@ -277,67 +277,30 @@ class AuditReader:
         if until < since:
             raise ValueError("the period ends before it starts")
         low, high = iso(since), iso(until)
-        state = decode_cursor(cursor) if cursor else {}
-        lek = state.get("lek")
-        names = {"#at": "audit_at"}
-        values: dict[str, Any] = {":low": to_attr(low), ":high": to_attr(high)}
-        filters: list[str] = []
-        if who:
-            index, names["#k"], values[":k"] = BY_AUDIT_WHO, "audit_who", to_attr(who)
-            if action:
-                filters.append("audit_action = :action")
-                values[":action"] = to_attr(action)
-        elif action:
-            index, names["#k"], values[":k"] = BY_AUDIT_ACTION, "audit_action", to_attr(action)
-        else:
+        if not who and not action:
             if (until - since).days >= MAX_PERIOD_DAYS:
                 raise ValueError(f"a period without --who or --action is at most {MAX_PERIOD_DAYS} days")
-            return self._by_day(low, high, limit, state)
-        found: list[AuditEntry] = []
-        while len(found) < limit:
-            query: dict[str, Any] = {
-                "IndexName": index,
-                "KeyConditionExpression": "#k = :k AND #at BETWEEN :low AND :high",
-                "ExpressionAttributeNames": names,
-                "ExpressionAttributeValues": values,
-                "ScanIndexForward": False,
-                "Limit": max(1, limit - len(found)),
-            }
-            if filters:
-                query["FilterExpression"] = " AND ".join(filters)
-            if lek:
-                query["ExclusiveStartKey"] = lek
-            response = self.table.query(query)
-            found += [entry_from_item(from_item(i)) for i in response.get("Items", [])]
-            lek = response.get("LastEvaluatedKey")
-            if not lek:
-                break
-        return AuditPage(found, encode_cursor({"lek": lek}) if lek else None)
-
-    def _by_day(self, low: str, high: str, limit: int, state: dict[str, Any]) -> AuditPage:
-        day, lek = str(state.get("day") or high[:10]), state.get("lek")
-        found: list[AuditEntry] = []
-        while len(found) < limit and day >= low[:10]:
-            query: dict[str, Any] = {
-                "IndexName": BY_AUDIT_DAY,
-                "KeyConditionExpression": "audit_day = :day AND audit_at BETWEEN :low AND :high",
-                "ExpressionAttributeValues": {
-                    ":day": to_attr(day),
-                    ":low": to_attr(low),
-                    ":high": to_attr(high),
-                },
-                "ScanIndexForward": False,
-                "Limit": max(1, limit - len(found)),
-            }
-            if lek:
-                query["ExclusiveStartKey"] = lek
-            response = self.table.query(query)
-            found += [entry_from_item(from_item(i)) for i in response.get("Items", [])]
-            lek = response.get("LastEvaluatedKey")
-            if lek is None:
-                day = (date.fromisoformat(day) - timedelta(days=1)).isoformat()
-        more = lek is not None or day >= low[:10]
-        return AuditPage(found, encode_cursor({"day": day, "lek": lek}) if more else None)
+            key_name, time_name = AUDIT_INDEXES[BY_AUDIT_DAY]
+            by_day = IndexQuery(self.table, BY_AUDIT_DAY, key_name, time_name, low, high)
+            paged = page_days(by_day, entry_from_item, limit=limit, cursor=cursor)
+            return AuditPage(paged.items, paged.cursor)
+        index, key_value = (BY_AUDIT_WHO, who) if who else (BY_AUDIT_ACTION, action)
+        assert key_value is not None
+        key_name, time_name = AUDIT_INDEXES[index]
+        # The person's index, narrowed to one action when both are asked.
+        narrowed = bool(who and action)
+        query = IndexQuery(
+            self.table,
+            index,
+            key_name,
+            time_name,
+            low,
+            high,
+            filter_expression="audit_action = :action" if narrowed else None,
+            filter_values={":action": action} if narrowed else {},
+        )
+        paged = page_key(query, key_value, entry_from_item, limit=limit, cursor=cursor)
+        return AuditPage(paged.items, paged.cursor)
 
     def all_refund_ids(self, entry: AuditEntry) -> builtins.list[str]:
         """Every refund id of a record (the first IDS_PER_ITEM are on it, the rest in its parts)."""

@@ -386,7 +386,8 @@ def cmd_history(args: argparse.Namespace) -> int:
             limit=args.limit,
         ).records
     if args.json:
-        for record in records:
+        # The whole record (its attempt log too), not only the list's columns the index holds.
+        for record in store.whole(records) if records and not args.refund_id else records:
             print(json_line(record.to_dict()))
         sys.stdout.flush()
         return 0

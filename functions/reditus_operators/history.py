@@ -6,8 +6,6 @@ and the per-day counters. Every AWS failure arrives as StoreError with a readabl
 
 from __future__ import annotations
 
-import base64
-import json
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, timedelta
@@ -21,18 +19,17 @@ from reditus_refunds.layout import (
     GSI_BY_OUTCOME,
     GSI_BY_PAYMENT,
     GSI_BY_REQUESTER,
-    HASH_KEY,
-    INDEX_PROJECTIONS,
-    KEYS_ONLY,
+    INDEXES,
     PAYMENT_MARKER_PREFIX,
     counter_key,
-    from_item,
     item_key,
     marker_key,
-    to_attr,
 )
 from reditus_refunds.records import HistoryRecord, Outcome, iso, utc_now
 from reditus_refunds.table import HistoryTable, ReadCounter
+
+# The cursor codec lived here before paging.py: re-exported for callers that import it from here.
+from .paging import IndexQuery, decode_cursor, encode_cursor, page_days, page_key
 
 if TYPE_CHECKING:
     from mypy_boto3_dynamodb import DynamoDBClient
@@ -49,20 +46,6 @@ class Page:
     records: list[HistoryRecord]
     cursor: str | None
     items_read: int
-
-
-def encode_cursor(state: dict[str, Any]) -> str:
-    return base64.urlsafe_b64encode(json.dumps(state, default=str).encode()).decode()
-
-
-def decode_cursor(cursor: str) -> dict[str, Any]:
-    try:
-        data = json.loads(base64.urlsafe_b64decode(cursor.encode()))
-    except ValueError:
-        raise ValueError("the page cursor is not valid") from None
-    if not isinstance(data, dict):
-        raise ValueError("the page cursor is not valid")
-    return data
 
 
 @dataclass(frozen=True)
@@ -105,6 +88,13 @@ class HistoryReader:
         item = self.table.get_item(refund_id)
         return HistoryRecord.from_item(item) if item else None
 
+    def whole(self, records: Sequence[HistoryRecord]) -> list[HistoryRecord]:
+        """The records of a list page with all their item holds (attempt log, message id, error
+        kind), read by key: the list indexes hold only what a list row shows (layout.LIST_ATTRIBUTES).
+        A record whose item is gone meanwhile stays as listed."""
+        found = self.table.batch_get([item_key(r.refund_id) for r in records])
+        return [HistoryRecord.from_item(found[r.refund_id]) if r.refund_id in found else r for r in records]
+
     def query(
         self,
         *,
@@ -125,85 +115,30 @@ class HistoryReader:
         """
         until = until or self.clock()
         since = since or (until - timedelta(days=30))
-        low, high = iso(since), iso(until)
-        state = decode_cursor(cursor) if cursor else {}
-        records: list[HistoryRecord] = []
-        read = 0
 
         def wanted(record: HistoryRecord) -> bool:
             return (outcome is None or record.outcome is outcome) and (
                 not requested_by or record.requested_by == requested_by
             )
 
-        if payment_id is not None or requested_by or outcome is not None:
-            if payment_id is not None:
-                index, key_name, key_value = GSI_BY_PAYMENT, "payment_id", payment_id
-            elif requested_by:
-                index, key_name, key_value = GSI_BY_REQUESTER, "requested_by", requested_by
-            else:
-                assert outcome is not None
-                index, key_name, key_value = GSI_BY_OUTCOME, "outcome", outcome.value
-            lek = state.get("lek")
-            while len(records) < limit:
-                got, lek, scanned = self._query_index(
-                    index, key_name, key_value, low, high, limit - len(records), lek
-                )
-                records += [r for r in got if wanted(r)]
-                read += scanned
-                if lek is None:
-                    break
-            next_cursor = encode_cursor({"lek": lek}) if lek else None
-            return Page(records, next_cursor, read)
-        day = state.get("day") or high[:10]
-        lek = state.get("lek")
-        first_day = low[:10]
-        while len(records) < limit and day >= first_day:
-            got, lek, scanned = self._query_index(
-                GSI_BY_DAY, "queued_day", day, low, high, limit - len(records), lek
-            )
-            records += got
-            read += scanned
-            if lek is None:
-                day = (date.fromisoformat(day) - timedelta(days=1)).isoformat()
-        more = lek is not None or day >= first_day
-        return Page(records, encode_cursor({"day": day, "lek": lek}) if more else None, read)
+        def index(name: str) -> IndexQuery:
+            key_name, time_name = INDEXES[name]
+            return IndexQuery(self.table, name, key_name, time_name, iso(since), iso(until))
 
-    def _query_index(
-        self,
-        index: str,
-        key_name: str,
-        key_value: str,
-        low: str,
-        high: str,
-        limit: int,
-        lek: dict[str, Any] | None,
-    ) -> tuple[list[HistoryRecord], dict[str, Any] | None, int]:
-        """One Query, newest first. An index that holds keys only is followed by one BatchGetItem
-        of the items it names (in the index's order; one deleted meanwhile is left out)."""
-        kwargs: dict[str, Any] = {
-            "IndexName": index,
-            "KeyConditionExpression": "#k = :k AND queued_at BETWEEN :low AND :high",
-            "ExpressionAttributeNames": {"#k": key_name},
-            "ExpressionAttributeValues": {
-                ":k": to_attr(key_value),
-                ":low": to_attr(low),
-                ":high": to_attr(high),
-            },
-            "ScanIndexForward": False,
-            "Limit": max(1, limit),
-        }
-        if lek:
-            kwargs["ExclusiveStartKey"] = lek
-        response = self.table.query(kwargs)
-        scanned = int(response.get("ScannedCount", len(response.get("Items", []))))
-        items = [from_item(i) for i in response.get("Items", [])]
-        if INDEX_PROJECTIONS[index] == KEYS_ONLY and items:
-            ids = [str(item[HASH_KEY]) for item in items]
-            found = self.table.batch_get([item_key(i) for i in ids])
-            scanned += len(found)
-            items = [found[i] for i in ids if i in found]
-        records = [HistoryRecord.from_item(item) for item in items]
-        return records, response.get("LastEvaluatedKey"), scanned
+        if payment_id is not None:
+            name, key_value = GSI_BY_PAYMENT, payment_id
+        elif requested_by:
+            name, key_value = GSI_BY_REQUESTER, requested_by
+        elif outcome is not None:
+            name, key_value = GSI_BY_OUTCOME, outcome.value
+        else:
+            paged = page_days(index(GSI_BY_DAY), HistoryRecord.from_item, limit=limit, cursor=cursor)
+            return Page(paged.items, paged.cursor, paged.items_read)
+        # Each filter within the other's results: the index answers one, `wanted` the rest.
+        paged = page_key(
+            index(name), key_value, HistoryRecord.from_item, limit=limit, cursor=cursor, keep=wanted
+        )
+        return Page(paged.items, paged.cursor, paged.items_read)
 
     def daily_counts(self, since: date, until: date) -> dict[str, dict[str, int]]:
         """Per-day, per-outcome counts, one item read per day of the period."""
@@ -227,4 +162,12 @@ class HistoryReader:
         return result
 
 
-__all__ = ["START_OF_TIME", "HistoryReader", "Page", "PaymentMarker", "StoreError"]
+__all__ = [
+    "START_OF_TIME",
+    "HistoryReader",
+    "Page",
+    "PaymentMarker",
+    "StoreError",
+    "decode_cursor",
+    "encode_cursor",
+]

@@ -54,7 +54,7 @@ from reditus_webhooks.signatures import (
 )
 
 from .config import WEBHOOK_URL_ENV
-from .history import decode_cursor, encode_cursor
+from .paging import IndexQuery, page_days
 
 if TYPE_CHECKING:
     from mypy_boto3_dynamodb import DynamoDBClient
@@ -134,43 +134,25 @@ class WebhookReader:
             raise ValueError(f"unknown decision {decision!r}; use one of {', '.join(RECORDED_DECISIONS)}")
         until = until or self.clock()
         since = since or (until - timedelta(days=7))
-        low, high = iso(since), iso(until)
-        state = decode_cursor(cursor) if cursor else {}
-        day = str(state.get("day") or high[:10])
-        lek = state.get("lek")
         filters, values = [], {}
         if provider:
             filters.append("provider = :provider")
-            values[":provider"] = to_attr(provider)
+            values[":provider"] = provider
         if decision:
             filters.append("decision = :decision")
-            values[":decision"] = to_attr(decision)
-        found: list[WebhookEvent] = []
-        while len(found) < limit and day >= low[:10]:
-            query: dict[str, Any] = {
-                "IndexName": EVENT_DAY_INDEX,
-                "KeyConditionExpression": "#day = :day AND #at BETWEEN :low AND :high",
-                "ExpressionAttributeNames": {"#day": EVENT_DAY_ATTRIBUTE, "#at": EVENT_TIME_ATTRIBUTE},
-                "ExpressionAttributeValues": {
-                    ":day": to_attr(day),
-                    ":low": to_attr(low),
-                    ":high": to_attr(high),
-                    **values,
-                },
-                "ScanIndexForward": False,
-                "Limit": max(1, limit - len(found)),
-            }
-            if filters:
-                query["FilterExpression"] = " AND ".join(filters)
-            if lek:
-                query["ExclusiveStartKey"] = lek
-            response = self.table.query(query)
-            found += [event_from_item(from_item(item)) for item in response.get("Items", [])]
-            lek = response.get("LastEvaluatedKey")
-            if lek is None:
-                day = (date.fromisoformat(day) - timedelta(days=1)).isoformat()
-        more = lek is not None or day >= low[:10]
-        return EventPage(found, encode_cursor({"day": day, "lek": lek}) if more else None)
+            values[":decision"] = decision
+        query = IndexQuery(
+            self.table,
+            EVENT_DAY_INDEX,
+            EVENT_DAY_ATTRIBUTE,
+            EVENT_TIME_ATTRIBUTE,
+            iso(since),
+            iso(until),
+            filter_expression=" AND ".join(filters) or None,
+            filter_values=values,
+        )
+        paged = page_days(query, event_from_item, limit=limit, cursor=cursor)
+        return EventPage(paged.items, paged.cursor)
 
     # ---- counts and last events -----------------------------------------------------------
     def counts(self, since: date, until: date) -> dict[str, dict[str, int]]:

@@ -2,8 +2,10 @@
 
 Pending records (producers), claims and leases, results, invalid and duplicate decisions, and
 the day counters (the Lambda). Exactly-once effect rests on conditional writes on these items;
-no Scan anywhere. Write calls per refund in the common case: claim (1) + finish (1) + a share of
-the once-per-batch counter settlement.
+no Scan anywhere. Write calls per refund in the common case: claim (2: the refund, then its
+payment) + finish (2: the payment's mark, then the result) + a share of the once-per-batch counter
+settlement. Single-item writes where a transaction buys nothing: a transaction bills 2 write units
+per item, and issue 15 asked for a quarter of the cost.
 """
 
 from __future__ import annotations
@@ -27,7 +29,7 @@ from .layout import (
     to_attr,
     to_item,
 )
-from .outcomes import ClaimView, PaymentMarker, RefundState, unsettled
+from .outcomes import ClaimView, PaymentMarker, RefundState, ResultWrite, unsettled
 from .records import Attempt, Outcome, Settlement, attempt_from_map, capped_attempt_log, day_of, iso, utc_now
 from .table import HistoryTable
 
@@ -59,6 +61,7 @@ def marker_from_item(item: dict[str, Any]) -> PaymentMarker:
         refunded_by=None if item.get("refunded_by") is None else str(item["refunded_by"]),
         lease_holder=item.get("lease_holder"),
         lease_until_ms=int(item.get("lease_until", 0)),
+        refunded_at=None if item.get("refunded_at") is None else str(item["refunded_at"]),
     )
 
 
@@ -66,6 +69,14 @@ def without_empty_index_keys(data: dict[str, Any]) -> dict[str, Any]:
     """DynamoDB refuses an empty string in any attribute that keys an index (moto misses it on
     some write paths): such a value is left out, so the item is simply not in that index."""
     return {k: v for k, v in data.items() if not (k in INDEX_KEY_ATTRIBUTES and v == "")}
+
+
+# A result counts the attempts its refund's claims made (the claim counts them in open_claims, which
+# no index holds): ours, and any whose invocation ended before its result was written.
+_COUNT_CLAIMS = (
+    "attempts = if_not_exists(attempts, :zero) + if_not_exists(open_claims, :zero)",
+    "open_claims = :zero",
+)
 
 
 def _now_ms(ts: datetime) -> int:
@@ -168,7 +179,8 @@ class HistoryWriter:
         """Take the refund and its payment for one call to Reditus, or raise ConditionFailed.
 
         The claim holds only if the item is still as read (outcome, lease, re-check chain), so
-        two deliveries that decided on the same view cannot both call Reditus.
+        two deliveries that decided on the same view cannot both call Reditus; and only if no
+        other refund holds the payment or has refunded it (unless the request says force).
         """
         now = self.clock()
         values: dict[str, Any] = {
@@ -178,7 +190,6 @@ class HistoryWriter:
             ":message_id": message_id,
             ":token": token,
             ":lease": _now_ms(lease_until),
-            ":now_ms": _now_ms(now),
             ":now": iso(now),
             ":zero": 0,
             ":one": 1,
@@ -191,7 +202,9 @@ class HistoryWriter:
             "lease_token = :token",
             "lease_until = :lease",
             "last_attempt_at = :now",
-            "attempts = if_not_exists(attempts, :zero) + :one",
+            # Counted on an attribute no index holds, so the claim writes no index entry; the
+            # result moves it into `attempts` (which the list pages show).
+            "open_claims = if_not_exists(open_claims, :zero) + :one",
         ]
         if without_empty_index_keys({"payment_id": request.payment_id}):
             sets.insert(0, "payment_id = :payment")
@@ -213,29 +226,36 @@ class HistoryWriter:
         else:
             condition = "outcome = :seen AND (attribute_not_exists(lease_until) OR lease_until < :now_ms)"
             values[":seen"] = view.state.outcome.value
+            values[":now_ms"] = _now_ms(now)
             if view.state.recheck_token is None:
                 condition += " AND attribute_not_exists(recheck_token)"
             else:
                 condition += " AND recheck_token = :recheck"
                 values[":recheck"] = view.state.recheck_token
+        # Two conditional single-item writes, the refund's first: a transaction of the two would
+        # cost twice as much (2 write units per item) and buys nothing here. Only the holder of the
+        # refund's lease goes on to the payment, so two deliveries of one refund never race for
+        # the marker; if the payment is taken, our lease is handed back before deciding again.
+        self.table.update(
+            {
+                "TableName": self.table.table_name,
+                "Key": item_key(request.refund_id),
+                "UpdateExpression": "SET " + ", ".join(sets),
+                "ConditionExpression": condition,
+                "ExpressionAttributeValues": {k: to_attr(v) for k, v in values.items()},
+                **({"ExpressionAttributeNames": names} if names else {}),
+            }
+        )
+        # A payment marked refunded by this refund is not taken again: its 200 is on the mark and
+        # the decision (outcomes.Situation.RESULT_LOST) records it without asking Reditus.
         marker_condition = (
             "(attribute_not_exists(lease_until) OR lease_until < :now_ms OR lease_holder = :rid)"
         )
         if not request.force:
-            marker_condition += " AND (attribute_not_exists(refunded_by) OR refunded_by = :rid)"
-        actions = [
-            {
-                "Update": {
-                    "TableName": self.table.table_name,
-                    "Key": item_key(request.refund_id),
-                    "UpdateExpression": "SET " + ", ".join(sets),
-                    "ConditionExpression": condition,
-                    "ExpressionAttributeValues": {k: to_attr(v) for k, v in values.items()},
-                    **({"ExpressionAttributeNames": names} if names else {}),
-                }
-            },
-            {
-                "Update": {
+            marker_condition += " AND attribute_not_exists(refunded_by)"
+        try:
+            self.table.update(
+                {
                     "TableName": self.table.table_name,
                     "Key": marker_key(request.payment_id),
                     "UpdateExpression": "SET lease_token = :token, lease_until = :lease, lease_holder = :rid",
@@ -247,95 +267,145 @@ class HistoryWriter:
                         ":rid": to_attr(request.refund_id),
                     },
                 }
-            },
-        ]
-        self.table.transact(actions)
+            )
+        except ConditionFailed:
+            self._release_refund_lease(request.refund_id, token)
+            raise
 
-    def finish(
-        self,
-        refund_id: str,
-        token: str,
-        outcome: Outcome,
-        attempt: Attempt,
-        *,
-        detail: str,
-        http_status: int | None,
-        error_kind: str | None = None,
-        latency_ms: int | None = None,
-        payment_id: str | None = None,
-        previous: RefundState | None = None,
-        recheck_token: str | None = None,
-        keep_recheck: bool = False,
-    ) -> None:
-        """Record what a claimed attempt ended in and release the lease.
+    def _release_refund_lease(self, refund_id: str, token: str) -> None:
+        """Hand back the refund's lease after the payment could not be taken (nobody was asked). If
+        this write fails the lease simply expires (the delivery is retried either way)."""
+        self.table.update(
+            {
+                "TableName": self.table.table_name,
+                "Key": item_key(refund_id),
+                "UpdateExpression": "REMOVE lease_token, lease_until ADD open_claims :minus_one",
+                "ConditionExpression": "lease_token = :token",
+                "ExpressionAttributeValues": {":token": to_attr(token), ":minus_one": to_attr(-1)},
+            }
+        )
 
-        `previous` is the item as read before the claim (the lease kept anyone else from changing
-        it since): the attempt log is rewritten from it, capped (records.MAX_ATTEMPT_LOG).
-        `recheck_token` starts the next link of a 404 re-check chain; `keep_recheck` leaves the
-        current one (SQS delivers the same message again); otherwise the chain ends here.
+    def finish(self, result: ResultWrite) -> None:
+        """Record what a claimed attempt ended in and release the lease (see ResultWrite).
 
-        A 200 marks the payment as refunded in the same transaction, so that no later request for
-        it is submitted without `force`; any other terminal outcome then releases our lease on the
-        payment, so another refund of it need not wait for the lease to expire.
+        A 200 first marks the payment as refunded by this refund, then writes the result: two
+        single writes, half the cost of a transaction of the two. Should the second be lost, the
+        mark is the record of the 200: no later request for the payment is submitted without
+        `force`, and the next delivery of this refund records it as refunded from the mark
+        without asking Reditus (outcomes.Situation.RESULT_LOST). Any other terminal outcome then
+        releases our lease on the payment, so another refund of it need not wait for it to expire.
         """
         now = self.clock()
-        values: dict[str, Any] = {":outcome": outcome.value, ":detail": detail, ":token": token}
-        sets = ["outcome = :outcome", "detail = :detail"]
-        if previous is None:
-            values[":attempt"] = [self._attempt_map(attempt)]
+        r = result
+        values: dict[str, Any] = {
+            ":outcome": r.outcome.value,
+            ":detail": r.detail,
+            ":token": r.token,
+            ":zero": 0,
+        }
+        sets = ["outcome = :outcome", "detail = :detail", *_COUNT_CLAIMS]
+        if r.previous is None:
+            values[":attempt"] = [self._attempt_map(r.attempt)]
             values[":empty"] = []
             sets.append("attempt_log = list_append(if_not_exists(attempt_log, :empty), :attempt)")
         else:
-            log, dropped = capped_attempt_log(previous.attempt_log, previous.attempts_dropped, attempt)
+            log, dropped = capped_attempt_log(r.previous.attempt_log, r.previous.attempts_dropped, r.attempt)
             values[":log"] = [self._attempt_map(a) for a in log]
             sets.append("attempt_log = :log")
             if dropped:
                 values[":dropped"] = dropped
                 sets.append("attempts_dropped = :dropped")
         removes = ["lease_token", "lease_until"]
-        if recheck_token is not None:
+        if r.recheck_token is not None:
             sets.append("recheck_token = :recheck")
-            values[":recheck"] = recheck_token
-        elif not keep_recheck:
+            values[":recheck"] = r.recheck_token
+        elif not r.keep_recheck:
             removes.append("recheck_token")
         for name, value in (
-            ("http_status", http_status),
-            ("error_kind", error_kind),
-            ("latency_ms", latency_ms),
+            ("http_status", r.http_status),
+            ("error_kind", r.error_kind),
+            ("latency_ms", r.latency_ms),
         ):
             if value is None:
                 removes.append(name)
             else:
                 sets.append(f"{name} = :{name}")
                 values[f":{name}"] = value
-        if outcome.terminal:
+        if r.outcome.terminal:
             sets.append("completed_at = :now")
             values[":now"] = iso(now)
-        update = {
-            "TableName": self.table.table_name,
-            "Key": item_key(refund_id),
-            "UpdateExpression": "SET " + ", ".join(sets) + " REMOVE " + ", ".join(removes),
-            "ConditionExpression": "lease_token = :token",
-            "ExpressionAttributeValues": {k: to_attr(v) for k, v in values.items()},
-        }
-        if outcome is Outcome.REFUNDED and payment_id is not None:
-            # The mark and the result stand or fall together: a 200 recorded without its mark would
-            # let a later request for the payment be submitted again without `force`.
-            marker = {
+        if r.outcome is Outcome.REFUNDED and r.payment_id is not None:
+            self.table.update(
+                {
+                    "TableName": self.table.table_name,
+                    "Key": marker_key(r.payment_id),
+                    "UpdateExpression": "SET lease_until = :zero, refunded_by = :rid, refunded_at = :now",
+                    "ExpressionAttributeValues": {
+                        ":zero": to_attr(0),
+                        ":rid": to_attr(r.refund_id),
+                        ":now": to_attr(iso(now)),
+                    },
+                }
+            )
+        self.table.update(
+            {
                 "TableName": self.table.table_name,
-                "Key": marker_key(payment_id),
-                "UpdateExpression": "SET lease_until = :zero, refunded_by = :rid, refunded_at = :now",
-                "ExpressionAttributeValues": {
-                    ":zero": to_attr(0),
-                    ":rid": to_attr(refund_id),
-                    ":now": to_attr(iso(now)),
-                },
+                "Key": item_key(r.refund_id),
+                "UpdateExpression": "SET " + ", ".join(sets) + " REMOVE " + ", ".join(removes),
+                "ConditionExpression": "lease_token = :token",
+                "ExpressionAttributeValues": {k: to_attr(v) for k, v in values.items()},
             }
-            self.table.transact([{"Update": update}, {"Update": marker}])
-            return
-        self.table.update(update)
-        if outcome.terminal and payment_id is not None:
-            self._release_payment_lease(payment_id, token)
+        )
+        if r.outcome.terminal and r.outcome is not Outcome.REFUNDED and r.payment_id is not None:
+            self._release_payment_lease(r.payment_id, r.token)
+
+    def record_lost_result(self, state: RefundState, marker: PaymentMarker, message_id: str) -> None:
+        """Record a 200 that only the payment's mark holds (outcomes.Situation.RESULT_LOST): the
+        attempt is appended to the item's log, any lease or re-check chain ends. Only over the item
+        as read, and not while someone holds its lease; else ConditionFailed."""
+        now = self.clock()
+        detail = (
+            "Reditus answered 200 (the payment was marked refunded by this refund"
+            + (f" at {marker.refunded_at}" if marker.refunded_at else "")
+            + "); the result write after it was lost and is recorded from the mark"
+        )
+        attempt = Attempt(at=iso(now), http_status=200, kind=Outcome.REFUNDED.value, detail=detail)
+        log, dropped = capped_attempt_log(state.attempt_log, state.attempts_dropped, attempt)
+        values: dict[str, Any] = {
+            ":outcome": Outcome.REFUNDED.value,
+            ":detail": detail,
+            ":status": 200,
+            ":log": [self._attempt_map(a) for a in log],
+            ":done": marker.refunded_at or iso(now),
+            ":message_id": message_id,
+            ":seen": state.outcome.value,
+            ":now_ms": _now_ms(now),
+            ":zero": 0,
+        }
+        sets = [
+            *_COUNT_CLAIMS,
+            "outcome = :outcome",
+            "detail = :detail",
+            "http_status = :status",
+            "attempt_log = :log",
+            "completed_at = :done",
+            "message_id = :message_id",
+        ]
+        if dropped:
+            values[":dropped"] = dropped
+            sets.append("attempts_dropped = :dropped")
+        self.table.update(
+            {
+                "TableName": self.table.table_name,
+                "Key": item_key(state.refund_id),
+                "UpdateExpression": "SET "
+                + ", ".join(sets)
+                + " REMOVE lease_token, lease_until, recheck_token, error_kind, latency_ms",
+                "ConditionExpression": "outcome = :seen AND (attribute_not_exists(lease_until) OR "
+                "lease_until < :now_ms)",
+                "ExpressionAttributeValues": {k: to_attr(v) for k, v in values.items()},
+            }
+        )
 
     def _release_payment_lease(self, payment_id: str, token: str) -> None:
         """Let the next refund of the payment go now rather than when our lease expires.

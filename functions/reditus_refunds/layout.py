@@ -24,12 +24,13 @@ INDEXES = {
     GSI_BY_REQUESTER: ("requested_by", "queued_at"),
 }
 # What each index holds besides its keys (template.yaml declares the same; tests/test_template.py
-# checks it). The day and outcome indexes serve the list pages, so they hold what a history record
-# reads (one Query per page) but not the bookkeeping attributes (counted_outcome, leases, re-check
-# tokens): the counter settlement then writes no index entry. A payment has a handful of refunds
-# and the person filter reads one page, so those two hold keys only and their pages read the
-# items by key: no index write after an item is created, whatever changes in it.
-RECORD_ATTRIBUTES = (
+# checks it). The day and outcome indexes serve the list pages, so they hold what a list row shows
+# (the console's table and its CSV export, the CLI's table), and nothing the claim or the counter
+# settlement writes: those then write no index entry, and the result writes one (the row's new
+# outcome and answer). One refund's detail (its attempt log, message id, error kind) is read by
+# key. A payment has a handful of refunds and the person filter reads one page, so those two hold
+# keys only and their pages read the items by key.
+LIST_ATTRIBUTES = (
     "payment_id",
     "outcome",
     "queued_at",
@@ -40,21 +41,16 @@ RECORD_ATTRIBUTES = (
     "force",
     "http_status",
     "detail",
-    "error_kind",
     "attempts",
-    "last_attempt_at",
     "completed_at",
     "latency_ms",
     "duplicate_of",
     "requeue_of",
-    "message_id",
-    "attempt_log",
-    "attempts_dropped",
 )
 KEYS_ONLY = ()
 INDEX_PROJECTIONS: dict[str, tuple[str, ...]] = {
-    GSI_BY_OUTCOME: tuple(a for a in RECORD_ATTRIBUTES if a not in INDEXES[GSI_BY_OUTCOME]),
-    GSI_BY_DAY: tuple(a for a in RECORD_ATTRIBUTES if a not in INDEXES[GSI_BY_DAY]),
+    GSI_BY_OUTCOME: tuple(a for a in LIST_ATTRIBUTES if a not in INDEXES[GSI_BY_OUTCOME]),
+    GSI_BY_DAY: tuple(a for a in LIST_ATTRIBUTES if a not in INDEXES[GSI_BY_DAY]),
     GSI_BY_PAYMENT: KEYS_ONLY,
     GSI_BY_REQUESTER: KEYS_ONLY,
 }

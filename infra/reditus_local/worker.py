@@ -23,6 +23,11 @@ per-invocation state assumes. Run it as its own process (``local up`` does)::
 
 Settings not given on the command line come from template.yaml. The handler reads its own
 configuration from the environment at import, as in Lambda.
+
+Between polls it also plays the template's scheduled function (the counter repair,
+``reditus_refunds.repair``): once at start, then every ``--repair-every`` seconds (10 minutes; an
+hour on AWS), invoked with a scheduled event and a context, one invocation at a time with the
+batches. A failed run is logged and tried again at the next slot, as the schedule would.
 """
 
 from __future__ import annotations
@@ -44,7 +49,7 @@ import uuid
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from types import FrameType
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import boto3
 from botocore.config import Config
@@ -52,12 +57,17 @@ from botocore.exceptions import BotoCoreError, ClientError
 
 from .child import watch_parent
 
+if TYPE_CHECKING:
+    from .resources import TemplateModel
+
 logger = logging.getLogger("reditus_local.worker")
 
 READY = "worker ready:"
 MAX_RECEIVE = 10  # SQS's limit per ReceiveMessage
 MAX_EVENT_BYTES = 6 * 1024 * 1024  # Lambda's synchronous payload limit
 MAX_WAIT_SECONDS = 20  # SQS's longest long poll
+# The counter repair runs hourly on AWS; locally more often, so `make run` shows its effect soon.
+REPAIR_EVERY_SECONDS = 600.0
 Handler = Callable[[dict[str, Any], Any], Any]
 
 
@@ -176,12 +186,15 @@ class EventSourceMapping:
         *,
         on_batch: Callable[[BatchResult], None] | None = None,
         clock: Callable[[], float] = time.monotonic,
+        between_polls: Sequence[Callable[[], object]] = (),
     ):
         self.sqs = sqs
         self.settings = settings
         self.handler = handler
         self.on_batch = on_batch
         self.clock = clock
+        # Run before every poll, in this thread: scheduled functions (ScheduledFunction.run_if_due).
+        self.between_polls = tuple(between_polls)
         self._queue_arn: str | None = None
         self.stopping = threading.Event()
         self._polling = False  # an idle long poll may be abandoned; a batch in hand may not
@@ -297,6 +310,10 @@ class EventSourceMapping:
         """Poll until stopped; SQS errors (moto restarting, say) are retried with a growing pause."""
         backoff = 0.0
         while not self.stopping.is_set():
+            for step in self.between_polls:
+                step()
+            if self.stopping.is_set():
+                break
             try:
                 self.poll_once()
                 backoff = 0.0
@@ -306,6 +323,118 @@ class EventSourceMapping:
                 backoff = min(10.0, backoff * 2 or 0.5)
                 logger.warning("cannot poll the queue (%s); trying again in %.1f s", err, backoff)
                 self.stopping.wait(backoff)
+
+
+def scheduled_event(
+    region: str, account_id: str = "123456789012", rule: str = "local-schedule"
+) -> dict[str, Any]:
+    """The event an EventBridge schedule invokes a function with."""
+    return {
+        "version": "0",
+        "id": str(uuid.uuid4()),
+        "detail-type": "Scheduled Event",
+        "source": "aws.events",
+        "account": account_id,
+        "time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "region": region,
+        "resources": [f"arn:aws:events:{region}:{account_id}:rule/{rule}"],
+        "detail": {},
+    }
+
+
+class ScheduledFunction:
+    """A function on a rate schedule, run between polls: due at once, then every `every_seconds`
+    of the given clock. A run that raises is logged and waits for the next slot (on AWS, Lambda
+    retries it and the Errors alarm fires)."""
+
+    def __init__(
+        self,
+        handler: Handler,
+        every_seconds: float,
+        *,
+        function_name: str,
+        timeout_seconds: float,
+        region: str = "us-east-1",
+        on_result: Callable[[Any], None] | None = None,
+        clock: Callable[[], float] = time.monotonic,
+    ):
+        if every_seconds <= 0:
+            raise ValueError(f"a schedule needs a positive interval, got {every_seconds}")
+        self.handler = handler
+        self.every_seconds = every_seconds
+        self.function_name = function_name
+        self.timeout_seconds = timeout_seconds
+        self.region = region
+        self.on_result = on_result
+        self.clock = clock
+        self._due = clock()
+        self.runs = 0
+        self.failures = 0
+
+    def run_if_due(self) -> bool:
+        """Invoke the function if its slot has come; True if it ran."""
+        now = self.clock()
+        if now < self._due:
+            return False
+        self._due = now + self.every_seconds
+        self.runs += 1
+        context = FakeLambdaContext(
+            self.function_name, self.timeout_seconds, region=self.region, clock=self.clock
+        )
+        try:
+            result = self.handler(scheduled_event(self.region), context)
+        except Exception as err:  # the schedule goes on; the next slot tries again
+            self.failures += 1
+            logger.warning(
+                "%s failed (%s: %s); it runs again in %.0f s",
+                self.function_name,
+                type(err).__name__,
+                err,
+                self.every_seconds,
+            )
+            return True
+        if self.on_result is not None:
+            self.on_result(result)
+        return True
+
+
+def scheduled_function(template: dict[str, Any]) -> tuple[str, str] | None:
+    """The template's function with a Schedule event, as (logical id, handler); None if it has none."""
+    for name, spec in (template.get("Resources") or {}).items():
+        if spec.get("Type") != "AWS::Serverless::Function":
+            continue
+        props = spec.get("Properties") or {}
+        events = (props.get("Events") or {}).values()
+        if any(isinstance(e, dict) and e.get("Type") == "Schedule" for e in events):
+            return str(name), str(props.get("Handler", ""))
+    return None
+
+
+def repair_schedule(model: TemplateModel, every_seconds: float, region: str) -> ScheduledFunction | None:
+    """The template's scheduled function (the counter repair) on a local schedule, its handler
+    imported (an import failure raises, as a cold start would fail); None if the template has none."""
+    found = scheduled_function(model.template)
+    if found is None:
+        return None
+    logical_id, handler_path = found
+    timeout = model.resolve((model.resources[logical_id].get("Properties") or {}).get("Timeout", 3))
+    return ScheduledFunction(
+        load_handler(handler_path),
+        every_seconds,
+        function_name=model.physical_name(logical_id),
+        timeout_seconds=float(timeout),
+        region=region,
+        on_result=report_repair,
+    )
+
+
+def report_repair(result: Any) -> None:
+    """One line when the counter repair settled something (silent when there was nothing to do)."""
+    settled = result.get("settled") if isinstance(result, dict) else None
+    if settled:
+        days = result.get("days") or []
+        span = f" of {days[0]}..{days[-1]}" if days else ""
+        print(f"counter repair: settled the day counters of {settled} refund(s){span}", flush=True)
 
 
 # ---- the process ---------------------------------------------------------------------------------
@@ -383,6 +512,13 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--no-report-batch-item-failures", action="store_true", help="whole batches only")
     parser.add_argument("--quiet", action="store_true", help="no per-message outcome lines")
     parser.add_argument("--parent-pid", type=int, help="stop when this process is gone")
+    parser.add_argument(
+        "--repair-every",
+        type=float,
+        default=REPAIR_EVERY_SECONDS,
+        help="seconds between runs of the template's scheduled function, the counter repair (default 600)",
+    )
+    parser.add_argument("--no-repair", action="store_true", help="never run the scheduled function")
     return parser
 
 
@@ -397,9 +533,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     from .resources import DEFAULT_TEMPLATE, ResourceError, TemplateModel, function_settings
 
     try:
-        function = function_settings(TemplateModel.load(args.template or DEFAULT_TEMPLATE))
+        model = TemplateModel.load(args.template or DEFAULT_TEMPLATE)
+        function = function_settings(model)
     except ResourceError as err:
         print(f"error: {err}", file=sys.stderr)
+        return 2
+    if args.repair_every <= 0:
+        print("error: --repair-every must be a positive number of seconds", file=sys.stderr)
         return 2
     region = os.environ.get("AWS_DEFAULT_REGION") or os.environ.get("AWS_REGION") or "us-east-1"
     settings = MappingSettings(
@@ -422,6 +562,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     except Exception as err:  # any import failure is fatal; say it in one line
         print(f"error: the handler cannot start: {type(err).__name__}: {err}", file=sys.stderr)
         return 2
+    try:
+        repair = None if args.no_repair else repair_schedule(model, args.repair_every, region)
+    except Exception as err:
+        print(f"error: the scheduled function cannot start: {type(err).__name__}: {err}", file=sys.stderr)
+        return 2
+    schedules = [] if repair is None else [repair]
     session = boto3.session.Session(region_name=region)
     client_config = Config(
         retries={"mode": "standard", "max_attempts": 3}, read_timeout=MAX_WAIT_SECONDS + 10
@@ -432,7 +578,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.quiet
         else outcome_reporter(os.environ.get("HISTORY_TABLE_NAME"), session.client("dynamodb"))
     )
-    mapping = EventSourceMapping(sqs, settings, handler, on_batch=reporter)
+    mapping = EventSourceMapping(
+        sqs, settings, handler, on_batch=reporter, between_polls=[s.run_if_due for s in schedules]
+    )
 
     def on_signal(signum: int, frame: FrameType | None) -> None:
         mapping.interrupt()
@@ -443,7 +591,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         watch_parent(args.parent_pid)
     print(
         f"{READY} polling {settings.queue_url.rsplit('/', 1)[-1]} (batch size {settings.batch_size}, "
-        f"window {settings.batching_window_seconds:g} s, timeout {settings.timeout_seconds:g} s)",
+        f"window {settings.batching_window_seconds:g} s, timeout {settings.timeout_seconds:g} s)"
+        + "".join(f"; {s.function_name} every {s.every_seconds:g} s" for s in schedules),
         flush=True,
     )
     with contextlib.suppress(_Interrupted):

@@ -497,7 +497,8 @@ class FlakySqs:
 
 
 class FlakyDynamo:
-    """A real (moto) DynamoDB client; the n-th next transaction (counting from 1) fails once."""
+    """A real (moto) DynamoDB client; the n-th next write (a transaction or a put, counting from 1)
+    fails once."""
 
     def __init__(self, client: Any):
         self._client = client
@@ -506,15 +507,21 @@ class FlakyDynamo:
     def __getattr__(self, name: str) -> Any:
         return getattr(self._client, name)
 
-    def transact_write_items(self, **kwargs: Any) -> Any:
+    def _maybe_fail(self, operation: str) -> None:
         if self.fail_at is not None:
             self.fail_at -= 1
             if self.fail_at == 0:
                 self.fail_at = None
-                raise ClientError(
-                    {"Error": {"Code": "InternalServerError", "Message": "try again"}}, "TransactWriteItems"
-                )
+                error = {"Error": {"Code": "InternalServerError", "Message": "try again"}}
+                raise ClientError(error, operation)  # type: ignore[arg-type]
+
+    def transact_write_items(self, **kwargs: Any) -> Any:
+        self._maybe_fail("TransactWriteItems")
         return self._client.transact_write_items(**kwargs)
+
+    def put_item(self, **kwargs: Any) -> Any:
+        self._maybe_fail("PutItem")
+        return self._client.put_item(**kwargs)
 
 
 @pytest.mark.parametrize("provider", PROVIDERS)

@@ -47,6 +47,7 @@ from reditus_refunds.repair import (
 from .conftest import TABLE, AwsFixture
 from .iam_derivation import as_list, calls_on, dynamodb_actions, entered, functions, grants, parse
 from .lambda_rig import make_lambda
+from .template_support import sam_translate
 from .test_artifact import build, imported_by, module_name
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -431,21 +432,7 @@ def test_the_repair_errors_alarm(template: dict[str, Any]) -> None:
 
 @pytest.fixture(scope="module")
 def translated(template: dict[str, Any]) -> dict[str, Any]:
-    """The template as CloudFormation expands it, after `sam package` replaced every CodeUri."""
-    from samtranslator.translator.transform import transform
-
-    class NoManagedPolicies:
-        def load(self) -> dict[str, str]:
-            return {}
-
-    sam = json.loads(json.dumps(template))
-    for resource in sam["Resources"].values():
-        if resource["Type"] == "AWS::Serverless::Function":
-            resource["Properties"]["CodeUri"] = "s3://example-bucket/reditus-refunds.zip"
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("AWS_DEFAULT_REGION", "us-east-1")
-        result: dict[str, Any] = transform(sam, {}, NoManagedPolicies())
-    return result
+    return sam_translate(template)
 
 
 def test_sam_schedules_the_repair_and_gives_it_no_role_of_its_own(translated: dict[str, Any]) -> None:

@@ -34,6 +34,7 @@ from reditus_refunds.settings import (
 from reditus_webhooks import events
 
 from .iam_derivation import calls_on, dynamodb_actions, entered, functions, grants, parse, receiver
+from .template_support import sam_translate
 
 ROOT = Path(__file__).resolve().parents[1]
 TEMPLATE_PATH = ROOT / "template.yaml"
@@ -688,20 +689,7 @@ def test_checkov_skips_have_reasons(template: dict[str, Any]) -> None:
 
 @pytest.fixture(scope="module")
 def translated(template: dict[str, Any]) -> dict[str, Any]:
-    """The template as CloudFormation expands it, after `sam package` replaced CodeUri."""
-    from samtranslator.translator.transform import transform
-
-    class NoManagedPolicies:
-        def load(self) -> dict[str, str]:
-            return {}
-
-    sam = json.loads(json.dumps(template))
-    for name in FUNCTIONS:
-        sam["Resources"][name]["Properties"]["CodeUri"] = "s3://example-bucket/reditus-refunds.zip"
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("AWS_DEFAULT_REGION", "us-east-1")
-        result: dict[str, Any] = transform(sam, {}, NoManagedPolicies())
-    return result
+    return sam_translate(template)
 
 
 def test_sam_translates(translated: dict[str, Any]) -> None:

@@ -35,6 +35,7 @@ from reditus_webhooks.decide import (
 )
 
 from .iam_derivation import calls_on, dynamodb_actions, entered, functions, grants, parse
+from .template_support import sam_translate
 from .test_template import (
     FUNCTION,
     RECEIVER,
@@ -334,19 +335,7 @@ def test_receiver_outputs(template: dict[str, Any]) -> None:
 
 @pytest.fixture(scope="module")
 def translated(template: dict[str, Any]) -> dict[str, Any]:
-    from samtranslator.translator.transform import transform
-
-    class NoManagedPolicies:
-        def load(self) -> dict[str, str]:
-            return {}
-
-    sam = json.loads(json.dumps(template))
-    for name in (FUNCTION, RECEIVER, "CounterRepairFunction"):
-        sam["Resources"][name]["Properties"]["CodeUri"] = "s3://example-bucket/reditus-refunds.zip"
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("AWS_DEFAULT_REGION", "us-east-1")
-        result: dict[str, Any] = transform(sam, {}, NoManagedPolicies())
-    return result
+    return sam_translate(template)
 
 
 def test_sam_gives_the_receiver_a_public_url_and_nothing_else(translated: dict[str, Any]) -> None:

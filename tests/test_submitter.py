@@ -17,7 +17,7 @@ from reditus_operators.history import HistoryReader
 from reditus_refunds.aws_errors import ConditionFailed, StoreError
 from reditus_refunds.contract import RefundRequest
 from reditus_refunds.history_writer import HistoryWriter
-from reditus_refunds.layout import INDEX_KEY_ATTRIBUTES, item_key
+from reditus_refunds.layout import INDEX_KEY_ATTRIBUTES, item_key, marker_key
 from reditus_refunds.outcomes import RECHECK_ATTRIBUTE, REDRIVE_REFUND_ID_ATTRIBUTE, ResultWrite
 from reditus_refunds.producer import RefundProducer
 from reditus_refunds.records import MAX_ATTEMPT_LOG, Attempt, Outcome, iso, utc_now
@@ -763,3 +763,35 @@ def test_a_claim_that_cannot_take_the_payment_hands_the_refund_back(rig: Rig, aw
     # The delivery decides again and waits for the payment, without waiting for its own lease.
     with pytest.raises(RetryLater, match="another refund of this payment"):
         rig.deliver({"payment_id": "pay_busy", "refund_id": "r-second"}, message_id="m-second")
+
+
+def test_a_claim_whose_payment_write_fails_hands_the_refund_back_too(rig: Rig, aws) -> None:
+    """The store fails on the payment's lease (not a condition): the refund's lease is handed back
+    all the same, so its next delivery need not wait for it to expire."""
+    request = RefundRequest(payment_id="pay_flaky", refund_id="r-flaky")
+    write = rig.store.table.update
+
+    def update(kwargs: dict) -> None:
+        if kwargs["Key"] == marker_key("pay_flaky"):
+            raise StoreError("DynamoDB answered InternalServerError")
+        write(kwargs)
+
+    rig.store.table.update = update  # type: ignore[method-assign]
+    try:
+        with pytest.raises(StoreError):
+            rig.store.claim(
+                request,
+                rig.store.read_for_claim("r-flaky", "pay_flaky"),
+                message_id="m-flaky",
+                queued_at=iso(rig.clock.now),
+                token="t-flaky",
+                lease_until=rig.clock.now + timedelta(seconds=60),
+            )
+    finally:
+        rig.store.table.update = write  # type: ignore[method-assign]
+    item = rig.store.get_item("r-flaky")
+    assert item is not None and "lease_token" not in item and item.get("open_claims", 0) == 0
+    assert (
+        rig.deliver({"payment_id": "pay_flaky", "refund_id": "r-flaky"}, message_id="m-flaky")
+        is Outcome.REFUNDED
+    )

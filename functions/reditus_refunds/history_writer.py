@@ -10,6 +10,7 @@ per item, and issue 15 asked for a quarter of the cost.
 
 from __future__ import annotations
 
+import contextlib
 from collections import defaultdict
 from collections.abc import Callable, Iterable, Sequence
 from datetime import date, datetime
@@ -268,13 +269,14 @@ class HistoryWriter:
                     },
                 }
             )
-        except ConditionFailed:
-            self._release_refund_lease(request.refund_id, token)
+        except StoreError:  # ConditionFailed included: the payment is taken, or the store failed
+            with contextlib.suppress(StoreError):
+                self._release_refund_lease(request.refund_id, token)
             raise
 
     def _release_refund_lease(self, refund_id: str, token: str) -> None:
         """Hand back the refund's lease after the payment could not be taken (nobody was asked). If
-        this write fails the lease simply expires (the delivery is retried either way)."""
+        this write fails too, the lease simply expires (the delivery is retried either way)."""
         self.table.update(
             {
                 "TableName": self.table.table_name,

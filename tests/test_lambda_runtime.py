@@ -22,8 +22,6 @@ from __future__ import annotations
 
 import json
 import os
-import platform
-import shutil
 import socket
 import subprocess
 import sys
@@ -36,6 +34,8 @@ from typing import TYPE_CHECKING, Any
 
 import boto3
 import pytest
+
+from bench.artifact import RUNTIME, manylinux_platform, runtime_python
 
 from .conftest import API_KEY, TABLE, create_history_table
 from .lambda_runtime_api import RuntimeApi
@@ -51,7 +51,6 @@ pytestmark = [pytest.mark.packaging, pytest.mark.timeout(900)]
 ROOT = Path(__file__).resolve().parents[1]
 FUNCTIONS = ROOT / "functions"
 DEV_VENV = Path(sys.prefix).resolve()  # the interpreter running this test: must never leak into the runtime
-RUNTIME = "3.12"  # template.yaml: Runtime: python3.12
 HANDLER = "reditus_refunds.handler.lambda_handler"  # template.yaml: Handler
 FUNCTION_NAME = "refund-submitter"
 REGION = "us-east-1"
@@ -87,39 +86,6 @@ with open(os.environ["RUNTIME_PROBE_FILE"], "w", encoding="utf-8") as _f:
 # -- finding and building -------------------------------------------------------------------------
 
 
-def python312() -> Path | None:
-    """The real python3.12 binary: under pyenv's versions (the shim can answer "command not found"
-    in this checkout), else on PATH; checked by running it."""
-    candidates: list[Path] = []
-    try:
-        root = subprocess.run(["pyenv", "root"], capture_output=True, text=True, timeout=30, check=True)
-        candidates += sorted(Path(root.stdout.strip()).glob(f"versions/{RUNTIME}*/bin/python{RUNTIME}"))
-    except (OSError, subprocess.SubprocessError):
-        pass
-    on_path = shutil.which(f"python{RUNTIME}")
-    if on_path:
-        candidates.append(Path(on_path))
-    for candidate in candidates:
-        try:
-            done = subprocess.run(
-                [str(candidate), "-c", "import sys; print('%d.%d' % sys.version_info[:2])"],
-                capture_output=True,
-                text=True,
-                timeout=30,
-            )
-        except (OSError, subprocess.SubprocessError):
-            continue
-        if done.returncode == 0 and done.stdout.strip() == RUNTIME:
-            return candidate
-    return None
-
-
-def manylinux_platform() -> str:
-    machine = platform.machine()
-    machine = {"arm64": "aarch64", "amd64": "x86_64"}.get(machine.lower(), machine)
-    return f"manylinux2014_{machine}"
-
-
 def build_env() -> dict[str, str]:
     """This process's environment (the registry configuration) without what points into the dev venv."""
     env = dict(os.environ)
@@ -141,7 +107,8 @@ class Runtime:
 
 @pytest.fixture(scope="module")
 def runtime(tmp_path_factory: pytest.TempPathFactory) -> Runtime:
-    python = python312()
+    found = runtime_python()  # the same search the bench's cold-start figure uses
+    python = None if found is None else Path(found)
     if python is None:
         pytest.skip(
             f"no Python {RUNTIME} found (looked under $(pyenv root)/versions/{RUNTIME}*/bin and on PATH): "

@@ -1,10 +1,11 @@
 """Queueing a CSV of 10,000 refunds: the product's bulk path against a raw boto3 loop.
 
 * product: ``csv_import.parse_csv`` (every row validated with the shared contract) and
-  ``RefundProducer.send_many`` (ten per SendMessageBatch, a few calls in flight at once, the
-  accepted requests recorded pending in the history in transactions of up to 90 while the sends
-  go on): the CLI's ``enqueue --csv`` path (the console's bulk upload is the same, 100 rows per
-  send_many).
+  ``RefundProducer.send_many``: a hundred requests at a time are recorded pending in the history
+  BEFORE they are sent (one BatchGetItem for the refund_ids that exist, then BatchWriteItem Puts,
+  25 per call, 1 write unit each), then sent ten per SendMessageBatch with a few calls in flight;
+  the next hundred's records are written while those sends go on. The CLI's ``enqueue --csv``
+  path (the console's bulk upload is the same, 100 rows per send_many).
 * raw: ``csv.reader`` over the same text, a JSON body per row, ``send_message_batch`` ten at a
   time, one call after another; no validation, no history.
 * product without the history (``store=None``), to show what the pending records cost.

@@ -3,7 +3,12 @@
 The common case: refunds queued the way the console and CSV upload do it (ten per
 SendMessageBatch, recorded pending), delivered in batches of ten, all answered 200 at once by
 Reditus. Calls are counted with botocore event hooks on each party's own client: the producer,
-the event source mapping (receive, delete) and the Lambda.
+the event source mapping (receive, delete), the Lambda, and the day counters' stream function.
+
+The stream function (reditus_refunds.counter_stream, played by the local worker's stream mapping)
+is applied once per STREAM_EVERY refunds: its event source mapping's batching window (10 s) at the
+steady flow the pricing assumes (full batches of ten, at least a refund a second). At a trickle a
+stream batch holds fewer refunds, and the counters cost up to a read and a write per day per batch.
 """
 
 from __future__ import annotations
@@ -21,6 +26,8 @@ from .counting import CallCounter, CapacityModel, Units
 from .events import Feeder
 from .sink import LogSink
 
+STREAM_EVERY = 100  # refunds per stream-function invocation (see the module docstring)
+
 
 @dataclass
 class CallFigures:
@@ -33,6 +40,8 @@ class CallFigures:
     esm_sqs: Counter[str]
     lambda_units: Units
     producer_units: Units
+    counter_units: Units  # the stream function's (the day counters)
+    counter_invocations: int
     log_bytes: int
 
     def per_refund(self, counter: Counter[str], ops: frozenset[str] | None = None) -> float:
@@ -44,15 +53,16 @@ class CallFigures:
         return sum(total.values()) / self.refunds
 
     @property
+    def parts(self) -> tuple[Units, Units, Units]:
+        return self.producer_units, self.lambda_units, self.counter_units
+
+    @property
     def wru_per_refund(self) -> float:
-        units = (self.lambda_units.wru + self.lambda_units.gsi_wru) + (
-            self.producer_units.wru + self.producer_units.gsi_wru
-        )
-        return units / self.priced
+        return sum(u.wru + u.gsi_wru for u in self.parts) / self.priced
 
     @property
     def rru_per_refund(self) -> float:
-        return (self.lambda_units.rru + self.producer_units.rru) / self.priced
+        return sum(u.rru for u in self.parts) / self.priced
 
 
 def measure(
@@ -73,17 +83,23 @@ def measure(
     feeder = Feeder(feed_sqs, feed_ddb, stack.table, stack.queue_url, payments)
     runner = BatchRunner(stack, feeder, logs)
 
-    # The Lambda's DynamoDB calls go through two clients: the service's, and the counter
-    # settlement's own (bounded timeouts; app.py). Both are counted and priced as the Lambda's.
+    from reditus_local.worker import StreamMapping, StreamSettings, counter_handler, stream_arn_of
+
     lambda_clients = [service.dynamodb]
-    settle_client = getattr(getattr(getattr(service, "settle_store", None), "table", None), "client", None)
-    if settle_client is not None and settle_client is not service.dynamodb:
-        lambda_clients.append(settle_client)
     lambda_ddb = CallCounter("dynamodb")
     capacity = CapacityModel(images).attach(feed_ddb, "producer")
     for client in lambda_clients:
         lambda_ddb.attach(client)
         capacity.attach(client, "lambda")
+    counter_ddb = aws.client("dynamodb", stack.endpoint)
+    stream = StreamMapping(
+        aws.client("dynamodbstreams", stack.endpoint),
+        StreamSettings(stream_arn_of(images, stack.table)),
+        counter_handler(stack.table, counter_ddb),
+    )
+    capacity.attach(counter_ddb, "counters")
+    counter_calls = CallCounter("dynamodb").attach(counter_ddb)
+    invocations = 0
     lambda_sqs = CallCounter("sqs").attach(service.sqs)
     producer_ddb = CallCounter("dynamodb").attach(feed_ddb)
     feeder_sqs = CallCounter("sqs").attach(feed_sqs)
@@ -94,13 +110,19 @@ def measure(
                 for client in lambda_clients:
                     capacity.detach(client, "lambda")
                 capacity.detach(feed_ddb, "producer")
+                capacity.detach(counter_ddb, "counters")
             runner.run(handler, reset=False)
+            if (batch + 1) * 10 % STREAM_EVERY == 0:
+                stream.drain()
+                invocations += 1
+        stream.drain()
     finally:
-        for counter in (lambda_ddb, lambda_sqs, producer_ddb, feeder_sqs):
+        for counter in (lambda_ddb, lambda_sqs, producer_ddb, feeder_sqs, counter_calls):
             counter.detach()
         for client in lambda_clients:
             capacity.detach(client, "lambda")
         capacity.detach(feed_ddb, "producer")
+        capacity.detach(counter_ddb, "counters")
     log_bytes = logs.bytes - logged
 
     today = datetime.now(UTC).date()
@@ -122,5 +144,7 @@ def measure(
         esm_sqs=esm_sqs,
         lambda_units=capacity.units["lambda"],
         producer_units=capacity.units["producer"],
+        counter_units=capacity.units["counters"],
+        counter_invocations=invocations,
         log_bytes=log_bytes,
     )

@@ -1,10 +1,18 @@
-"""Items the store reads for the console's first History page and its 30-day headline.
+"""Items the store reads for the console's first History page, two rare filters and its 30-day headline.
 
 Tables of 10,000 and 100,000 refunds over the last 30 days are filled with batch writes into an
 in-process moto (what is measured is what the store reads, not how fast moto is), then the
-store reads the console's default view (the last 7 days, newest first, 50 rows) and the headline
-of the last 30 days; the items read are counted from the responses (ScannedCount of a Query,
-the items of a BatchGetItem).
+store reads the console's default view (the last 7 days, newest first, 50 rows: by_day's keys,
+then the items by key), the person filter for one refund among all (90 days), the Pending filter
+for the one pending refund among all (the 30 days), and the headline of the last 30 days; the
+items read are counted from the responses (ScannedCount of a Query, the items of a BatchGetItem).
+
+The pending refund sits mid-period at a random time of its day, as the rare person's does, and the
+Pending filter reads the period's 30 day counters, skips the days that say 0 pending, and walks
+that day's by_day keys and items newest first until it finds it: about half a day's refunds
+(~3,300 items at 100,000 over 30 days), not the table's. This is not the common case: refunds
+are pending for seconds, so in steady state the pending ones are today's newest and the walk
+stops within its first batch.
 
 Runs in its own process (moto's in-process mock patches botocore for the whole process):
 
@@ -23,7 +31,7 @@ from typing import Any
 
 from reditus_operators.history import HistoryReader
 from reditus_refunds.layout import COUNTER_PREFIX, HASH_KEY
-from reditus_refunds.records import iso
+from reditus_refunds.records import Outcome, iso
 
 from . import aws
 from .counting import CallCounter
@@ -49,17 +57,17 @@ def _n(value: int) -> dict[str, str]:
 
 
 RARE_REQUESTER = "rare@example.com"  # one refund among all the table's, mid-period
+PENDING = "pending"  # the one pending refund, next to the rare person's: no outcome attribute
 
 
 def _item(
     rng: random.Random, at: datetime, outcome: str, requested_by: str = "ops@example.com"
 ) -> dict[str, Any]:
     stamp = iso(at)
-    return {
+    item = {
         HASH_KEY: _s(str(uuid.UUID(int=rng.getrandbits(128)))),
         "payment_id": _s(f"pay_{rng.getrandbits(40):010x}"),
         "outcome": _s(outcome),
-        "counted_outcome": _s(outcome),
         "queued_at": _s(stamp),
         "queued_day": _s(stamp[:10]),
         "requested_by": _s(requested_by),
@@ -75,10 +83,17 @@ def _item(
             "L": [{"M": {"at": _s(stamp), "kind": _s(outcome), "detail": _s("ok"), "http_status": _n(200)}}]
         },
     }
+    if outcome == PENDING:  # as the producer records it: no outcome, no attempt yet
+        for name in ("outcome", "http_status", "detail", "last_attempt_at", "completed_at", "latency_ms"):
+            del item[name]
+        item.update(attempts=_n(0), attempt_log={"L": []})
+    return item
 
 
 def fill(dynamodb: Any, table: str, size: int, now: datetime, seed: int = 7) -> None:
-    """`size` refunds spread evenly over the last DAYS days, and each day's counter item."""
+    """`size` refunds spread evenly over the last DAYS days, one of them pending, and each day's
+    counter item as the stream function keeps it (a pending figure on every day: each refund was
+    counted pending first)."""
     rng = random.Random(seed)
     names = [name for name, _ in OUTCOMES]
     weights = [weight for _, weight in OUTCOMES]
@@ -89,9 +104,11 @@ def fill(dynamodb: Any, table: str, size: int, now: datetime, seed: int = 7) -> 
         start = datetime.combine(day, time.min, UTC)
         span = (now - start).total_seconds() if day == now.date() else 86_399.0
         count = size // DAYS + (1 if day_index < size % DAYS else 0)
-        counts: dict[str, int] = {}
+        counts: dict[str, int] = {PENDING: 0}
         for _ in range(count):
             outcome = rng.choices(names, weights)[0]
+            if len(pending) == size // 2 + 1:
+                outcome = PENDING
             counts[outcome] = counts.get(outcome, 0) + 1
             who = RARE_REQUESTER if len(pending) == size // 2 else "ops@example.com"
             pending.append(_item(rng, start + timedelta(seconds=rng.uniform(0, span)), outcome, who))
@@ -129,12 +146,25 @@ def read_figures(dynamodb: Any, table: str, today: date) -> dict[str, int]:
         raise RuntimeError(f"the person filter found {len(rare.records)} refunds of {RARE_REQUESTER}, not 1")
     rare_items, rare_calls = counter.items_read, counter.total
     counter.reset()
+    # The Pending filter over the period: the one pending refund among them all.
+    waiting = store.query(
+        outcome=Outcome.PENDING,
+        since=datetime.combine(today - timedelta(days=DAYS - 1), time.min, UTC),
+        until=datetime.combine(today, time.max, UTC),
+        limit=PAGE_SIZE,
+    )
+    if len(waiting.records) != 1 or waiting.items_read != counter.items_read:
+        raise RuntimeError(f"the Pending filter found {len(waiting.records)} refunds, not 1")
+    pending_items, pending_calls = counter.items_read, counter.total
+    counter.reset()
     store.daily_counts(today - timedelta(days=DAYS - 1), today)
     figures = {
         "page_items": page_items,
         "page_calls": page_calls,
         "requested_by_rare_items": rare_items,
         "requested_by_rare_calls": rare_calls,
+        "pending_rare_items": pending_items,
+        "pending_rare_calls": pending_calls,
         "summary_items": counter.items_read,
         "summary_calls": counter.total,
     }

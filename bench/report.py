@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 
-from . import pricing
+from . import calls, pricing
 from .batches import BatchFigures, Samples
 from .bulk import BulkFigures
 from .calls import CallFigures
@@ -32,6 +32,7 @@ KEYS = (
     "history_items_read_first_page_10k",
     "history_items_read_first_page_100k",
     "history_items_read_requested_by_rare_100k",
+    "history_items_read_pending_rare_100k",
     "summary_items_read_30_days",
     "bulk_10k_send_calls",
     "bulk_10k_vs_raw",
@@ -97,6 +98,7 @@ class Figures:
             "history_items_read_first_page_10k": self.history["10000"]["page_items"],
             "history_items_read_first_page_100k": self.history["100000"]["page_items"],
             "history_items_read_requested_by_rare_100k": self.history["100000"]["requested_by_rare_items"],
+            "history_items_read_pending_rare_100k": self.history["100000"]["pending_rare_items"],
             "summary_items_read_30_days": self.history["100000"]["summary_items"],
             "bulk_10k_send_calls": self.bulk.send_calls,
             "bulk_10k_vs_raw": round(self.bulk.vs_raw, 2),
@@ -159,7 +161,7 @@ class Figures:
             (
                 "history_items_read_first_page_10k",
                 f"{r['history_items_read_first_page_10k']}",
-                "50-row page, 7 days",
+                "50-row page, 7 days: 50 keys from by_day, then those 50 items by key",
             ),
             (
                 "history_items_read_first_page_100k",
@@ -170,6 +172,12 @@ class Figures:
                 "history_items_read_requested_by_rare_100k",
                 f"{r['history_items_read_requested_by_rare_100k']}",
                 "one refund of a person among 100k, 90 days: page + small constant",
+            ),
+            (
+                "history_items_read_pending_rare_100k",
+                f"{r['history_items_read_pending_rare_100k']}",
+                "one pending refund among 100k, 30 days: the day counters, then its day's keys and "
+                "items newest first until it (not page + constant: see docs/performance.md)",
             ),
             ("summary_items_read_30_days", f"{r['summary_items_read_30_days']}", "one counter item per day"),
             ("bulk_10k_send_calls", f"{r['bulk_10k_send_calls']}", "SendMessageBatch calls"),
@@ -238,9 +246,10 @@ class Figures:
         def ms(samples: Samples) -> str:
             return f"{samples.median:.0f} ({samples.cpu_median:.0f} CPU)"
 
-        lam, prod, m = c.lambda_units, c.producer_units, c.priced
+        m = c.priced
         by_call = sorted(
-            (op, lam.per_op.get(op, 0.0) + prod.per_op.get(op, 0.0)) for op in {*lam.per_op, *prod.per_op}
+            (op, sum(part.per_op.get(op, 0.0) for part in c.parts))
+            for op in {op for part in c.parts for op in part.per_op}
         )
         packages = ", ".join(f"{name} {value:.0f}" for name, value in s.breakdown)
         rss = ", ".join(f"{m:.1f}" for m in self.memory.handler_mb)
@@ -256,9 +265,13 @@ class Figures:
             f"Calls per refund, producer (console, CSV): DynamoDB {ops(c.producer_ddb)}; "
             f"SQS {ops(c.producer_sqs)}",
             f"Calls per refund, event source mapping: SQS {ops(c.esm_sqs)}",
-            f"Request units per refund (over {m}): Lambda {lam.wru / m:.2f} WRU table + "
-            f"{lam.gsi_wru / m:.2f} WRU indexes + {lam.rru / m:.2f} RRU; producer {prod.wru / m:.2f} WRU "
-            f"table + {prod.gsi_wru / m:.2f} WRU indexes",
+            f"Request units per refund (over {m}): "
+            + "; ".join(
+                f"{name} {u.wru / m:.2f} WRU table + {u.gsi_wru / m:.2f} WRU indexes + {u.rru / m:.2f} RRU"
+                for name, u in zip(("producer", "Lambda", "counters' stream function"), c.parts, strict=True)
+            )
+            + f" (the stream function invoked {c.counter_invocations} times, once per "
+            f"{calls.STREAM_EVERY} refunds)",
             "Request units per refund by call: " + ", ".join(f"{op} {u / m:.2f}" for op, u in by_call),
             self._webhook_cost_line(),
             f"USD per million refunds, ours: Lambda {cost.lambda_usd:.2f}, DynamoDB {cost.dynamodb_usd:.2f}, "
@@ -360,10 +373,13 @@ The docstrings of `bench/*.py` say more.
   (`bench/textbook.py`) is Powertools' `BatchProcessor` doing the same work one record at a time.
 - **Cost** (`bench/pricing.py`): the 100 ms batch's wall time at {pricing.MEMORY_GB * 1024:.0f} MB
   arm64, DynamoDB request units priced from the calls of the first {self.calls.priced} of
-  {self.calls.refunds} common-case refunds (producer and Lambda; transactional writes at 2 WRU per
-  item, plus the writes DynamoDB makes to the indexes that hold what changed), and SQS send, receive
-  and delete, ten per call; {pricing.REGION} list prices as of {pricing.PRICES_DATE}. A 256 MB
-  function has about a seventh of a vCPU, so its CPU-bound part runs slower than here.
+  {self.calls.refunds} common-case refunds (producer, Lambda and the day counters' stream function,
+  applied once per {calls.STREAM_EVERY} refunds; transactional writes at 2 WRU per
+  item, plus the writes DynamoDB makes to the table's indexes that hold what changed, and the
+  conditional writes it refuses, billed by the item as it stands, at least 1 WRU; `bench/counting.py`
+  `CapacityModel`), and SQS send, receive and delete, ten per call; {pricing.REGION} list prices as
+  of {pricing.PRICES_DATE}. A 256 MB function has about a seventh of a vCPU, so its CPU-bound part
+  runs slower than here.
   `wru_per_refund`/`rru_per_refund` are the console's refund (producer, Lambda, counters);
   `*_per_webhook_refund` a refund from a billing webhook: the receiver (`bench/webhooks.py`
   `measure_cost`, in this process, as `build_receiver` composes it, over the moto server and an
@@ -372,9 +388,8 @@ The docstrings of `bench/*.py` say more.
   recorded pending, event finished with its counts), plus the Lambda's share per refund taken
   from the figures above (its claim, result and counters are the same; not measured twice);
   `wru_per_webhook_replay` is a provider's retry of a handled event ({self.webhook_cost.replays} of them).
-  Besides the model's units these price the receiver's writes to its own sparse indexes and the
-  conditional writes DynamoDB refuses (billed by the item as it stands, at least 1 WRU), neither
-  of which the model prices.
+  The same model prices them, the receiver's writes to its own sparse indexes and its refused
+  conditional writes included.
 - **Cold start** (`bench/startup.py`, `bench/artifact.py`): the function's package built by
   `functions/Makefile` (its locked dependencies installed for Python 3.12, everything compiled to
   bytecode) and imported from that directory by python3.12, the template's runtime, in fresh

@@ -107,13 +107,12 @@ def _run(out: TextIO, say: Progress, quick: bool) -> int:
                 stack, handler.service, handler.lambda_handler, call_payments, logs, 100 if quick else 1000
             )
             say("webhook receiver: request units per refund event and per replay (in this process)")
-            # The Lambda's part of a webhook's refund is the same claim, result and counters as a
-            # console's: taken from the figures just measured, not measured again.
+            # The Lambda's part of a webhook's refund is the same claim and result as a console's, and
+            # the same share of the counters' stream function: taken from the figures just measured.
             webhook_cost = webhooks.measure_cost(
                 aws.make_stack(moto.url, sim.url, prefix="webhookcost"),
-                lambda_wru=(call_figures.lambda_units.wru + call_figures.lambda_units.gsi_wru)
-                / call_figures.priced,
-                lambda_rru=call_figures.lambda_units.rru / call_figures.priced,
+                lambda_wru=sum(u.wru + u.gsi_wru for u in call_figures.parts[1:]) / call_figures.priced,
+                lambda_rru=sum(u.rru for u in call_figures.parts[1:]) / call_figures.priced,
                 events=30 if quick else 200,
                 replays=10 if quick else 50,
             )

@@ -13,8 +13,8 @@
   finished), posted after a warm-up, one at a time and then by 20 concurrent senders.
 * cost: DynamoDB request units of the receiver per refund event, in-process against the bench's
   moto server and an empty table of its own (``measure_cost``), priced by bench.counting's
-  CapacityModel, plus what it does not price: the writes to the table's other indexes (the
-  receiver's sparse event and review indexes) and refused conditional writes, which DynamoDB bills.
+  CapacityModel: the writes to every index of the table (the receiver's sparse event and review
+  indexes included) and the refused conditional writes, which DynamoDB bills.
 """
 
 from __future__ import annotations
@@ -22,21 +22,20 @@ from __future__ import annotations
 import hashlib
 import hmac
 import json
-import math
 import tempfile
 import threading
 import time
 from collections import Counter
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import requests
 
 from . import aws
 from .artifact import Built
-from .counting import DDB_WRITES, INDEX_ENTRY_OVERHEAD, CallCounter, CapacityModel, Units, item_size
+from .counting import CallCounter, CapacityModel, Units
 from .procs import Child, python
 from .startup import EPILOGUE, PROLOGUE, Timings, dev_probe, import_breakdown, interleaved, package_probe
 
@@ -187,135 +186,6 @@ def measure_latency(env: dict[str, str], requests_per_phase: int = 400) -> Webho
 # ---- cost --------------------------------------------------------------------------------------
 
 
-class UnpricedWrites:
-    """What CapacityModel leaves out of the receiver's writes, priced by the same rules.
-
-    * index writes to the table's indexes other than layout.INDEXES (the model's): the event and
-      review indexes the receiver's records enter, as the moto table (created as template.yaml
-      declares it) describes them: 1 per KB of the entry when it enters or leaves or what it
-      holds changes, both when its key changes;
-    * refused conditional writes: DynamoDB bills one that fails its condition by the item as it
-      stands (1 WRU per KB, at least 1); the model prices successful calls only. A transaction
-      cancelled by a condition is priced the same way for the item whose condition failed.
-
-    Like the model, it starts from an empty table and reads after images through its own client.
-    """
-
-    def __init__(self, images_client: Any, table: str):
-        from reditus_refunds.layout import HASH_KEY, INDEXES
-
-        described = images_client.describe_table(TableName=table)["Table"].get("GlobalSecondaryIndexes", [])
-        self._hash_key = HASH_KEY
-        self.indexes: dict[str, tuple[str, str, tuple[str, ...] | None]] = {}
-        for gsi in described:
-            if gsi["IndexName"] in INDEXES:
-                continue
-            keys = {k["KeyType"]: k["AttributeName"] for k in gsi["KeySchema"]}
-            projection = gsi["Projection"]
-            projected = (
-                None
-                if projection["ProjectionType"] == "ALL"
-                else tuple(projection.get("NonKeyAttributes", ()))
-            )
-            self.indexes[gsi["IndexName"]] = (keys["HASH"], keys["RANGE"], projected)
-        self._images = images_client
-        self._known: dict[str, dict[str, Any] | None] = {}
-        self.units: dict[str, Units] = {}
-
-    def attach(self, client: Any, label: str) -> UnpricedWrites:
-        self.units.setdefault(label, Units())
-
-        def before(params: dict[str, Any], model: Any, context: dict[str, Any], **kwargs: Any) -> None:
-            if model.name in DDB_WRITES:
-                context["bench_unpriced"] = _keys_written(model.name, params)
-
-        def after(model: Any, parsed: dict[str, Any], context: dict[str, Any], **kwargs: Any) -> None:
-            self._after(label, parsed, context.get("bench_unpriced") or [])
-
-        client.meta.events.register(
-            "before-parameter-build.dynamodb.*", before, unique_id=f"unpriced-{label}-b"
-        )
-        client.meta.events.register("after-call.dynamodb.*", after, unique_id=f"unpriced-{label}-a")
-        return self
-
-    @staticmethod
-    def detach(client: Any, label: str) -> None:
-        client.meta.events.unregister("before-parameter-build.dynamodb.*", unique_id=f"unpriced-{label}-b")
-        client.meta.events.unregister("after-call.dynamodb.*", unique_id=f"unpriced-{label}-a")
-
-    def _after(self, label: str, parsed: dict[str, Any], keys: list[tuple[str, str]]) -> None:
-        units = self.units[label]
-        error = parsed.get("Error")
-        if error:
-            code = error.get("Code", "")
-            if code == "ConditionalCheckFailedException":
-                refused = keys
-            elif code == "TransactionCanceledException":
-                reasons = parsed.get("CancellationReasons") or []
-                refused = [
-                    k
-                    for k, r in zip(keys, reasons, strict=False)
-                    if r.get("Code") == "ConditionalCheckFailed"
-                ]
-            else:
-                return
-            for _, key in refused:
-                wru = max(1, math.ceil(item_size(self._known.get(key)) / 1024))
-                units.wru += wru
-                units.per_op["refused conditional write"] = (
-                    units.per_op.get("refused conditional write", 0.0) + wru
-                )
-            return
-        for table, key in keys:
-            found = self._images.get_item(
-                TableName=table, Key={self._hash_key: {"S": key}}, ConsistentRead=True
-            )
-            after = found.get("Item")
-            before = self._known.get(key)
-            self._known[key] = after
-            for index, (hash_key, range_key, projected) in self.indexes.items():
-                gsi = _index_units(before, after, self._hash_key, hash_key, range_key, projected)
-                if gsi:
-                    units.gsi_wru += gsi
-                    units.per_op[f"index {index}"] = units.per_op.get(f"index {index}", 0.0) + gsi
-
-
-def _keys_written(operation: str, params: dict[str, Any]) -> list[tuple[str, str]]:
-    from .counting import _write_keys  # the model's own reading of a write call's keys
-
-    return [(table, str(next(iter(key.values()))["S"])) for table, key, _ in _write_keys(operation, params)]
-
-
-def _index_units(
-    before: dict[str, Any] | None,
-    after: dict[str, Any] | None,
-    table_key: str,
-    hash_key: str,
-    range_key: str,
-    projected: tuple[str, ...] | None,
-) -> int:
-    """Write units of one item change in one index (bench.counting.index_writes' rules)."""
-
-    def entry(item: dict[str, Any] | None) -> dict[str, Any] | None:
-        if not item or hash_key not in item or range_key not in item:
-            return None
-        keep = {table_key, hash_key, range_key}
-        return {k: v for k, v in item.items() if projected is None or k in keep or k in projected}
-
-    old, new = entry(before), entry(after)
-
-    def kb(e: dict[str, Any]) -> int:
-        return max(1, math.ceil((item_size(e) + INDEX_ENTRY_OVERHEAD) / 1024))
-
-    if old is not None and new is not None:
-        if (old[hash_key], old[range_key]) != (new[hash_key], new[range_key]):
-            return kb(old) + kb(new)
-        return kb(new) if old != new else 0
-    if new is not None:
-        return kb(new)
-    return kb(old) if old is not None else 0
-
-
 @dataclass
 class WebhookCost:
     """Request units of the receiver per refund event and per replay, plus the Lambda's share."""
@@ -330,13 +200,10 @@ class WebhookCost:
     sqs_calls: Counter[str]
     lambda_wru: float  # per refund, from bench/calls.py's figures of the same run
     lambda_rru: float
-    unpriced: dict[str, Units] = field(default_factory=dict)
 
     def _part(self, *labels: str) -> Units:
         total = Units()
-        for units in [getattr(self, label) for label in labels] + [
-            self.unpriced.get(label, Units()) for label in labels
-        ]:
+        for units in [getattr(self, label) for label in labels]:
             total.wru += units.wru
             total.gsi_wru += units.gsi_wru
             total.rru += units.rru
@@ -359,8 +226,7 @@ class WebhookCost:
         # that is the event record's first write.
         out: dict[str, float] = {}
         for label, units in (("receiver", self.receiver), ("producer", self.producer)):
-            unpriced = self.unpriced.get(label, Units())
-            for op, value in [*units.per_op.items(), *unpriced.per_op.items()]:
+            for op, value in units.per_op.items():
                 if label == "receiver":
                     op = op.replace("(pending)", "(event received)")
                 name = f"{label} {op}"
@@ -403,7 +269,7 @@ def measure_cost(
     """`events` signed Stripe ``charge.refunded`` events, each a new refund, then a replay of the
     first `replays` of them (a provider's retry), through the receiver in this process.
 
-    `stack` must have an empty table (the models take an item they have not seen written not to
+    `stack` must have an empty table (the model takes an item it has not seen written not to
     exist). The receiver is the one build_receiver composes, with its event store given a
     DynamoDB client of its own so that its records and the producer's are priced apart.
     """
@@ -422,7 +288,6 @@ def measure_cost(
     receiver.events = EventStore(stack.table, events_ddb)
     images = aws.client("dynamodb", stack.endpoint)
     capacity = CapacityModel(images)
-    unpriced = UnpricedWrites(images, stack.table)
     clients = ((events_ddb, "receiver"), (producer_ddb, "producer"))
 
     def post(n: int, expected: str) -> None:
@@ -435,14 +300,12 @@ def measure_cost(
         counter = CallCounter("dynamodb")
         for (client, _), label in zip(clients, labels, strict=True):
             capacity.attach(client, label)
-            unpriced.attach(client, label)
             counter.attach(client)
         return counter
 
     def detach(labels: tuple[str, str]) -> None:
         for (client, _), label in zip(clients, labels, strict=True):
             capacity.detach(client, label)
-            unpriced.detach(client, label)
 
     sqs_counter = CallCounter("sqs").attach(sqs)
     calls = attach(("receiver", "producer"))
@@ -471,5 +334,4 @@ def measure_cost(
         sqs_calls=Counter(sqs_counter.calls),
         lambda_wru=lambda_wru,
         lambda_rru=lambda_rru,
-        unpriced=unpriced.units,
     )

@@ -8,15 +8,14 @@ from __future__ import annotations
 
 import threading
 from collections import Counter
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any
 
-from reditus_refunds.aws_errors import ConditionFailed, StoreError
+from reditus_refunds.aws_errors import ConditionFailed
 from reditus_refunds.contract import RefundRequest
-from reditus_refunds.outcomes import ClaimView, PaymentMarker, RefundState, ResultWrite, unsettled
-from reditus_refunds.records import Attempt, Outcome, Settlement, capped_attempt_log, day_of, iso, utc_now
+from reditus_refunds.outcomes import ClaimView, PaymentMarker, RefundState, ResultWrite
+from reditus_refunds.records import Attempt, Outcome, capped_attempt_log, day_of, iso, utc_now
 from reditus_refunds.reditus import ReditusAnswer, Verdict
 
 
@@ -31,7 +30,6 @@ class FakeStore:
         self.clock = clock
         self.items: dict[str, RefundState] = {}
         self.markers: dict[str, PaymentMarker] = {}
-        self.counters: Counter[tuple[str, str]] = Counter()  # (day, outcome) -> count
         self.extra: dict[str, dict[str, object]] = {}  # refund_id -> attributes the domain never reads
         self.lock = threading.RLock()
 
@@ -47,7 +45,7 @@ class FakeStore:
     def claim(
         self,
         request: RefundRequest,
-        view: ClaimView,
+        view: ClaimView | None,
         *,
         message_id: str,
         queued_at: str,
@@ -57,7 +55,15 @@ class FakeStore:
         with self.lock:
             now_ms = _ms(self.clock())
             item = self.items.get(request.refund_id)
-            if view.state is None:
+            if view is None:  # a fresh request, claimed without reading (as the real store)
+                if item is not None and (
+                    item.outcome is not Outcome.PENDING
+                    or item.lease_until_ms >= now_ms
+                    or item.recheck_token is not None
+                    or item.payment_id not in (None, request.payment_id)
+                ):
+                    raise ConditionFailed("not fresh")
+            elif view.state is None:
                 if item is not None:
                     raise ConditionFailed("exists")
             elif (
@@ -65,6 +71,7 @@ class FakeStore:
                 or item.outcome is not view.state.outcome
                 or item.lease_until_ms >= now_ms
                 or item.recheck_token != view.state.recheck_token
+                or item.attempts != view.state.attempts
             ):
                 raise ConditionFailed("changed")
             marker = self.markers.get(request.payment_id, PaymentMarker())
@@ -72,6 +79,8 @@ class FakeStore:
                 raise ConditionFailed("payment leased")
             if not request.force and marker.refunded_by is not None:
                 raise ConditionFailed("payment refunded")
+            if request.force and marker.refunded_by == request.refund_id:
+                raise ConditionFailed("payment refunded by this refund")
             base = item or RefundState(
                 refund_id=request.refund_id, outcome=Outcome.PENDING, payment_id=None, queued_at=queued_at
             )
@@ -113,6 +122,7 @@ class FakeStore:
                 recheck_token=chain,
                 attempt_log=tuple(log),
                 attempts_dropped=dropped,
+                attempts=(item.attempts or 0) + 1,
             )
             self.extra.setdefault(r.refund_id, {}).update(detail=r.detail, error_kind=r.error_kind)
             if r.outcome.terminal and r.outcome is not Outcome.REFUNDED and r.payment_id is not None:
@@ -135,6 +145,7 @@ class FakeStore:
                 message_id=message_id,
                 attempt_log=tuple(log),
                 attempts_dropped=dropped,
+                attempts=(item.attempts or 0) + 1,
             )
 
     def record_without_claim(
@@ -166,33 +177,10 @@ class FakeStore:
                 outcome=outcome,
                 payment_id=payment or None,  # never an empty index key
                 queued_at=item.queued_at if item else queued_at,
-                counted_outcome=item.counted_outcome if item else None,
                 message_id=message_id,
+                attempts=((item.attempts or 0) if item else 0) + 1,
             )
             self.extra.setdefault(refund_id, {}).update(detail=detail, duplicate_of=duplicate_of)
-
-    # ---- counters (what HistoryWriter.settle does) --------------------------------------------
-    def settle(self, settlements: Iterable[Settlement]) -> list[Settlement]:
-        with self.lock:
-            for s in settlements:
-                item = self.items.get(s.refund_id)
-                if item is None or item.outcome.value != s.new or item.counted_outcome == s.new:
-                    continue
-                if item.counted_outcome is not None:
-                    self.counters[(s.day, item.counted_outcome)] -= 1
-                self.counters[(s.day, s.new)] += 1
-                self.items[s.refund_id] = item._replace(counted_outcome=s.new)
-        return []
-
-    @staticmethod
-    def settlement_for(state: RefundState) -> Settlement | None:
-        return unsettled(state)
-
-    def counts(self) -> dict[str, int]:
-        totals: Counter[str] = Counter()
-        for (_, outcome), n in self.counters.items():
-            totals[outcome] += n
-        return {k: v for k, v in totals.items() if v}
 
     def outcomes(self) -> dict[str, int]:
         return dict(Counter(i.outcome.value for i in self.items.values()))
@@ -261,24 +249,6 @@ def answer(verdict: Verdict, status: int | None, detail: str = "") -> ReditusAns
     return ReditusAnswer(verdict, status, detail, 7, 1)
 
 
-class FailingSettleTable:
-    """Wraps a HistoryWriter's table: its counter settlements fail (a throttle) while `fail` is set;
-    every other call goes through."""
-
-    def __init__(self, table: Any) -> None:
-        self._table = table
-        self.fail = True
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self._table, name)
-
-    def transact(self, actions: list[dict[str, Any]]) -> None:
-        settling = any("counted_outcome" in a.get("Update", {}).get("UpdateExpression", "") for a in actions)
-        if self.fail and settling:
-            raise StoreError("DynamoDB answered ThrottlingException")
-        self._table.transact(actions)
-
-
 class Clock:
     def __init__(self) -> None:
         self.now = utc_now()
@@ -289,7 +259,6 @@ class Clock:
 
 __all__ = [
     "Clock",
-    "FailingSettleTable",
     "FakeQueue",
     "FakeReditus",
     "FakeStore",

@@ -27,7 +27,9 @@ ALLOWED_EXTRA_FILES = {
     "reditus_refunds/schema/refund-request.schema.json": "the published contract (contract.json_schema)",
 }
 ALLOWED_EXTRA_MODULES: dict[str, str] = {
-    "reditus_refunds.repair": "the counter repair's handler (CounterRepairFunction ships this same package)",
+    "reditus_refunds.counter_stream": "the day counters' handler (CounterStreamFunction ships this package)",
+    "reditus_refunds.day_counts": "the day counters' arithmetic (counter_stream's, below)",
+    "reditus_refunds.repair": "the operators' recount of the day counters (the CLI's; no function's)",
 }
 
 IMPORT_PROBE = """
@@ -126,6 +128,28 @@ def test_no_dev_stack_cli_console_or_operators_code_in_the_artifact(artifact: Pa
         "app_pages",
     ):
         assert absent not in names
+
+
+# --- the day counters' function (build-CounterStreamFunction: the same package) -----------------
+
+COUNTER_STREAM_PROBE = """
+import json, sys
+import reditus_refunds.counter_stream
+print(json.dumps(sorted(m for m in sys.modules if m.split(".")[0] in ("reditus_refunds", "requests"))))
+"""
+
+
+def test_the_counter_stream_runs_from_the_artifact_without_the_submitters_modules(artifact: Path) -> None:
+    imported = imported_by(artifact, COUNTER_STREAM_PROBE, {"HISTORY_TABLE_NAME": "history"})
+    shipped = {module_name(p, artifact) for p in (artifact / "reditus_refunds").rglob("*.py")}
+    assert {"reditus_refunds.counter_stream", "reditus_refunds.day_counts"} <= imported
+    assert imported <= shipped, "imported but not shipped"
+    # No Reditus client, no submitter, no composition root, no recount: its cold start is its own.
+    heavy = {"requests", "reditus_refunds.app", "reditus_refunds.handler", "reditus_refunds.reditus"}
+    heavy |= {"reditus_refunds.submitter", "reditus_refunds.settings", "reditus_refunds.repair"}
+    assert not imported & heavy
+    # Every module an extra handler needs is in the allow-list or the submitter's own imports.
+    assert imported - handler_imports(artifact) <= set(ALLOWED_EXTRA_MODULES)
 
 
 # --- the webhook receiver's artifact (build-WebhookReceiverFunction) ----------------------------

@@ -204,10 +204,15 @@ def test_peoples_policies_deny_updating_or_deleting_audit_records(policy: str) -
         and "audit#*" in s["Condition"]["ForAnyValue:StringLike"]["dynamodb:LeadingKeys"]
         for s in denies
     ), denies
-    # Nothing in the policy allows deleting audit items (only the admin's user# accounts).
+    # Nothing in the policy allows deleting audit items: only the admin's user# accounts, or keys
+    # without '#' (refund items: the pending records of requests SQS refused).
     for statement in statements:
         if statement["Effect"] == "Allow" and "dynamodb:DeleteItem" in statement["Action"]:
-            assert statement["Condition"]["ForAllValues:StringLike"]["dynamodb:LeadingKeys"] == ["user#*"]
+            condition = statement["Condition"]
+            assert condition in (
+                {"ForAllValues:StringLike": {"dynamodb:LeadingKeys": ["user#*"]}},
+                {"ForAllValues:StringNotLike": {"dynamodb:LeadingKeys": ["*#*"]}},
+            ), condition
 
 
 # ---- reading it ------------------------------------------------------------------------------------------

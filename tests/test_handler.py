@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import json
-import threading
-import time
 
 import pytest
 
@@ -14,7 +12,6 @@ from reditus_refunds.outcomes import RECHECK_ATTRIBUTE, REDRIVE_REFUND_ID_ATTRIB
 from reditus_refunds.records import Outcome
 
 from .conftest import API_KEY
-from .fakes import FailingSettleTable
 from .lambda_rig import Lambda, free_port, make_lambda
 
 
@@ -212,62 +209,6 @@ def test_the_key_never_appears_in_logs_or_items(lam: Lambda, capfd, captured_log
     assert API_KEY not in repr(lam.service.reditus.__dict__)
 
 
-def test_a_failing_counter_settlement_does_not_fail_the_batch(lam: Lambda) -> None:
-    table = FailingSettleTable(lam.service.store.table)
-    lam.service.store.table = table  # type: ignore[assignment]
-    good = [{"payment_id": p, "refund_id": f"set-{i}"} for i, p in enumerate(DEMO_REFUNDABLE[:2])]
-    _, failures = lam.run(*good)
-    assert failures == set()  # the results stand; SQS does not deliver the batch again
-    assert all(lam.record(f"set-{i}").outcome is Outcome.REFUNDED for i in range(2))
-    assert counted(lam) == {}  # not settled yet, and marked so on the items
-    assert all("counted_outcome" not in i for i in lam.items() if i["refund_id"]["S"].startswith("set-"))
-    assert len(lam.service.unsettled) == 2
-    # The next invocation settles what the last one could not, with its own records.
-    table.fail = False
-    _, failures = lam.run({"payment_id": DEMO_REFUNDABLE[2], "refund_id": "set-2"})
-    assert failures == set() and lam.service.unsettled == []
-    assert counted(lam) == {"refunded": 3}
-
-
-def test_the_settlement_never_runs_past_the_invocations_end(
-    lam: Lambda, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    """A settlement still running shortly before the deadline is not waited for: the counters wait for
-    the next invocation (a Lambda timing out in its settlement would have SQS deliver the batch again),
-    and a settlement that lands late is not counted twice."""
-    release = threading.Event()
-    writer = lam.service.settle_store
-    real_settle = writer.settle
-
-    def slow_settle(settlements: list) -> list:
-        release.wait(30)  # DynamoDB throttling it, or a slow network
-        return real_settle(settlements)
-
-    monkeypatch.setattr(writer, "settle", slow_settle)
-    started = time.monotonic()
-    _, failures = lam.run({"payment_id": DEMO_REFUNDABLE[0], "refund_id": "late-1"}, remaining_ms=3_000)
-    assert time.monotonic() - started < 3.0  # the invocation ended before its deadline
-    assert failures == set() and lam.record("late-1").outcome is Outcome.REFUNDED
-    assert len(lam.service.unsettled) == 1
-    release.set()  # the abandoned settlement lands after all
-    monkeypatch.setattr(writer, "settle", real_settle)
-    lam.service.executor.submit(lambda: None).result()  # (the pool is free again)
-    _, failures = lam.run({"payment_id": DEMO_REFUNDABLE[1], "refund_id": "late-2"})
-    assert failures == set() and lam.service.unsettled == []
-    assert counted(lam) == {"refunded": 2}
-
-
-def test_the_settlement_has_its_own_bounded_client() -> None:
-    import boto3
-
-    from reditus_refunds.app import SETTLE_CONFIG
-
-    # What botocore makes of it (its `max_attempts` counts retries, not tries: 2 would mean 3).
-    client = boto3.session.Session(region_name="us-east-1").client("dynamodb", config=SETTLE_CONFIG)
-    assert client.meta.config.retries["total_max_attempts"] == 2
-    assert client.meta.config.read_timeout <= 1 and client.meta.config.connect_timeout <= 0.5
-
-
 def test_the_sqs_client_is_made_at_the_first_recheck_not_at_a_cold_start(aws, simulator, monkeypatch) -> None:
     """SQS is only called to queue a 404's re-check: a cold start does not pay for its client."""
     import boto3
@@ -320,16 +261,6 @@ def test_the_api_key_is_read_from_secrets_manager_once_per_max_age(aws) -> None:
     binary = aws.secrets.create_secret(Name="key-binary", SecretBinary=b"sk_bytes_89ab")["ARN"]
     assert SecretKeyProvider(binary, aws.secrets, max_age=300)() == "sk_bytes_89ab"
     assert "sk_" not in repr(cached)
-
-
-def counted(lam: Lambda) -> dict[str, int]:
-    totals: dict[str, int] = {}
-    for item in lam.items():
-        if item["refund_id"]["S"].startswith("counter#"):
-            for name, value in item.items():
-                if "N" in value and int(value["N"]):
-                    totals[name] = totals.get(name, 0) + int(value["N"])
-    return totals
 
 
 def test_every_log_line_of_a_record_carries_its_ids_while_records_run_at_once(

@@ -243,6 +243,33 @@ def test_every_outcome_through_the_cli(stack: Stack) -> None:
     SETTLED.update({DEMO_REFUNDABLE[0]: ids[DEMO_REFUNDABLE[0]], DEMO_INVALID[0]: ids[DEMO_INVALID[0]]})
 
 
+def test_the_day_counters_follow_the_history_through_the_tables_stream(stack: Stack) -> None:
+    """The worker plays the template's CounterStreamFunction on the table's stream: the counters the
+    console's charts read reach what the history holds (the worker reads the stream between queue
+    polls, at least every 10 s)."""
+    from reditus_operators.config import from_local_state, read_local_state
+    from reditus_operators.history import HistoryReader
+    from reditus_refunds.records import utc_now
+
+    state = read_local_state(stack.data_dir)
+    assert state is not None
+    config = from_local_state(state)
+    reader = HistoryReader(config.table_name, config.client("dynamodb"))
+    today = utc_now().date()
+
+    def history() -> dict[str, int]:
+        counts: dict[str, int] = {}
+        for record in stack.run_in_process("history", "--json", "--limit", "1000"):
+            counts[record["outcome"]] = counts.get(record["outcome"], 0) + 1
+        return counts
+
+    def counted() -> dict[str, int] | None:
+        counts = {k: v for k, v in reader.daily_counts(today, today)[today.isoformat()].items() if v}
+        return counts if counts and counts == history() else None
+
+    assert wait_until(counted, 40, "the day counters to equal the history", stack.output)
+
+
 def test_a_transient_fault_is_retried_until_it_succeeds(stack: Stack) -> None:
     payment = "pay_e2e_flaky"
     stack.simulator(add_payments=[payment], outage=True)

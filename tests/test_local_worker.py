@@ -20,17 +20,20 @@ from reditus_local.resources import (
     create_resources,
     function_settings,
     moto_session,
+    stream_function_settings,
 )
 from reditus_local.simulator import DEMO_INVALID, DEMO_REFUNDABLE, ReditusSimulator
 from reditus_local.worker import (
-    REPAIR_EVERY_SECONDS,
     EventSourceMapping,
     FakeLambdaContext,
     MappingSettings,
-    ScheduledFunction,
+    StreamMapping,
+    StreamSettings,
     build_parser,
+    counter_handler,
+    drain_stream,
     failed_ids,
-    repair_schedule,
+    stream_step,
 )
 from reditus_operators.audit import AUDIT_INDEXES
 from reditus_operators.dlq import DeadLetterQueue
@@ -364,62 +367,10 @@ def test_the_real_handler_behind_the_mapping(
     assert lam.record("w-503").outcome is Outcome.REFUNDED
 
 
-# ---- the scheduled function: the counter repair ----------------------------------------------------
+# ---- the stream's event source mapping: the day counters ------------------------------------------
 
 
-def test_a_scheduled_function_runs_at_start_then_once_per_interval_of_its_clock() -> None:
-    now = [1000.0]
-    seen: list[tuple[dict[str, Any], int, str]] = []
-    results: list[Any] = []
-
-    def handler(event: dict[str, Any], context: FakeLambdaContext) -> dict[str, Any]:
-        seen.append((event, context.get_remaining_time_in_millis(), context.function_name))
-        return {"settled": 0, "days": []}
-
-    schedule = ScheduledFunction(
-        handler,
-        600,
-        function_name="repair",
-        timeout_seconds=300,
-        clock=lambda: now[0],
-        on_result=results.append,
-    )
-    assert schedule.run_if_due()  # once at start
-    assert not schedule.run_if_due()
-    now[0] += 599.5
-    assert not schedule.run_if_due()
-    now[0] += 0.5
-    assert schedule.run_if_due() and not schedule.run_if_due()
-    assert schedule.runs == 2 and len(results) == 2
-    event, remaining, name = seen[0]
-    # What an EventBridge schedule sends; the context counts down from the function's timeout.
-    assert (event["source"], event["detail-type"], event["detail"]) == ("aws.events", "Scheduled Event", {})
-    assert (remaining, name) == (300_000, "repair")
-
-
-def test_a_failed_scheduled_run_is_logged_and_waits_for_its_next_slot(
-    caplog: pytest.LogCaptureFixture,
-) -> None:
-    now = [0.0]
-    calls: list[float] = []
-
-    def failing(event: dict[str, Any], context: FakeLambdaContext) -> None:
-        calls.append(now[0])
-        raise RuntimeError("the table is unavailable")
-
-    schedule = ScheduledFunction(
-        failing, 600, function_name="repair", timeout_seconds=300, clock=lambda: now[0]
-    )
-    with caplog.at_level("WARNING", logger="reditus_local.worker"):
-        assert schedule.run_if_due()
-    assert schedule.failures == 1 and "the table is unavailable" in caplog.text
-    now[0] += 10
-    assert not schedule.run_if_due()
-    now[0] += 600
-    assert schedule.run_if_due() and calls == [0.0, 610.0]
-
-
-def test_the_mapping_runs_its_schedules_before_every_poll(local: Local) -> None:
+def test_the_mapping_runs_its_steps_before_every_poll(local: Local) -> None:
     handler = Recorder()
     steps: list[int] = []
 
@@ -452,51 +403,233 @@ def test_the_mapping_runs_its_schedules_before_every_poll(local: Local) -> None:
     assert [r["body"] for r in handler.events[0]["Records"]] == ["a"]
 
 
-def test_the_worker_repairs_the_day_counters_with_the_templates_scheduled_function(
-    local: Local, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
-) -> None:
-    """The template's CounterRepairFunction, run by the worker's schedule against the local table:
-    an item whose outcome moved while its counter did not (a submitter environment that went away)
-    is counted where it belongs."""
-    from reditus_refunds import repair
-    from reditus_refunds.contract import RefundRequest
-    from reditus_refunds.history_writer import HistoryWriter
-    from reditus_refunds.producer import RefundProducer
-    from reditus_refunds.records import day_of, iso, utc_now
+@dataclass
+class Served:
+    """The template's resources on a moto server (moto answers DynamoDB Streams in server mode only)."""
 
-    monkeypatch.setenv("HISTORY_TABLE_NAME", local.aws.table)
-    monkeypatch.setattr(repair, "_repair", None)
-    writer = HistoryWriter(local.aws.table, local.aws.dynamodb)
-    producer = RefundProducer(local.aws.sqs, local.aws.queue_url, store=writer)
-    producer.send_many([RefundRequest(payment_id="pay-1", refund_id="r-lost")])
-    # The result was stored, the settlement of its counter lost with the environment.
-    local.aws.dynamodb.update_item(
-        TableName=local.aws.table,
-        Key={HASH_KEY: {"S": "r-lost"}},
+    model: TemplateModel
+    system: Any
+    dynamodb: Any
+    streams: Any
+
+    @property
+    def table(self) -> str:
+        return str(self.system.config.table_name)
+
+    def put(self, refund_id: str, **attributes: str) -> None:
+        item = {HASH_KEY: {"S": refund_id}, **{k: {"S": v} for k, v in attributes.items()}}
+        self.dynamodb.put_item(TableName=self.table, Item=item)
+
+    def counts(self, day: str) -> dict[str, int]:
+        found = self.dynamodb.get_item(TableName=self.table, Key={HASH_KEY: {"S": f"counter#{day}"}})
+        outcomes = {o.value for o in Outcome}
+        return {k: int(v["N"]) for k, v in found.get("Item", {}).items() if k in outcomes and int(v["N"])}
+
+    def stream_arn(self) -> str:
+        return str(self.dynamodb.describe_table(TableName=self.table)["Table"]["LatestStreamArn"])
+
+
+@pytest.fixture(scope="module")
+def moto_server() -> Iterator[MotoServer]:
+    with MotoServer() as server:
+        yield server
+
+
+@pytest.fixture
+def served(moto_server: MotoServer, request: pytest.FixtureRequest) -> Served:
+    session = moto_session()
+
+    def client(service: str) -> Any:
+        return session.client(service, endpoint_url=moto_server.endpoint_url)  # type: ignore[call-overload]
+
+    model = TemplateModel.load()
+    model.stack_name = f"stream-{abs(hash(request.node.nodeid)):x}"
+    system = create_resources(model, client, api_key=API_KEY)
+    return Served(model, system, client("dynamodb"), client("dynamodbstreams"))
+
+
+DAY = "2026-11-30"
+
+
+class StreamRecorder:
+    """The counters' handler logic on the served table, recording each event (and able to fail)."""
+
+    def __init__(self, served: Served, fail: int = 0, answer: Any = None):
+        self.inner = counter_handler(served.table, served.dynamodb)
+        self.events: list[dict[str, Any]] = []
+        self.contexts: list[FakeLambdaContext] = []
+        self.fail = fail
+        self.answer = answer
+
+    def __call__(self, event: dict[str, Any], context: FakeLambdaContext) -> Any:
+        self.events.append(json.loads(json.dumps(event)))  # as it would cross the wire
+        self.contexts.append(context)
+        if self.fail:
+            self.fail -= 1
+            raise RuntimeError("DynamoDB is unavailable")
+        response = self.inner(event, context)
+        return response if self.answer is None else self.answer
+
+
+def stream_settings(served: Served, **overrides: Any) -> StreamSettings:
+    return StreamSettings(stream_arn=served.stream_arn(), **overrides)
+
+
+def test_the_local_table_has_the_templates_stream(served: Served) -> None:
+    table = served.dynamodb.describe_table(TableName=served.table)["Table"]
+    assert table["StreamSpecification"] == {"StreamEnabled": True, "StreamViewType": "NEW_AND_OLD_IMAGES"}
+    assert served.model.attributes[("HistoryTable", "StreamArn")] == table["LatestStreamArn"]
+    function = stream_function_settings(served.model)
+    assert function is not None
+    assert function.handler == "reditus_refunds.counter_stream.lambda_handler"
+    assert function.function_name == served.model.physical_name("CounterStreamFunction")
+    mapping = template_props("CounterStreamFunction")["Events"]["HistoryStream"]["Properties"]
+    assert (function.batch_size, function.tumbling_window_seconds, function.starting_position) == (
+        mapping["BatchSize"],
+        mapping["TumblingWindowInSeconds"],
+        "TRIM_HORIZON",
+    )
+    assert function.environment["HISTORY_TABLE_NAME"] == served.table
+
+
+def test_the_worker_applies_the_stream_with_lambdas_windowed_events(served: Served) -> None:
+    served.put("r1", queued_day=DAY)
+    served.put("r2", queued_day=DAY, outcome="refunded")
+    served.put("payment#pay-1", lease_token="t")
+    handler = StreamRecorder(served)
+    clock = [1_764_500_000.0]  # 2025-11-30T10:53:20Z: inside the window 10:45-11:00
+    esm = StreamMapping(
+        served.streams, stream_settings(served, tumbling_window_seconds=900), handler, clock=lambda: clock[0]
+    )
+
+    poll = esm.poll_once()
+    assert (poll.records, poll.invocations, poll.errors) == (3, 1, [])
+    assert served.counts(DAY) == {"pending": 1, "refunded": 1}
+    (event,) = handler.events
+    shard = served.streams.describe_stream(StreamArn=served.stream_arn())["StreamDescription"]["Shards"][0]
+    # The event Lambda builds for a stream mapping with a tumbling window.
+    assert set(event) == {
+        "Records", "window", "state", "shardId", "eventSourceARN", "isFinalInvokeForWindow",
+        "isWindowTerminatedEarly",
+    }  # fmt: skip
+    assert event["shardId"] == shard["ShardId"] and event["eventSourceARN"] == served.stream_arn()
+    assert event["window"] == {"start": "2025-11-30T10:45:00Z", "end": "2025-11-30T11:00:00Z"}
+    assert (event["state"], event["isFinalInvokeForWindow"], event["isWindowTerminatedEarly"]) == (
+        {},
+        False,
+        False,
+    )
+    first = event["Records"][0]
+    assert set(first) == {
+        "eventID", "eventName", "eventVersion", "eventSource", "awsRegion", "dynamodb", "eventSourceARN",
+    }  # fmt: skip
+    assert (first["eventName"], first["eventSource"], first["eventSourceARN"]) == (
+        "INSERT",
+        "aws:dynamodb",
+        served.stream_arn(),
+    )
+    assert isinstance(first["dynamodb"]["ApproximateCreationDateTime"], int)  # epoch seconds, as Lambda
+    assert first["dynamodb"]["Keys"] == {HASH_KEY: {"S": "r1"}}
+    assert first["dynamodb"]["StreamViewType"] == "NEW_AND_OLD_IMAGES"
+    assert handler.contexts[0].get_remaining_time_in_millis() > 0
+
+    # The counter's own write is on the stream too: read, counted as nothing.
+    poll = esm.poll_once()
+    assert poll.records >= 1 and served.counts(DAY) == {"pending": 1, "refunded": 1}
+    assert esm.poll_once().records == 0
+
+    # Past the window's end: the final invocation of the window, with no records.
+    clock[0] += 900
+    poll = esm.poll_once()
+    assert (poll.records, poll.invocations) == (0, 1)
+    final = handler.events[-1]
+    assert final["isFinalInvokeForWindow"] is True and final["Records"] == []
+    assert esm.poll_once().invocations == 0  # once per window
+
+
+def test_a_failed_batch_is_retried_from_its_first_record_and_the_shard_waits(served: Served) -> None:
+    served.put("r1", queued_day=DAY)
+    handler = StreamRecorder(served, fail=2)
+    esm = StreamMapping(served.streams, stream_settings(served), handler)
+    for _ in range(2):
+        poll = esm.poll_once()
+        assert poll.records == 0 and poll.errors == [
+            "the function raised RuntimeError: DynamoDB is unavailable"
+        ]
+        assert served.counts(DAY) == {}
+    served.put("r2", queued_day=DAY)  # written meanwhile: after the failed batch, in order
+    poll = esm.poll_once()
+    assert poll.records == 2 and not poll.errors
+    assert [[r["dynamodb"]["Keys"][HASH_KEY]["S"] for r in e["Records"]] for e in handler.events] == [
+        ["r1"],
+        ["r1"],
+        ["r1", "r2"],
+    ]
+    assert served.counts(DAY) == {"pending": 2}
+
+
+def test_a_response_without_state_fails_the_batch(served: Served) -> None:
+    """Lambda treats a windowed invocation whose response has no `state` as failed."""
+    served.put("r1", queued_day=DAY)
+    esm = StreamMapping(served.streams, stream_settings(served), StreamRecorder(served, answer={}))
+    poll = esm.poll_once()
+    assert poll.records == 0 and poll.errors == ["the response has no state (a tumbling window needs one)"]
+
+
+def test_a_restarted_worker_reads_the_stream_again_and_counts_nothing_twice(served: Served) -> None:
+    served.put("r1", queued_day=DAY)
+    served.put("r2", queued_day=DAY, outcome="rejected")
+    assert drain_stream(served.dynamodb, served.streams, served.table) >= 2
+    assert served.counts(DAY) == {"pending": 1, "rejected": 1}
+    served.dynamodb.update_item(
+        TableName=served.table,
+        Key={HASH_KEY: {"S": "r1"}},
         UpdateExpression="SET outcome = :o",
         ExpressionAttributeValues={":o": {"S": "refunded"}},
     )
-    day = day_of(iso(utc_now()))
+    # A new worker process: a fresh mapping from TRIM_HORIZON, every record again.
+    again = StreamMapping(served.streams, stream_settings(served), StreamRecorder(served))
+    assert again.drain(timeout_seconds=30) > 3
+    assert served.counts(DAY) == {"refunded": 1, "rejected": 1}
 
-    def counter() -> dict[str, str]:
-        item = local.aws.dynamodb.get_item(TableName=local.aws.table, Key={HASH_KEY: {"S": f"counter#{day}"}})
-        return {k: v["N"] for k, v in item["Item"].items() if k in {o.value for o in Outcome}}
 
-    assert counter() == {"pending": "1"}
+def test_drain_gives_up_at_its_deadline_when_the_function_keeps_failing(served: Served) -> None:
+    served.put("r1", queued_day=DAY)
+    esm = StreamMapping(served.streams, stream_settings(served), StreamRecorder(served, fail=10**6))
+    with pytest.raises(TimeoutError, match="DynamoDB is unavailable"):
+        esm.drain(timeout_seconds=0.2)
+
+
+def test_the_worker_plays_the_templates_stream_function(
+    served: Served, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """stream_step: the template's CounterStreamFunction, its real handler configured from the
+    environment as in Lambda (the worker's environment names the table and the endpoint)."""
+    from reditus_refunds import counter_stream
+
+    endpoint = served.dynamodb.meta.endpoint_url
+    monkeypatch.setenv("HISTORY_TABLE_NAME", served.table)
+    monkeypatch.setenv("AWS_ENDPOINT_URL", endpoint)
+    monkeypatch.setattr(counter_stream, "_stream", None)
+    served.put("r1", queued_day=DAY, outcome="not_found")
+    step = stream_step(served.model, moto_session(), "us-east-1", quiet=False)
+    assert step is not None
+    assert step.mapping.settings.function_name == served.model.physical_name("CounterStreamFunction")
+    assert step.mapping.settings.tumbling_window_seconds == 900
     capsys.readouterr()
-
-    schedule = repair_schedule(local.model, REPAIR_EVERY_SECONDS, "us-east-1")
-    assert schedule is not None
-    assert schedule.function_name == local.model.physical_name("CounterRepairFunction")
-    assert schedule.timeout_seconds == template_props("CounterRepairFunction")["Timeout"]
-    assert schedule.run_if_due() and schedule.failures == 0
-    assert counter() == {"pending": "0", "refunded": "1"}
-    assert "counter repair: settled the day counters of 1 refund(s)" in capsys.readouterr().out
+    step()
+    assert served.counts(DAY) == {"not_found": 1}
+    assert "day counters: applied 1 stream record(s)" in capsys.readouterr().out
+    counter_stream._stream = None
 
 
-def test_the_worker_repairs_every_ten_minutes_unless_told_not_to() -> None:
-    assert build_parser().parse_args([]).repair_every == REPAIR_EVERY_SECONDS == 600
-    assert build_parser().parse_args(["--no-repair"]).no_repair
+def test_the_worker_reads_the_stream_unless_told_not_to() -> None:
+    args = build_parser().parse_args([])
+    assert args.no_stream is False
+    assert build_parser().parse_args(["--no-stream"]).no_stream
+    for gone in ("--no-repair", "--repair-every"):
+        with pytest.raises(SystemExit):
+            build_parser().parse_args([gone, "600"] if gone == "--repair-every" else [gone])
 
 
 # ---- the snapshot --------------------------------------------------------------------------------
@@ -546,7 +679,11 @@ def test_snapshot_keeps_items_and_every_message() -> None:
         fresh.stack_name = "snapshot-test"
         create_resources(fresh, client, api_key=API_KEY)
         report = snapshot.restore(saved, dynamodb, sqs)
-        assert report.items >= 2 and report.messages >= 4  # >=: moto's state is per process
+        assert report.items >= 1 and report.messages >= 4  # >=: moto's state is per process
+        # The day counters are not restored: they are kept from the table's stream, which the
+        # restored items go through again (the worker reads it from its start).
+        counter = dynamodb.get_item(TableName=table, Key={HASH_KEY: {"S": "counter#2026-11-26"}})
+        assert "Item" not in counter
 
         attributes = sqs.get_queue_attributes(QueueUrl=queue, AttributeNames=["All"])["Attributes"]
         assert attributes["ApproximateNumberOfMessages"] == "2"  # the in-flight one is visible again

@@ -10,8 +10,9 @@ simulator asked what it saw; tests/soak/count.py turns that into the report.
   answers slower than the client's read timeout, dropped connections); every message is sent twice
   (same body, same refund_id); workers are SIGKILLed at random moments and restarted; a share of
   invocations time out mid-batch (abandoned while records are in flight, the environment reset:
-  tests/soak/faulty_worker.py); the counter settlement at the end of an invocation fails for a while,
-  a few times (throttling and 500s on the TransactWriteItems that touch counter items). The 404
+  tests/soak/faulty_worker.py); the day counters' writes (the stream function each worker plays,
+  several at once) fail for a while, a few times (throttling and 500s on the UpdateItems of counter
+  items). The 404
   grace window is on (scaled): 5 % of the payments are rejected (400), 3 % unknown (404 until the
   window closes, re-checked meanwhile), 5 % "late" (404 for a while inside the window, then 200) and
   a few asked for by two refund_ids.
@@ -28,10 +29,11 @@ simulator asked what it saw; tests/soak/count.py turns that into the report.
 Checked: every refund_id ends in exactly one terminal history outcome or a dead letter (none lost,
 none settled twice); the simulator applied at most one successful refund per payment, except where a
 kill or a timeout fell between Reditus answering and the outcome being stored (reported on their
-own); the day counters always equal what the items are counted under, and the history items once
-the repair path (HistoryWriter.settle_days) settled what an environment that went away left marked;
-no refund ever had two live 404 re-check chains (``recheck_chains_max``, see count.chain_report); no
-dead letter is orphaned (``orphaned_dead_letters``).
+own); once the queue and the table's stream are drained (the workers applied it within a deadline,
+then the harness reads it all once more), the day counters equal the history items: every change
+counted once, whoever applied it, however often it was delivered; no refund ever had two live 404
+re-check chains (``recheck_chains_max``, see count.chain_report); no dead letter is orphaned
+(``orphaned_dead_letters``).
 
 `make test` runs the small version of each (about a minute together, carrying every fault above;
 the webhooks' 100 deliveries about 25 s more); `make soak` (``-m soak``) the full ones - 10,000
@@ -81,8 +83,8 @@ from botocore.exceptions import ClientError
 from reditus_local.resources import moto_session
 from reditus_operators.dlq import DeadLetter
 from reditus_refunds.contract import RefundRequest
-from reditus_refunds.history_writer import HistoryWriter
-from reditus_refunds.records import Settlement
+from reditus_refunds.counter_stream import CounterStream, DayCounterStore
+from reditus_refunds.errors import StoreError
 from tests.conftest import create_history_table
 from tests.soak.count import Planned, chain_report, problems, tally
 from tests.soak.faulty_worker import TIMED_OUT, Events, Timeouts, WriteFaults
@@ -136,8 +138,8 @@ def faults_scenario(full: bool) -> Scenario:
         shared=0.03,
         kills=15 if full else 2,
         kill_gap=(20.0, 60.0) if full else (0.5, 2.5),
-        # Counter settlements fail for a while, a few times (throttling and 500s, botocore's retries
-        # used up), while everything else goes on.
+        # The day counters' writes fail for a while, a few times (throttling and 500s, botocore's
+        # retries used up), while everything else goes on.
         settle_windows=(
             tuple(SettleWindow(at, 8) for at in (0.1, 0.35, 0.6, 0.85)) if full else (SettleWindow(0.3, 3),)
         ),
@@ -242,7 +244,6 @@ REPORT_FIELDS = (
     "kills",
     "timeouts",
     "orphaned_dead_letters",
-    "unsettled_before_repair",
 )
 # The webhook scenario's own figures (summed over the scenarios that have them).
 WEBHOOK_FIELDS = (
@@ -273,7 +274,7 @@ def record(report: dict[str, Any], found: list[str]) -> None:
             if any(name in s for s in scenarios)
         },
         "counters_match": all(s["counters_match"] for s in scenarios),
-        "counters_consistent": all(s["counters_consistent"] for s in scenarios),
+        "counters_caught_up": all(s.get("counters_caught_up", True) for s in scenarios),
         "recheck_chains_max": max(int(s["recheck_chains_max"]) for s in scenarios),
         "passed": all(not s["problems"] for s in scenarios),
         "scenarios": _scenarios,
@@ -323,7 +324,7 @@ def test_faults_duplicates_and_kills(servers: Servers, full: bool, tmp_path: Pat
         "about 30 % of the calls failed": sum(answers.get(k, 0) for k in kinds)
         >= 0.2 * report["simulator_requests"],
         "invocations timed out mid-batch": report["timeouts"] > 0,
-        "counter settlements failed": report["settle_faults"]["injected"] > 0,
+        "the day counters' writes failed": report["settle_faults"]["injected"] > 0,
         "404s inside the grace window were re-checked": report["rechecks"]["rechecks_sent"] > 0,
         "late payments were refunded after a 404 inside the window": report["late_payments"][
             "refunded_after_a_404"
@@ -503,15 +504,14 @@ def test_the_count_finds_what_it_must() -> None:
         "duplicate_terminal = 1",
         "unexpected_outcomes = 1",
         "duplicate_submissions_unexplained = 1",
-        "the day counters do not match the history items",
-        # The made-up items carry no counted_outcome: the counters count what nothing is marked as.
-        "the day counters do not match what the items are counted under (a count lost or doubled)",
+        "the day counters do not match the history items (a count lost or doubled)",
         "not every request reached a terminal outcome or the dead-letter queue",
     ]
 
 
-def test_counter_faults_fail_only_the_settlements(servers: Servers, tmp_path: Path) -> None:
-    """target "counters": a transaction that moves a day counter fails; other writes go through."""
+def test_counter_faults_fail_only_the_day_counters_writes(servers: Servers, tmp_path: Path) -> None:
+    """target "counters": a write to a day-counter item (the stream function's) fails; other writes
+    go through, and the retried batch counts once."""
     faults = StoreFaults(tmp_path / "faults.json", tmp_path / "faults.log")
     hook = WriteFaults(faults.flag, faults.stats, seed=5)
     no_retry = Config(retries={"mode": "standard", "total_max_attempts": 1})
@@ -519,16 +519,20 @@ def test_counter_faults_fail_only_the_settlements(servers: Servers, tmp_path: Pa
     client.meta.events.register("before-send.dynamodb", hook.before_send)  # type: ignore[arg-type]
     table = f"counters-{tmp_path.name}"
     create_history_table(client, table)
-    writer = HistoryWriter(table, client)
-    refund = Settlement("r1", "2027-01-15", None, "refunded")
-    client.put_item(TableName=table, Item={"refund_id": {"S": "r1"}, "outcome": {"S": "refunded"}})
+    stream = CounterStream(DayCounterStore(table, client))
+    image = {"refund_id": {"S": "r1"}, "queued_day": {"S": "2027-01-15"}, "outcome": {"S": "refunded"}}
+    batch = [{"dynamodb": {"Keys": {"refund_id": {"S": "r1"}}, "NewImage": image, "SequenceNumber": "7"}}]
 
     faults.on(["throttle"], target="counters")
-    client.put_item(TableName=table, Item={"refund_id": {"S": "r2"}})  # not a counter: goes through
-    assert writer.settle([refund]) == [refund]  # the settlement failed, and says so
+    client.put_item(TableName=table, Item=image)  # not a counter: goes through
+    with pytest.raises(StoreError, match="throttling"):
+        stream.apply("shard-1", batch)
+    faults.on(["lost"], target="counters")
+    with pytest.raises(StoreError):
+        stream.apply("shard-1", batch)  # written, the answer lost: Lambda retries the batch
     faults.off()
-    assert writer.settle([refund]) == []
-    assert [f[:2] for f in faults.injected()] == [["TransactWriteItems", "throttle"]]
+    assert stream.apply("shard-1", batch).writes == 0  # the retry finds it applied
+    assert [f[:2] for f in faults.injected()] == [["UpdateItem", "throttle"], ["UpdateItem", "lost"]]
     counter = client.get_item(TableName=table, Key={"refund_id": {"S": "counter#2027-01-15"}})["Item"]
     assert counter["refunded"] == {"N": "1"}
 
@@ -565,7 +569,7 @@ def test_an_abandoned_invocation_stops_at_its_cut(tmp_path: Path) -> None:
 
 
 def test_the_count_sees_chains_orphans_and_counts_lost() -> None:
-    """chain_report, orphaned dead letters and the counters' consistency, on made-up evidence."""
+    """chain_report, orphaned dead letters and the counters against the items, on made-up evidence."""
     t = 1_800_000_000.0
 
     def call(refund_id: str, token: str, at: float) -> dict[str, Any]:
@@ -622,12 +626,11 @@ def test_the_count_sees_chains_orphans_and_counts_lost() -> None:
     def at(seconds: float) -> str:
         return datetime.fromtimestamp(t + seconds, UTC).isoformat().replace("+00:00", "Z")
 
-    def item(n: int, outcome: str, *log: tuple[str, float], counted: str | None = None) -> dict[str, Any]:
+    def item(n: int, outcome: str | None, *log: tuple[str, float]) -> dict[str, Any]:
         return {
             "refund_id": f"r{n}",
             "payment_id": f"p{n}",
-            "outcome": outcome,
-            "counted_outcome": counted or outcome,
+            **({} if outcome is None else {"outcome": outcome}),
             "queued_at": at(0),
             "attempt_log": [{"kind": kind, "at": at(s)} for kind, s in log],
         }
@@ -637,7 +640,7 @@ def test_the_count_sees_chains_orphans_and_counts_lost() -> None:
         item(1, "not_found", ("not_found", 1), ("not_found", 30), ("not_found", 61)),
         item(2, "refunded", ("not_found", 1), ("refunded", 7)),  # a late payment
         item(3, "dead_lettered", ("transient", 1)),  # no dead letter: orphaned
-        item(4, "refunded", ("refunded", 1), counted="pending"),  # not settled yet
+        item(4, None),  # pending: no outcome yet
         {"refund_id": "counter#2027-01-15", "refunded": 1, "pending": 1, "not_found": 1, "dead_lettered": 1},
     ]
     letters = [DeadLetter("m9", "{}", 5, 0, "p9", "r9", "h9")]  # nobody's history knows r9
@@ -653,16 +656,23 @@ def test_the_count_sees_chains_orphans_and_counts_lost() -> None:
     assert report["duplicate_terminal"] == 0 and report["unexpected_outcomes"] == 0
     assert report["orphaned_dead_letters"] == 2
     assert {e["refund_id"] for e in report["evidence"]["orphaned_dead_letters"]} == {"r3", "r9"}
-    # The counters hold what the items are counted under; r4 waits for its settlement.
-    assert report["counters_consistent"] and report["unsettled_before_repair"] == 1
-    assert not report["counters_match"]
+    # The counters hold what the items say; an absent outcome is pending.
+    assert report["counters_match"] and report["outcomes"]["pending"] == 1
     # Without the window, the three 404s would be three settlements.
     assert tally([planned(1, "not_found")], items[:1], [], [], [], messages_sent=1)["duplicate_terminal"] == 1
     # A count lost (the counter says nothing of r1's not_found).
     lost = [*items[:4], {"refund_id": "counter#2027-01-15", "refunded": 1, "pending": 1, "dead_lettered": 1}]
     broken = tally([planned(1, "not_found")], lost, [], [], [], messages_sent=1, grace_seconds=60)
-    assert not broken["counters_consistent"]
-    assert any("counted under (a count lost or doubled)" in p for p in problems(broken))
+    assert not broken["counters_match"]
+    assert "the day counters do not match the history items (a count lost or doubled)" in problems(broken)
+    # And one doubled.
+    doubled = [*items[:4], {"refund_id": "counter#2027-01-15", "refunded": 2, "pending": 1, "not_found": 1}]
+    doubled.append({"refund_id": "counter#2027-01-16", "dead_lettered": 1})
+    assert not tally([planned(1, "not_found")], doubled, [], [], [], messages_sent=1)["counters_match"]
+    # Workers that did not apply the stream in time are a problem even if the harness's drain did.
+    assert "the workers did not apply the table's stream to the day counters in time" in problems(
+        {**report, "counters_caught_up": False}
+    )
 
 
 def test_the_webhook_count_finds_what_it_must() -> None:
@@ -677,7 +687,6 @@ def test_the_webhook_count_finds_what_it_must() -> None:
             "refund_id": refund_id,
             "payment_id": payment_id,
             "outcome": "refunded",
-            "counted_outcome": "refunded",
             "queued_day": day,
             "attempt_log": [{"kind": "refunded"}],
         }

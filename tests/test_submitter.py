@@ -18,14 +18,20 @@ from reditus_refunds.aws_errors import ConditionFailed, StoreError
 from reditus_refunds.contract import RefundRequest
 from reditus_refunds.history_writer import HistoryWriter
 from reditus_refunds.layout import INDEX_KEY_ATTRIBUTES, item_key, marker_key
-from reditus_refunds.outcomes import RECHECK_ATTRIBUTE, REDRIVE_REFUND_ID_ATTRIBUTE, ResultWrite
+from reditus_refunds.outcomes import (
+    RECHECK_ATTRIBUTE,
+    REDRIVE_REFUND_ID_ATTRIBUTE,
+    ClaimView,
+    RefundState,
+    ResultWrite,
+)
 from reditus_refunds.producer import RefundProducer
 from reditus_refunds.records import MAX_ATTEMPT_LOG, Attempt, Outcome, iso, utc_now
 from reditus_refunds.reditus import ReditusAnswer, Verdict
-from reditus_refunds.submitter import InboundMessage, Ledger, RefundSubmitter, RetryLater, SubmitterConfig
+from reditus_refunds.submitter import InboundMessage, RefundSubmitter, RetryLater, SubmitterConfig
 
 from .fakes import Clock as FakeClock
-from .fakes import FailingSettleTable, FakeQueue, FakeStore, QueuedMessage
+from .fakes import FakeQueue, FakeStore, QueuedMessage
 from .fakes import FakeReditus as FakeReditusInMemory
 from .fakes import answer as fake_answer
 
@@ -79,17 +85,10 @@ class Rig:
         attributes: dict[str, str] | None = None,
     ) -> Outcome:
         text = json.dumps(body) if isinstance(body, dict) else body
-        ledger = Ledger()
-        try:
-            return self.submitter.process(
-                InboundMessage(
-                    message_id, text, receive_count, sent_at or iso(self.clock()), attributes or {}
-                ),
-                time.monotonic() + 30,
-                ledger,
-            )
-        finally:
-            self.store.settle(ledger.drain())
+        return self.submitter.process(
+            InboundMessage(message_id, text, receive_count, sent_at or iso(self.clock()), attributes or {}),
+            time.monotonic() + 30,
+        )
 
 
 @pytest.fixture
@@ -118,11 +117,13 @@ def rig(aws) -> Rig:
 
 
 def counters(store: HistoryReader) -> dict[str, int]:
-    today = utc_now().date()
-    totals: Counter = Counter()
-    for day in store.daily_counts(today - timedelta(days=2), today + timedelta(days=2)).values():
-        totals.update(day)
-    return {k: v for k, v in totals.items() if v}
+    """What the day counters hold once the table's stream is applied: each refund item once, under
+    its outcome (a pending one has none). The stream function that keeps them is tested on its own
+    (tests/test_counter_stream.py); here the items it would count are read directly."""
+    client, table = store.table.client, store.table.table_name
+    items = client.scan(TableName=table, ConsistentRead=True)["Items"]
+    refunds = [i for i in items if "#" not in i["refund_id"]["S"] and "queued_day" in i]
+    return dict(Counter(i.get("outcome", {"S": "pending"})["S"] for i in refunds))
 
 
 def test_refunded(rig: Rig) -> None:
@@ -298,7 +299,7 @@ def test_pending_record_from_producer_is_completed_and_never_overwrites(rig: Rig
     assert counters(rig.history) == {"pending": 1}
     assert rig.deliver(json.loads(request.to_body())) is Outcome.REFUNDED
     # A late pending write (the producer raced the Lambda) changes nothing.
-    rig.store.record_pending([(request, "m-1", iso(rig.clock.now))])
+    rig.store.record_pending([request], iso(rig.clock.now))
     record = rig.history.get("rp")
     assert record and record.outcome is Outcome.REFUNDED and record.requested_by == "ops@example.com"
     assert counters(rig.history) == {"refunded": 1}
@@ -469,28 +470,6 @@ def test_the_attempt_log_is_capped_and_counts_what_it_dropped(rig: Rig) -> None:
     assert first < record.attempt_log[1].at and last == max(a.at for a in record.attempt_log)
 
 
-def test_unsettled_counters_stay_marked_and_the_repair_settles_them(rig: Rig) -> None:
-    table = FailingSettleTable(rig.store.table)
-    rig.store.table = table  # type: ignore[assignment]
-    ledger = Ledger()
-    for i in range(3):
-        rig.submitter.process(
-            InboundMessage(
-                f"m-{i}", json.dumps({"payment_id": f"p{i}", "refund_id": f"s{i}"}), 1, iso(rig.clock.now)
-            ),
-            time.monotonic() + 30,
-            ledger,
-        )
-    pending = ledger.drain()
-    assert rig.store.settle(pending) == pending  # nothing written, nothing raised
-    assert counters(rig.history) == {}
-    assert all(rig.store.get_state(f"s{i}").counted_outcome is None for i in range(3))  # type: ignore[union-attr]
-    table.fail = False
-    assert rig.store.settle_days([rig.clock.now.date()]) == 3
-    assert counters(rig.history) == {"refunded": 3}
-    assert rig.store.settle_days([iso(rig.clock.now)[:10]]) == 0  # idempotent
-
-
 # ---- orchestration against the in-memory store (tests/fakes.py) ---------------------------------
 VISIBILITY = timedelta(seconds=360)
 
@@ -532,13 +511,10 @@ class FakeRig:
         inbound = InboundMessage(
             message.message_id, message.body, message.receive_count, iso(self.clock.now), message.attributes
         )
-        ledger = Ledger()
         try:
-            outcome = self.submitter.process(inbound, time.monotonic() + 30, ledger)
+            outcome = self.submitter.process(inbound, time.monotonic() + 30)
         except RetryLater:
             return None
-        finally:
-            self.store.settle(ledger.drain())
         self.queue.messages.remove(message)
         return outcome
 
@@ -583,7 +559,6 @@ def test_fake_orchestration_refunds_once_and_counts(fake: FakeRig) -> None:
     fake.drain()
     assert fake.reditus.calls["p1"] == 1
     assert fake.store.outcomes() == {"refunded": 1, "duplicate": 1}
-    assert fake.store.counts() == {"refunded": 1, "duplicate": 1}
 
 
 def always_not_found(fake: FakeRig, payment_id: str) -> None:
@@ -745,7 +720,7 @@ def test_a_claim_that_cannot_take_the_payment_hands_the_refund_back(rig: Rig, aw
         token="t-first",
         lease_until=rig.clock.now + timedelta(seconds=60),
     )
-    rig.store.record_pending([(request, "m-second", iso(rig.clock.now))])
+    rig.store.record_pending([request], iso(rig.clock.now))
     view = rig.store.read_for_claim("r-second", "pay_busy")
     stale = type(view)(view.state, None)  # decided before the payment was taken
     with pytest.raises(ConditionFailed):
@@ -795,3 +770,90 @@ def test_a_claim_whose_payment_write_fails_hands_the_refund_back_too(rig: Rig, a
         rig.deliver({"payment_id": "pay_flaky", "refund_id": "r-flaky"}, message_id="m-flaky")
         is Outcome.REFUNDED
     )
+
+
+# ---- a fresh request is claimed without reading first; anything else is decided on a look -------
+class CountingLooks(HistoryWriter):
+    """Counts the consistent looks; `stale` makes the next look answer an older state (another
+    delivery wrote a result between our look and our claim)."""
+
+    def __init__(self, *args: object, **kwargs: object) -> None:
+        super().__init__(*args, **kwargs)  # type: ignore[arg-type]
+        self.looks = 0
+        self.stale: dict[str, RefundState] = {}
+
+    def read_for_claim(self, refund_id: str, payment_id: str) -> ClaimView:
+        self.looks += 1
+        view = super().read_for_claim(refund_id, payment_id)
+        if refund_id in self.stale:
+            return view._replace(state=self.stale.pop(refund_id))
+        return view
+
+
+@pytest.fixture
+def looks(rig: Rig, aws) -> CountingLooks:
+    store = CountingLooks(aws.table, aws.dynamodb, clock=rig.clock)
+    rig.submitter.store = store
+    return store
+
+
+def test_a_fresh_request_is_claimed_without_a_look(rig: Rig, looks: CountingLooks) -> None:
+    request = RefundRequest(payment_id="pay_1", refund_id="r1", requested_by="ops")
+    rig.store.record_pending([request], iso(rig.clock.now))
+    assert rig.deliver({"payment_id": "pay_1", "refund_id": "r1", "requested_by": "ops"}) is Outcome.REFUNDED
+    assert rig.deliver({"payment_id": "pay_2", "refund_id": "r2"}, message_id="m-2") is Outcome.REFUNDED
+    assert looks.looks == 0 and rig.reditus.calls == {"pay_1": 1, "pay_2": 1}
+    record = rig.history.get("r1")
+    assert record is not None and record.requested_by == "ops" and record.attempts == 1
+
+
+def test_a_request_that_is_not_fresh_is_decided_on_a_look(rig: Rig, looks: CountingLooks) -> None:
+    assert rig.deliver({"payment_id": "pay_1", "refund_id": "r1"}) is Outcome.REFUNDED
+    assert rig.deliver({"payment_id": "pay_1", "refund_id": "r1"}, message_id="m-2") is Outcome.REFUNDED
+    assert rig.deliver({"payment_id": "pay_1", "refund_id": "r2"}, message_id="m-3") is Outcome.DUPLICATE
+    assert rig.reditus.calls["pay_1"] == 1 and looks.looks == 2
+    # The refused claim of r2 handed its lease back: nothing waits for it to expire.
+    assert rig.store.get_state("r2").lease_token is None  # type: ignore[union-attr]
+
+
+def test_a_pending_record_of_another_payment_is_never_claimed_blind(rig: Rig, looks: CountingLooks) -> None:
+    """The refund_id was queued for one payment; a message naming another must be judged (invalid),
+    never claimed and sent."""
+    request = RefundRequest(payment_id="pay_a", refund_id="r1")
+    rig.store.record_pending([request], iso(rig.clock.now))
+    assert rig.deliver({"payment_id": "pay_b", "refund_id": "r1"}, message_id="m-b") is Outcome.INVALID
+    assert rig.reditus.calls == {} and looks.looks == 1
+
+
+def test_a_view_one_result_behind_cannot_claim(rig: Rig, looks: CountingLooks) -> None:
+    """Same outcome, no lease, same chain, but one result more since the look (another delivery):
+    the claim is refused, or its result would rewrite the attempt log from the look and lose one."""
+    busy = answer(Verdict.TRANSIENT, 503, "busy")
+    rig.reditus.answers["pay_1"] = [busy, busy, answer(Verdict.REFUNDED, 200, "ok")]
+    with pytest.raises(RetryLater):
+        rig.deliver({"payment_id": "pay_1", "refund_id": "r1"})
+    before = rig.store.get_state("r1")
+    with pytest.raises(RetryLater):
+        rig.deliver({"payment_id": "pay_1", "refund_id": "r1"}, receive_count=2)
+    assert before is not None and before.outcome is Outcome.RETRYING
+    looks.stale["r1"] = before
+    assert rig.deliver({"payment_id": "pay_1", "refund_id": "r1"}, receive_count=3) is Outcome.REFUNDED
+    record = rig.history.get("r1")
+    assert record is not None and [a.http_status for a in record.attempt_log] == [503, 503, 200]
+    assert record.attempts == 3
+
+
+def test_force_never_takes_again_a_payment_this_refund_refunded(rig: Rig, aws) -> None:
+    """The first look does not read the payment's mark: the claim's condition must refuse a forced
+    request whose own 200 is on the mark (its result write lost), so it is recorded from the mark."""
+    dying = DiesAfterTheMark(aws.table, aws.dynamodb, clock=rig.clock)
+    rig.submitter.store = dying
+    body = {"payment_id": "pay_f", "refund_id": "r-f", "force": True}
+    with pytest.raises(Killed):
+        rig.deliver(body, message_id="m-f")
+    rig.submitter.store = rig.store
+    rig.clock.now += timedelta(minutes=10)
+    assert rig.deliver(body, message_id="m-f") is Outcome.REFUNDED
+    assert rig.reditus.calls["pay_f"] == 1
+    record = rig.history.get("r-f")
+    assert record is not None and "mark" in record.detail

@@ -43,10 +43,10 @@ ROLE = "RefundSubmitterRole"
 # The webhook receiver (issue 13), checked in tests/test_template_webhooks.py.
 RECEIVER = "WebhookReceiverFunction"
 RECEIVER_ROLE = "WebhookReceiverRole"
-# The counter repair (scheduled), checked in tests/test_repair.py.
-REPAIR = "CounterRepairFunction"
-REPAIR_ROLE = "CounterRepairRole"
-FUNCTIONS = (FUNCTION, RECEIVER, REPAIR)
+# The day counters (the table's stream), checked in tests/test_counter_stream.py.
+COUNTERS = "CounterStreamFunction"
+COUNTERS_ROLE = "CounterStreamRole"
+FUNCTIONS = (FUNCTION, RECEIVER, COUNTERS)
 
 # What the deployed function must be given (the rest of LAMBDA_ENV_VARS are tuning knobs with
 # defaults in settings.py).
@@ -360,8 +360,8 @@ def test_function_uses_its_own_role(template: dict[str, Any]) -> None:
     # A SAM-generated role would add AWSLambdaSQSQueueExecutionRole (every queue in the account).
     assert fn["Role"] == {"Fn::GetAtt": [ROLE, "Arn"]}
     assert "Policies" not in fn
-    assert list(resources_of(template, "AWS::IAM::Role")) == [ROLE, RECEIVER_ROLE, REPAIR_ROLE]
-    for role in (ROLE, RECEIVER_ROLE, REPAIR_ROLE):
+    assert list(resources_of(template, "AWS::IAM::Role")) == [ROLE, RECEIVER_ROLE, COUNTERS_ROLE]
+    for role in (ROLE, RECEIVER_ROLE, COUNTERS_ROLE):
         trust = props(template, role)["AssumeRolePolicyDocument"]["Statement"]
         assert trust == [
             {"Effect": "Allow", "Principal": {"Service": "lambda.amazonaws.com"}, "Action": "sts:AssumeRole"}
@@ -628,12 +628,12 @@ def test_api_key_secret(template: dict[str, Any]) -> None:
 
 def test_alarms(template: dict[str, Any]) -> None:
     every = resources_of(template, "AWS::CloudWatch::Alarm")
-    # The receiver's alarms are checked in tests/test_template_webhooks.py, the repair's in
-    # tests/test_repair.py.
+    # The receiver's alarms are checked in tests/test_template_webhooks.py, the day counters' in
+    # tests/test_counter_stream.py.
     alarms = {
         p["Properties"]["MetricName"]: p["Properties"]
         for name, p in every.items()
-        if not name.startswith(("Webhook", "CounterRepair"))
+        if not name.startswith(("Webhook", "CounterStream"))
     }
     assert set(alarms) == {
         "ApproximateNumberOfMessagesVisible",
@@ -699,14 +699,18 @@ def test_sam_translates(translated: dict[str, Any]) -> None:
     assert lambda_props["Handler"] == "reditus_refunds.handler.lambda_handler"
     assert lambda_props["TracingConfig"] == {"Mode": "Active"}
     assert set(lambda_props["Environment"]["Variables"]) >= REQUIRED_ENV
-    (mapping,) = resources_of(translated, "AWS::Lambda::EventSourceMapping").values()
-    assert mapping["Properties"]["FunctionName"] == {"Ref": FUNCTION}
+    # The submitter's mapping (the day counters' one, on the table's stream: test_counter_stream.py).
+    (mapping,) = [
+        m
+        for m in resources_of(translated, "AWS::Lambda::EventSourceMapping").values()
+        if m["Properties"]["FunctionName"] == {"Ref": FUNCTION}
+    ]
     assert mapping["Properties"]["FunctionResponseTypes"] == ["ReportBatchItemFailures"]
     assert mapping["Properties"]["ScalingConfig"] == {"MaximumConcurrency": {"Ref": "MaximumConcurrency"}}
     assert lambda_props["Role"] == {"Fn::GetAtt": [ROLE, "Arn"]}
     # SAM generated no role of its own (and so attached no broad managed policies).
-    assert list(resources_of(translated, "AWS::IAM::Role")) == [ROLE, RECEIVER_ROLE, REPAIR_ROLE]
-    for role in (ROLE, RECEIVER_ROLE, REPAIR_ROLE):
+    assert list(resources_of(translated, "AWS::IAM::Role")) == [ROLE, RECEIVER_ROLE, COUNTERS_ROLE]
+    for role in (ROLE, RECEIVER_ROLE, COUNTERS_ROLE):
         assert not resources[role]["Properties"].get("ManagedPolicyArns")
 
 

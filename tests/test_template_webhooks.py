@@ -18,7 +18,6 @@ from typing import Any
 import pytest
 
 from reditus_refunds import layout
-from reditus_refunds.layout import COUNTER_PREFIX
 from reditus_webhooks import PROVIDERS, events
 from reditus_webhooks.credentials import parse_secret, secret_variable
 from reditus_webhooks.decide import (
@@ -307,7 +306,6 @@ def test_receiver_writes_only_its_own_keys(template: dict[str, Any]) -> None:
             events.COUNT_PREFIX,
             events.SOURCE_PREFIX,
             refund_prefix,
-            COUNTER_PREFIX,
         )
     )
     # Never the refunds' payment markers (the submitter's leases) nor anything unprefixed.
@@ -348,15 +346,14 @@ def test_sam_gives_the_receiver_a_public_url_and_nothing_else(translated: dict[s
     permissions = [p["Properties"] for p in resources_of(translated, "AWS::Lambda::Permission").values()]
     public = [p for p in permissions if p["Principal"] == "*"]
     assert public and all(p["FunctionName"] == {"Ref": RECEIVER} for p in public)
-    # The one other permission: the counter repair's schedule invoking it (tests/test_repair.py).
-    assert [p for p in permissions if p["Principal"] != "*"] == [
-        {
-            "Action": "lambda:InvokeFunction",
-            "FunctionName": {"Ref": "CounterRepairFunction"},
-            "Principal": "events.amazonaws.com",
-            "SourceArn": {"Fn::GetAtt": ["CounterRepairFunctionHourly", "Arn"]},
-        }
-    ]
-    # The URL reaches the receiver only; the submitter stays invoked by its queue alone.
-    (mapping,) = resources_of(translated, "AWS::Lambda::EventSourceMapping").values()
-    assert mapping["Properties"]["FunctionName"] == {"Ref": FUNCTION}
+    # No other permission: the other functions are invoked by their event source mappings.
+    assert [p for p in permissions if p["Principal"] != "*"] == []
+    # The URL reaches the receiver only; the submitter stays invoked by its queue alone, and the
+    # counter function by the table's stream.
+    mappings = resources_of(translated, "AWS::Lambda::EventSourceMapping").values()
+    by_function = {m["Properties"]["FunctionName"]["Ref"]: m["Properties"] for m in mappings}
+    assert set(by_function) == {FUNCTION, "CounterStreamFunction"}
+    assert "Fn::GetAtt" in by_function[FUNCTION]["EventSourceArn"]
+    assert by_function["CounterStreamFunction"]["EventSourceArn"] == {
+        "Fn::GetAtt": ["HistoryTable", "StreamArn"]
+    }

@@ -49,7 +49,7 @@ def test_events_and_open_reviews_are_listed_from_their_indexes_alone(aws: AwsFix
     assert store.open_review(facts, request)
     # A refund request in the same table enters neither index.
     writer = HistoryWriter(aws.table, aws.dynamodb, clock=lambda: NOW)
-    assert writer.record_pending([(request, "m-1", NOW.isoformat())]) == 1
+    assert writer.record_pending([request], NOW.isoformat()) == {request.refund_id}
 
     listed = _query(aws, events.EVENT_DAY_INDEX, events.EVENT_DAY_ATTRIBUTE, "2026-11-30")
     assert [events.event_from_item(item) for item in listed] == [store.get_event(facts.key)]

@@ -19,7 +19,7 @@ import shlex
 import sys
 import unicodedata
 from collections.abc import Sequence
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 from typing import Any, NoReturn
 
@@ -28,6 +28,8 @@ from reditus_refunds.contract import ContractError
 from reditus_refunds.history_writer import HistoryWriter
 from reditus_refunds.producer import RefundProducer
 from reditus_refunds.records import HistoryRecord, Outcome
+from reditus_refunds.repair import MAX_DAYS as RECOUNT_MAX_DAYS
+from reditus_refunds.repair import DayRecount, DayRecounter, recount_days
 from reditus_refunds.settings import SettingsError
 from reditus_webhooks import PROVIDERS
 from reditus_webhooks.events import EventStore
@@ -590,6 +592,43 @@ def cmd_dlq_redrive(args: argparse.Namespace) -> int:
     return 0
 
 
+# ---- day counters --------------------------------------------------------------------------------------
+
+
+def _utc_day(text: str, option: str) -> date:
+    try:
+        return date.fromisoformat(text.strip())
+    except ValueError:
+        raise CliError(f"{option} takes a UTC day as YYYY-MM-DD, got {text!r}", 2) from None
+
+
+def cmd_counters_recount(args: argparse.Namespace) -> int:
+    """Set the day counters of the given UTC days to what the refunds of those days say."""
+    since = _utc_day(args.since, "--since")
+    until = since if args.until is None else _utc_day(args.until, "--until")
+    if until < since:
+        raise CliError("--until is before --since", 2)
+    count = (until - since).days + 1
+    if count > RECOUNT_MAX_DAYS:
+        raise CliError(f"at most {RECOUNT_MAX_DAYS} days at a time, asked for {count}", 2)
+    config = system(args)
+    days = [since + timedelta(days=n) for n in range(count)]
+
+    def show(result: DayRecount) -> None:
+        counts = ", ".join(f"{k} {v}" for k, v in result.counts.items()) or "no refunds"
+        was = (
+            ""
+            if not result.changed
+            else " (was: " + (", ".join(f"{k} {v}" for k, v in result.before.items()) or "nothing") + ")"
+        )
+        print(terminal_safe(f"{result.day}: {counts}{was}"), flush=True)
+
+    done = recount_days(DayRecounter(config.table_name, config.client("dynamodb")), days, show)
+    changed = sum(1 for r in done if r.changed)
+    _eprint(f"set the counters of {len(done)} day(s); {changed} had been off")
+    return 0
+
+
 # ---- billing webhooks ---------------------------------------------------------------------------------
 
 REASON_WIDTH = 60
@@ -983,6 +1022,20 @@ def build_parser() -> OneLineParser:
     users_remove = user_commands.add_parser("remove", parents=[common], help="remove an account")
     users_remove.add_argument("name", metavar="NAME")
     users_remove.set_defaults(func=cmd_users_remove)
+
+    counters = commands.add_parser("counters", help="the day counters the console's charts read: recount")
+    counter_commands = counters.add_subparsers(dest="counters_command", metavar="ACTION", required=True)
+    recount = counter_commands.add_parser(
+        "recount",
+        parents=[common],
+        help="set the counters of UTC days to what their refunds say (after a migration or a long "
+        "stream outage; exact when those days' refunds do not change meanwhile)",
+    )
+    recount.add_argument("--since", required=True, help="the first UTC day, YYYY-MM-DD")
+    recount.add_argument(
+        "--until", help=f"the last UTC day, YYYY-MM-DD (default: --since; at most {RECOUNT_MAX_DAYS} days)"
+    )
+    recount.set_defaults(func=cmd_counters_recount)
 
     console = commands.add_parser("console", parents=[common], help="the Streamlit console on its own")
     console.add_argument("--port", type=int, help="default $REDITUS_LOCAL_CONSOLE_PORT or 8501")

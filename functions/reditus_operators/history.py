@@ -2,6 +2,10 @@
 
 Pages over the four refund indexes (never a Scan), one refund by key, payment markers in batches,
 and the per-day counters. Every AWS failure arrives as StoreError with a readable message.
+
+A pending refund has no `outcome` attribute (HistoryRecord.from_item reads it as pending; items
+written before issue 15 may say "pending"), so no index lists the pending refunds as such: the
+Pending filter walks the days whose counter says they have some (`_pending_counts`).
 """
 
 from __future__ import annotations
@@ -29,7 +33,7 @@ from reditus_refunds.records import HistoryRecord, Outcome, iso, utc_now
 from reditus_refunds.table import HistoryTable, ReadCounter
 
 # The cursor codec lived here before paging.py: re-exported for callers that import it from here.
-from .paging import IndexQuery, decode_cursor, encode_cursor, page_days, page_key
+from .paging import IndexQuery, decode_cursor, encode_cursor, page_days, page_days_counted, page_key
 
 if TYPE_CHECKING:
     from mypy_boto3_dynamodb import DynamoDBClient
@@ -110,8 +114,19 @@ class HistoryReader:
 
         payment_id uses the by_payment index, requested_by the by_requester index, outcome the
         by_outcome index (each filter within the other's results), and no filter walks the by_day
-        index one day at a time backwards: every page reads a page of index entries (and, from the
-        keys-only payment and person indexes, those items by key), whatever the table's size.
+        index one day at a time backwards: every page reads a page of index entries and those items
+        by key (the day, payment and person indexes hold keys only), whatever the table's size.
+
+        Pending alone is the exception: by_outcome holds no pending refund (their items have no
+        outcome yet), so it walks by_day's days newest first with their day counters (read 100 per
+        BatchGetItem): a day whose counter says 0 pending is skipped, a day is walked (keys, then
+        the items by key) only until it gave as many pending refunds as its counter says, and a
+        day with no counter item at all is walked to its end. A page therefore reads the items of
+        the days that have pending refunds, newest first, until it found them: in steady state,
+        today's newest. The counters follow the items through the table's stream, seconds behind
+        (the stream's latency and the counter function's batching window, about ten seconds at
+        most in normal operation): a pending refund written that recently may be missed (its day
+        skipped, or left early). See paging.page_days_counted.
         """
         until = until or self.clock()
         since = since or (until - timedelta(days=30))
@@ -129,6 +144,16 @@ class HistoryReader:
             name, key_value = GSI_BY_PAYMENT, payment_id
         elif requested_by:
             name, key_value = GSI_BY_REQUESTER, requested_by
+        elif outcome is Outcome.PENDING:
+            paged = page_days_counted(
+                index(GSI_BY_DAY),
+                HistoryRecord.from_item,
+                wanted,
+                self._pending_counts,
+                limit=limit,
+                cursor=cursor,
+            )
+            return Page(paged.items, paged.cursor, paged.items_read)
         elif outcome is not None:
             name, key_value = GSI_BY_OUTCOME, outcome.value
         else:
@@ -139,6 +164,18 @@ class HistoryReader:
             index(name), key_value, HistoryRecord.from_item, limit=limit, cursor=cursor, keep=wanted
         )
         return Page(paged.items, paged.cursor, paged.items_read)
+
+    def _pending_counts(self, days: list[str]) -> tuple[dict[str, int], int]:
+        """Pending refunds per day, from the days' counter items (one BatchGetItem per 100 days);
+        a day without a counter item is left out (unknown), one without a pending figure has 0."""
+        found = self.table.batch_get([counter_key(d) for d in days])
+        counts: dict[str, int] = {}
+        for day in days:
+            item = found.get(COUNTER_PREFIX + day)
+            if item is not None:
+                value = item.get(Outcome.PENDING.value)
+                counts[day] = int(value) if isinstance(value, Decimal | int) else 0
+        return counts, len(found)
 
     def daily_counts(self, since: date, until: date) -> dict[str, dict[str, int]]:
         """Per-day, per-outcome counts, one item read per day of the period."""

@@ -3,7 +3,9 @@
 Every list the operators read (refunds, webhook events, the audit log) is an index keyed by a
 partition (a UTC day, a person, an outcome...) and sorted by a timestamp. `IndexQuery` is one
 such Query over a time window; `page_days` walks a day-partitioned index one UTC day at a time
-from the window's last day back to its first, and `page_key` reads one partition. Both stop when
+from the window's last day back to its first, `page_days_counted` does the same for a filter that
+DynamoDB cannot answer from an index but per-day counters can bound (it skips the days whose count
+is 0 and leaves a day once it found its count), and `page_key` reads one partition. All stop when
 the page is full and hand back an opaque cursor (the day reached and DynamoDB's
 LastEvaluatedKey) that continues where the page stopped.
 """
@@ -22,6 +24,7 @@ from reditus_refunds.table import HistoryTable
 
 T = TypeVar("T")
 BAD_CURSOR = "the page cursor is not valid"
+BATCH = 100  # BatchGetItem's limit: counters per read, index entries per Query of a sparse walk
 
 
 def encode_cursor(state: dict[str, Any]) -> str:
@@ -62,6 +65,19 @@ def _start_day(state: Mapping[str, Any], last_day: str) -> str:
     return str(day)
 
 
+def _start_found(state: Mapping[str, Any]) -> int:
+    """How many kept items the cursor's day already gave. A forged count can only end that day's
+    walk sooner; the walk never goes past the day's end, whatever the count says."""
+    found = state.get("found", 0)
+    if not isinstance(found, int) or isinstance(found, bool) or found < 0:
+        raise ValueError(BAD_CURSOR)
+    return found
+
+
+def _previous(day: str) -> str:
+    return (date.fromisoformat(day) - timedelta(days=1)).isoformat()
+
+
 @dataclass
 class Paged(Generic[T]):
     items: list[T]
@@ -86,6 +102,10 @@ class IndexQuery:
     high: str
     filter_expression: str | None = None
     filter_values: Mapping[str, Any] = field(default_factory=dict)
+
+    def key_of(self, item: Mapping[str, Any]) -> dict[str, Any]:
+        """The index entry's key of an item it lists: an ExclusiveStartKey that goes on after it."""
+        return {name: to_attr(item[name]) for name in (HASH_KEY, self.key_name, self.time_name)}
 
     def run(
         self, key_value: str, limit: int, lek: dict[str, Any] | None
@@ -135,9 +155,87 @@ def page_days(
         items += [convert(item) for item in got]
         read += scanned
         if lek is None:
-            day = (date.fromisoformat(day) - timedelta(days=1)).isoformat()
+            day = _previous(day)
     more = lek is not None or day >= first_day
     return Paged(items, encode_cursor({"day": day, "lek": lek}) if more else None, read)
+
+
+# Per-day counts for some days: {day: count} for the days that have a counter (a day missing from
+# it has none: its count is unknown), and the items read to know.
+DayCounts = Callable[[list[str]], tuple[dict[str, int], int]]
+
+
+def page_days_counted(
+    query: IndexQuery,
+    convert: Callable[[dict[str, Any]], T],
+    keep: Callable[[T], bool],
+    counts: DayCounts,
+    *,
+    limit: int,
+    cursor: str | None,
+) -> Paged[T]:
+    """One page of the items `keep` accepts, newest first, walking a day-partitioned index as
+    `page_days` does, with each day's count of such items (`counts`, read 100 days at a time):
+
+    - a day whose count is 0 is skipped without a Query;
+    - a day is left as soon as it gave as many as its count says (the walk is newest first, so
+      what it skips then is older than everything kept);
+    - a day with no count (no counter item) is walked to its end.
+
+    What a page reads is bounded by the period's counters plus the items of the days it walks,
+    up to the last kept one: cheap when the kept items are few and recent, a whole day's items
+    when one is that day's oldest. A count lower than the truth (a counter that lags its items)
+    leaves the day early and misses its oldest; a higher one walks the day to its end. Never
+    outside the period, never a day twice in one page. The cursor carries the day, the LEK and
+    how many that day already gave (`found`).
+    """
+    state = decode_cursor(cursor) if cursor else {}
+    first_day = query.low[:10]
+    day = _start_day(state, query.high[:10])
+    lek = _start_key(state)
+    found = _start_found(state)
+    items: list[T] = []
+    read = 0
+    known: dict[str, int] = {}
+    counted_down_to: str | None = None  # the earliest day whose counter was read
+    queries_today = 0
+    while len(items) < limit and day >= first_day:
+        if counted_down_to is None or day < counted_down_to:
+            days = [day]
+            while len(days) < BATCH and _previous(days[-1]) >= first_day:
+                days.append(_previous(days[-1]))
+            got_counts, scanned = counts(days)
+            known.update(got_counts)
+            read += scanned
+            counted_down_to = days[-1]
+        expected = known.get(day)
+        if expected is not None and found >= expected:  # 0, or all of the day's found already
+            day, lek, found, queries_today = _previous(day), None, 0, 0
+            continue
+        # The first Query of a day asks for what the page still needs (kept items are dense at
+        # the top of a day in the common case); later ones for a full batch (they are sparse).
+        size = min(BATCH, limit - len(items)) if queries_today == 0 else BATCH
+        got, next_lek, scanned = query.run(day, size, lek)
+        queries_today += 1
+        read += scanned
+        stopped_at: int | None = None
+        for position, item in enumerate(got):
+            converted = convert(item)
+            if keep(converted):
+                items.append(converted)
+                found += 1
+                if len(items) >= limit or (expected is not None and found >= expected):
+                    stopped_at = position
+                    break
+        if stopped_at is not None and stopped_at < len(got) - 1:
+            lek = query.key_of(got[stopped_at])  # the page is full mid-batch: go on after this one
+        else:
+            lek = next_lek
+        if lek is None or (expected is not None and found >= expected):
+            day, lek, found, queries_today = _previous(day), None, 0, 0
+    more = lek is not None or day >= first_day
+    state_out = {"day": day, "lek": lek, "found": found}
+    return Paged(items, encode_cursor(state_out) if more else None, read)
 
 
 def page_key(

@@ -10,7 +10,6 @@ import threading
 import time
 from collections.abc import Iterator, Mapping
 from concurrent.futures import ThreadPoolExecutor
-from concurrent.futures import TimeoutError as FutureTimeout
 from contextlib import AbstractContextManager, contextmanager, nullcontext
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any, cast
@@ -20,12 +19,11 @@ from botocore.config import Config
 
 from .history_writer import HistoryWriter
 from .producer import RefundProducer
-from .records import Outcome, Settlement, iso
+from .records import Outcome, iso
 from .reditus import RateLimiter, ReditusClient
 from .settings import Settings
 from .submitter import (
     InboundMessage,
-    Ledger,
     NoTelemetry,
     RefundAnswer,
     RefundSubmitter,
@@ -42,19 +40,6 @@ logger = logging.getLogger(__name__)
 
 # Standard retry mode: botocore backs off on throttling and transient AWS errors.
 AWS_CONFIG = Config(retries={"mode": "standard", "max_attempts": 5}, max_pool_connections=32)
-# The counter settlement at an invocation's end must finish before the invocation does: a Lambda
-# that times out there has SQS deliver every record of the batch again. It runs on its own client
-# (two tries of a call cut at 0.5 + 1 s: DynamoDB answers a transaction in tens of ms) and is waited
-# for only until shortly before the deadline; what is not done by then is settled by the next
-# invocation. Settling is idempotent (each item's counted_outcome is a condition of its move), so a
-# settlement that still lands after we stopped waiting is not counted twice.
-SETTLE_CONFIG = Config(
-    retries={"mode": "standard", "total_max_attempts": 2},
-    connect_timeout=0.5,
-    read_timeout=1,
-    max_pool_connections=2,
-)
-SETTLE_MARGIN_SECONDS = 0.5
 
 
 class SecretKeyProvider:
@@ -173,15 +158,14 @@ class RecheckSender:
 
 
 class Invocation:
-    """One Lambda invocation: its deadline and the day-counter moves its records owe.
+    """One Lambda invocation: its deadline.
 
     A plain class: a dataclass is compiled at import, about 0.4 ms of every cold start."""
 
-    __slots__ = ("deadline", "ledger")
+    __slots__ = ("deadline",)
 
     def __init__(self, deadline: float):
         self.deadline = deadline
-        self.ledger = Ledger()
 
 
 class SubmitterService:
@@ -215,12 +199,6 @@ class SubmitterService:
         else:
             key_provider = StaticKeyProvider(settings.reditus_api_key)
         self.store = HistoryWriter(settings.history_table_name, self.dynamodb)
-        # An injected client (tests) serves both; in Lambda the settlement has its own, bounded one.
-        self.settle_store = (
-            self.store
-            if dynamodb is not None
-            else HistoryWriter(settings.history_table_name, session.client("dynamodb", config=SETTLE_CONFIG))
-        )
         self.reditus = reditus or ReditusClient(
             settings.reditus_api_base_url,
             key_provider,
@@ -246,8 +224,6 @@ class SubmitterService:
         )
         self.executor = ThreadPoolExecutor(max_workers=settings.max_concurrency, thread_name_prefix="refund")
         self.current: Invocation | None = None
-        # Counter settlements an earlier invocation could not write; retried at the next one.
-        self.unsettled: list[Settlement] = []
 
     @property
     def sqs(self) -> Any:
@@ -259,74 +235,20 @@ class SubmitterService:
 
     @contextmanager
     def invocation(self, remaining_ms: int) -> Iterator[Invocation]:
-        """One Lambda invocation: its deadline, and the counter settlement at its end."""
+        """One Lambda invocation: its deadline. (The day counters follow the table's stream in a
+        function of their own, counter_stream.py: nothing is owed at the invocation's end.)"""
         current = Invocation(deadline=time.monotonic() + remaining_ms / 1000.0)
-        current.ledger.add_all(self.unsettled)
-        self.unsettled = []
         self.current = current
         try:
             yield current
         finally:
             self.current = None
-            self.settle(current.ledger.drain(), current.deadline)
-
-    def settle(self, settlements: list[Settlement], deadline: float | None = None) -> None:
-        """After every record ran, whatever happened: one transaction moves the day counters.
-
-        Never raises: the records' results are stored already, and failing the batch for its
-        counters would make SQS deliver every record again. What could not be settled stays
-        marked on its items (outcome != counted_outcome) and is retried at the next invocation
-        (HistoryWriter.settle_days repairs what an instance that went away left behind).
-        """
-        if not settlements:
-            return
-        budget = None if deadline is None else deadline - time.monotonic() - SETTLE_MARGIN_SECONDS
-        if budget is not None and budget <= 0:
-            logger.info(
-                "no time left to settle the day counters; the next invocation settles them",
-                extra={"unsettled": len(settlements)},
-            )
-            self.unsettled = settlements
-            return
-        parent = self.telemetry_parent()
-
-        def run() -> list[Settlement]:
-            self.adopt_telemetry_parent(parent)
-            with self.telemetry.span("history settle counters"):
-                return self.settle_store.settle(settlements)
-
-        try:
-            failed = run() if budget is None else self.executor.submit(run).result(timeout=budget)
-        except FutureTimeout:
-            logger.warning(
-                "settling the day counters outlasted the invocation; the next invocation settles them",
-                extra={"unsettled": len(settlements)},
-            )
-            failed = settlements
-        except Exception:
-            logger.exception("settling the day counters failed; retried at the next invocation")
-            failed = settlements
-        if failed:
-            logger.warning(
-                "day counters not settled yet; retried at the next invocation",
-                extra={"unsettled": len(failed)},
-            )
-            self.unsettled = failed
-
-    def telemetry_parent(self) -> object | None:
-        trace_parent = getattr(self.telemetry, "trace_parent", None)
-        return trace_parent() if trace_parent else None
-
-    def adopt_telemetry_parent(self, parent: object | None) -> None:
-        adopt = getattr(self.telemetry, "adopt_trace_parent", None)
-        if adopt:
-            adopt(parent)
 
     def handle(self, message: InboundMessage) -> Outcome:
         current = self.current
         if current is None:
             raise RuntimeError("handle() called outside an invocation")
-        return self.submitter.process(message, current.deadline, current.ledger)
+        return self.submitter.process(message, current.deadline)
 
 
 def inbound_from_record(record: dict[str, Any]) -> InboundMessage:

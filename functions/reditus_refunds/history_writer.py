@@ -1,38 +1,39 @@
 """HistoryWriter: what the Lambda and the producers write to the history table.
 
-Pending records (producers), claims and leases, results, invalid and duplicate decisions, and
-the day counters (the Lambda). Exactly-once effect rests on conditional writes on these items;
-no Scan anywhere. Write calls per refund in the common case: claim (2: the refund, then its
-payment) + finish (2: the payment's mark, then the result) + a share of the once-per-batch counter
-settlement. Single-item writes where a transaction buys nothing: a transaction bills 2 write units
-per item, and issue 15 asked for a quarter of the cost.
+Pending records (producers), claims and leases, results, invalid and duplicate decisions (the
+Lambda). Exactly-once effect rests on conditional writes on these items; no Scan anywhere. Write
+calls per refund in the common case: the pending record (1), the claim (2: the refund, then its
+payment) and the finish (2: the payment's mark, then the result). Single-item writes only: a
+transaction bills 2 write units per item, and issue 15 asked for a quarter of the cost. Nothing
+here touches the day counters: the table's stream feeds them (counter_stream.py), so a write
+changes one item and its index entries, and nothing has to be settled afterwards.
+
+A pending refund has no `outcome` attribute (records read it as pending; items from older code
+may say "pending"): its first result writes one, so it enters the by_outcome index once rather
+than entering as pending and moving.
 """
 
 from __future__ import annotations
 
 import contextlib
-from collections import defaultdict
 from collections.abc import Callable, Iterable, Sequence
-from datetime import date, datetime
+from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
 from .aws_errors import ConditionFailed, StoreError
 from .contract import RefundRequest
 from .layout import (
-    GSI_BY_DAY,
     HASH_KEY,
     INDEX_KEY_ATTRIBUTES,
     PAYMENT_MARKER_PREFIX,
-    counter_key,
-    from_item,
     item_key,
     marker_key,
     to_attr,
     to_item,
 )
-from .outcomes import ClaimView, PaymentMarker, RefundState, ResultWrite, unsettled
-from .records import Attempt, Outcome, Settlement, attempt_from_map, capped_attempt_log, day_of, iso, utc_now
-from .table import HistoryTable
+from .outcomes import ClaimView, PaymentMarker, RefundState, ResultWrite
+from .records import Attempt, Outcome, attempt_from_map, capped_attempt_log, day_of, iso, utc_now
+from .table import BatchWriteFailed, HistoryTable
 
 if TYPE_CHECKING:
     from mypy_boto3_dynamodb import DynamoDBClient
@@ -47,13 +48,13 @@ def state_from_item(item: dict[str, Any]) -> RefundState:
         outcome=Outcome(item.get("outcome", Outcome.PENDING)),
         payment_id=item.get("payment_id"),
         queued_at=str(item.get("queued_at", "")),
-        counted_outcome=item.get("counted_outcome"),
         lease_token=item.get("lease_token"),
         lease_until_ms=int(item.get("lease_until", 0)),
         recheck_token=item.get("recheck_token"),
         message_id=item.get("message_id"),
         attempt_log=tuple(attempt_from_map(a) for a in item.get("attempt_log", [])),
         attempts_dropped=int(item.get("attempts_dropped", 0)),
+        attempts=None if item.get("attempts") is None else int(item["attempts"]),
     )
 
 
@@ -80,6 +81,21 @@ _COUNT_CLAIMS = (
 )
 
 
+def seen_outcome_condition(outcome: str, values: dict[str, Any]) -> str:
+    """A condition that the item's outcome is still `outcome` (adds its value to `values`). A
+    pending item has no outcome attribute, or "pending" if older code wrote it."""
+    if outcome == Outcome.PENDING.value:
+        values[":pending"] = outcome
+        return "(attribute_not_exists(outcome) OR outcome = :pending)"
+    values[":seen"] = outcome
+    return "outcome = :seen"
+
+
+# BatchWriteItem calls one record_pending has in flight at once (a group of 100 is 4 calls): the
+# bulk path's records keep up with its sends.
+PENDING_WRITERS = 4
+
+
 def _now_ms(ts: datetime) -> int:
     return int(ts.timestamp() * 1000)
 
@@ -94,63 +110,135 @@ class HistoryWriter:
         return self.table.reads
 
     # ---- producer side ----------------------------------------------------------------
-    def record_pending(self, entries: Sequence[tuple[RefundRequest, str, str]]) -> int:
-        """Record requests SQS has accepted as pending: (request, message_id, queued_at).
-
-        A pending record never overwrites one the Lambda already wrote. Returns how
-        many were recorded.
-        """
-        recorded = 0
-        for start in range(0, len(entries), 90):
-            chunk = entries[start : start + 90]
-            try:
-                self.table.transact(self._pending_actions(chunk))
-                recorded += len(chunk)
-            except ConditionFailed:
-                # One of them raced the Lambda: record the rest one at a time.
-                for entry in chunk:
-                    try:
-                        self.table.transact(self._pending_actions([entry]))
-                        recorded += 1
-                    except ConditionFailed:
-                        continue
-        return recorded
-
-    def _pending_actions(self, entries: Sequence[tuple[RefundRequest, str, str]]) -> list[dict[str, Any]]:
-        actions: list[dict[str, Any]] = []
-        per_day: dict[str, int] = defaultdict(int)
-        for request, message_id, queued_at in entries:
-            data = without_empty_index_keys(
+    # One request (RefundProducer.send: the console's form, a webhook, a requeue) is recorded after
+    # SQS accepted it, with a conditional PutItem (record_sent): if the Lambda got there first, its
+    # item stands. Many (send_many: CSV uploads, bulk requeues) are recorded BEFORE they are sent
+    # (record_pending), so the Lambda never sees a message whose record is still to come, and the
+    # records of requests that were then not sent are forgotten. One write unit per record: a
+    # PutItem, or a Put in a BatchWriteItem (25 per call: the bulk path's speed). A Put in a batch
+    # cannot carry a condition, so the batch path first reads which of its refund_ids exist
+    # (BatchGetItem, eventually consistent) and writes only the others.
+    #
+    # The one race this leaves: two producers send the same producer-supplied refund_id within about
+    # a second (the read may miss an item written that recently), and the second's unconditional Put
+    # lands after the Lambda took up the first's message. The Put replaces the item: a claim's lease
+    # (or a result, if it was quick) is gone. The first delivery's result write is then refused
+    # (lease_token), so SQS delivers again, and the second message comes after the Put anyway: a 200
+    # is recorded from the payment's mark without a second call (outcomes.Situation.RESULT_LOST); a
+    # 400 or 404 may be asked of Reditus twice, and the attempt log written before the Put is lost.
+    def record_sent(self, request: RefundRequest, message_id: str, queued_at: str) -> bool:
+        """Record a request SQS has accepted as pending, unless its item exists (the Lambda took it
+        up first, or the refund_id was sent before): a conditional PutItem. True if recorded."""
+        item = {**self._pending_record(request, queued_at), "message_id": message_id}
+        try:
+            self.table.put(
                 {
-                    HASH_KEY: request.refund_id,
-                    "payment_id": request.payment_id,
-                    "outcome": Outcome.PENDING.value,
-                    "counted_outcome": Outcome.PENDING.value,
-                    "queued_at": queued_at,
-                    "queued_day": day_of(queued_at),
-                    "requested_by": request.requested_by,
-                    "note": request.note,
-                    "source": request.source,
-                    "source_event_id": request.source_event_id,
-                    "force": request.force or None,
-                    "requeue_of": request.requeue_of,
-                    "message_id": message_id,
-                    "attempts": 0,
+                    "TableName": self.table.table_name,
+                    "Item": to_item(item),
+                    "ConditionExpression": "attribute_not_exists(refund_id)",
                 }
             )
-            actions.append(
-                {
-                    "Put": {
+        except ConditionFailed:
+            return False
+        return True
+
+    def record_pending(self, requests: Sequence[RefundRequest], queued_at: str) -> set[str]:
+        """Record requests about to be sent as pending; returns the refund_ids recorded.
+
+        A record never replaces an item that exists (the refund_id was sent before): one request
+        is a conditional PutItem; several are one BatchGetItem per 100 to leave out the refund_ids
+        that exist, then BatchWriteItem Puts for the rest (up to PENDING_WRITERS calls at once). A
+        refund_id given twice is recorded once.
+        On a store failure the records this call may have written are forgotten (forget_pending)
+        before the StoreError is raised, so nothing is left for a request that will not be sent.
+        """
+        if len(requests) == 1:
+            request = requests[0]
+            try:
+                self.table.put(
+                    {
                         "TableName": self.table.table_name,
-                        "Item": to_item(data),
+                        "Item": to_item(self._pending_record(request, queued_at)),
                         "ConditionExpression": "attribute_not_exists(refund_id)",
                     }
-                }
+                )
+            except ConditionFailed:
+                return set()
+            return {request.refund_id}
+        first: dict[str, RefundRequest] = {}
+        for request in requests:
+            first.setdefault(request.refund_id, request)  # BatchGetItem refuses a key given twice
+        unique = list(first.values())
+        if not unique:
+            return set()
+        existing = self.table.batch_get(
+            [item_key(request.refund_id) for request in unique], consistent=False, projection=HASH_KEY
+        )
+        fresh = [request for request in unique if request.refund_id not in existing]
+        try:
+            self.table.batch_put(
+                [to_item(self._pending_record(request, queued_at)) for request in fresh],
+                writers=PENDING_WRITERS,
             )
-            per_day[day_of(queued_at)] += 1
-        for day, count in per_day.items():
-            actions.append(self._counter_action(day, {Outcome.PENDING.value: count}))
-        return actions
+        except BatchWriteFailed as err:
+            maybe_written = {request.refund_id for request in fresh} - err.unwritten
+            try:
+                self.forget_pending(maybe_written)
+            except StoreError as then:
+                raise StoreError(
+                    f"{err}; and {len(maybe_written)} pending records written before it could not be "
+                    f"removed: {then}",
+                    code=err.code,
+                    hint=err.hint,
+                ) from None
+            raise StoreError(str(err), code=err.code, hint=err.hint) from None
+        return {request.refund_id for request in fresh}
+
+    @staticmethod
+    def _pending_record(request: RefundRequest, queued_at: str) -> dict[str, Any]:
+        # No outcome (a pending refund has none) and no message_id (not known yet: the claim
+        # writes it).
+        return without_empty_index_keys(
+            {
+                HASH_KEY: request.refund_id,
+                "payment_id": request.payment_id,
+                "queued_at": queued_at,
+                "queued_day": day_of(queued_at),
+                "requested_by": request.requested_by,
+                "note": request.note,
+                "source": request.source,
+                "source_event_id": request.source_event_id,
+                "force": request.force or None,
+                "requeue_of": request.requeue_of,
+                "attempts": 0,
+            }
+        )
+
+    def forget_pending(self, refund_ids: Iterable[str]) -> None:
+        """Delete the pending records of requests recorded but then not sent.
+
+        Only a record nothing has touched since (no outcome, lease or claim: were it sent after
+        all, e.g. by another producer, the Lambda's writes keep it); a record that changed or is
+        gone is left alone. One conditional DeleteItem each (a rare path); a store failure is
+        raised once all have been tried.
+        """
+        failure: StoreError | None = None
+        for refund_id in sorted(set(refund_ids)):
+            try:
+                self.table.delete(
+                    {
+                        "TableName": self.table.table_name,
+                        "Key": item_key(refund_id),
+                        "ConditionExpression": "attribute_not_exists(outcome) AND "
+                        "attribute_not_exists(lease_token) AND attribute_not_exists(open_claims)",
+                    }
+                )
+            except ConditionFailed:
+                continue
+            except StoreError as err:
+                failure = failure or err
+        if failure is not None:
+            raise failure
 
     # ---- submitter side ---------------------------------------------------------------
     def read_for_claim(self, refund_id: str, payment_id: str) -> ClaimView:
@@ -170,7 +258,7 @@ class HistoryWriter:
     def claim(
         self,
         request: RefundRequest,
-        view: ClaimView,
+        view: ClaimView | None,
         *,
         message_id: str,
         queued_at: str,
@@ -179,13 +267,15 @@ class HistoryWriter:
     ) -> None:
         """Take the refund and its payment for one call to Reditus, or raise ConditionFailed.
 
-        The claim holds only if the item is still as read (outcome, lease, re-check chain), so
-        two deliveries that decided on the same view cannot both call Reditus; and only if no
-        other refund holds the payment or has refunded it (unless the request says force).
+        The claim holds only if the item is still as read (outcome, lease, re-check chain, number
+        of results), so two deliveries that decided on the same view cannot both call Reditus; and
+        only if no other refund holds the payment or has refunded it (unless the request says
+        force). `view=None` claims without reading first, only a fresh request: no item yet, or a
+        pending one for the same payment that no result, re-check chain or live lease has touched
+        (what a read would have led to a claim for; submitter.RefundSubmitter explains).
         """
         now = self.clock()
         values: dict[str, Any] = {
-            ":pending": Outcome.PENDING.value,
             ":queued_at": queued_at,
             ":day": day_of(queued_at),
             ":message_id": message_id,
@@ -196,7 +286,6 @@ class HistoryWriter:
             ":one": 1,
         }
         sets = [
-            "outcome = if_not_exists(outcome, :pending)",
             "queued_at = if_not_exists(queued_at, :queued_at)",
             "queued_day = if_not_exists(queued_day, :day)",
             "message_id = :message_id",
@@ -222,17 +311,36 @@ class HistoryWriter:
             sets.append("#force = :force")
             names["#force"] = "force"
             values[":force"] = True
-        if view.state is None:
+        if view is None:
+            fresh = [
+                seen_outcome_condition(Outcome.PENDING.value, values),
+                "(attribute_not_exists(lease_until) OR lease_until < :now_ms)",
+                "attribute_not_exists(recheck_token)",
+                "(attribute_not_exists(payment_id) OR payment_id = :payment)"
+                if ":payment" in values
+                else "attribute_not_exists(payment_id)",
+            ]
+            values[":now_ms"] = _now_ms(now)
+            condition = "attribute_not_exists(refund_id) OR (" + " AND ".join(fresh) + ")"
+        elif view.state is None:
             condition = "attribute_not_exists(refund_id)"
         else:
-            condition = "outcome = :seen AND (attribute_not_exists(lease_until) OR lease_until < :now_ms)"
-            values[":seen"] = view.state.outcome.value
+            # The item exactly as read: its outcome, no live lease, the same re-check chain and as
+            # many results (each result adds to `attempts`), so the attempt log the result rewrites
+            # from the view is the item's (the first look may be eventually consistent).
+            condition = seen_outcome_condition(view.state.outcome.value, values)
+            condition += " AND (attribute_not_exists(lease_until) OR lease_until < :now_ms)"
             values[":now_ms"] = _now_ms(now)
             if view.state.recheck_token is None:
                 condition += " AND attribute_not_exists(recheck_token)"
             else:
                 condition += " AND recheck_token = :recheck"
                 values[":recheck"] = view.state.recheck_token
+            if view.state.attempts is None:
+                condition += " AND attribute_not_exists(attempts)"
+            else:
+                condition += " AND attempts = :seen_attempts"
+                values[":seen_attempts"] = view.state.attempts
         # Two conditional single-item writes, the refund's first: a transaction of the two would
         # cost twice as much (2 write units per item) and buys nothing here. Only the holder of the
         # refund's lease goes on to the payment, so two deliveries of one refund never race for
@@ -252,7 +360,10 @@ class HistoryWriter:
         marker_condition = (
             "(attribute_not_exists(lease_until) OR lease_until < :now_ms OR lease_holder = :rid)"
         )
-        if not request.force:
+        if request.force:
+            # Force submits again a payment another refund got a 200 for, never one this refund did.
+            marker_condition += " AND (attribute_not_exists(refunded_by) OR refunded_by <> :rid)"
+        else:
             marker_condition += " AND attribute_not_exists(refunded_by)"
         try:
             self.table.update(
@@ -380,10 +491,10 @@ class HistoryWriter:
             ":log": [self._attempt_map(a) for a in log],
             ":done": marker.refunded_at or iso(now),
             ":message_id": message_id,
-            ":seen": state.outcome.value,
             ":now_ms": _now_ms(now),
             ":zero": 0,
         }
+        seen = seen_outcome_condition(state.outcome.value, values)
         sets = [
             *_COUNT_CLAIMS,
             "outcome = :outcome",
@@ -403,8 +514,8 @@ class HistoryWriter:
                 "UpdateExpression": "SET "
                 + ", ".join(sets)
                 + " REMOVE lease_token, lease_until, recheck_token, error_kind, latency_ms",
-                "ConditionExpression": "outcome = :seen AND (attribute_not_exists(lease_until) OR "
-                "lease_until < :now_ms)",
+                "ConditionExpression": seen
+                + " AND (attribute_not_exists(lease_until) OR lease_until < :now_ms)",
                 "ExpressionAttributeValues": {k: to_attr(v) for k, v in values.items()},
             }
         )
@@ -491,8 +602,10 @@ class HistoryWriter:
         if seen_outcome is None:
             condition = "attribute_not_exists(refund_id)"
         else:
-            condition = "outcome = :seen AND (attribute_not_exists(lease_until) OR lease_until < :now_ms)"
-            values[":seen"] = to_attr(seen_outcome)
+            plain: dict[str, Any] = {}
+            condition = seen_outcome_condition(seen_outcome, plain)
+            values.update({k: to_attr(v) for k, v in plain.items()})
+            condition += " AND (attribute_not_exists(lease_until) OR lease_until < :now_ms)"
             values[":now_ms"] = to_attr(_now_ms(now))
         self.table.update(
             {
@@ -508,126 +621,6 @@ class HistoryWriter:
             }
         )
 
-    # ---- counters -----------------------------------------------------------------------
-    def _counter_action(self, day: str, deltas: dict[str, int]) -> dict[str, Any]:
-        names = {f"#o{i}": outcome for i, outcome in enumerate(deltas)}
-        values = {f":d{i}": to_attr(delta) for i, delta in enumerate(deltas.values())}
-        adds = ", ".join(f"#o{i} :d{i}" for i in range(len(deltas)))
-        return {
-            "Update": {
-                "TableName": self.table.table_name,
-                "Key": counter_key(day),
-                "UpdateExpression": f"SET counter_day = :day ADD {adds}",
-                "ExpressionAttributeNames": names,
-                "ExpressionAttributeValues": {**values, ":day": to_attr(day)},
-            }
-        }
-
-    def settle(self, settlements: Iterable[Settlement]) -> list[Settlement]:
-        """Move the day counters for items whose outcome changed, once per item change.
-
-        Each item remembers which outcome it is counted under (counted_outcome); the
-        counter update and that mark are written in one transaction, so a crash can
-        neither lose nor double a count. Call once per batch.
-
-        Returns the settlements that could not be written (the store failed): their items stay
-        marked (outcome != counted_outcome) and settle later, by a retry or by `settle_days`.
-        """
-        pending = [s for s in settlements if s.old != s.new]
-        failed: list[Settlement] = []
-        for start in range(0, len(pending), 80):
-            chunk = pending[start : start + 80]
-            try:
-                try:
-                    self.table.transact(self._settle_actions(chunk))
-                except ConditionFailed:
-                    for item in chunk:
-                        self._settle_one(item.refund_id)
-            except StoreError:
-                failed += chunk
-        return failed
-
-    def settle_days(self, days: Iterable[date | str]) -> int:
-        """Repair: settle every item of the given days (UTC, e.g. "2026-11-30") whose counted
-        outcome lags its outcome, walking the by_day index. Returns how many were settled;
-        raises StoreError if some could not be (run it again)."""
-        settled = 0
-        for day in days:
-            key = day if isinstance(day, str) else day.isoformat()
-            # The index does not hold counted_outcome (settling would write index entries): the
-            # day's items are read by key, consistently, and the lagging ones settled.
-            query: dict[str, Any] = {
-                "IndexName": GSI_BY_DAY,
-                "KeyConditionExpression": "queued_day = :day",
-                "ProjectionExpression": HASH_KEY,
-                "ExpressionAttributeValues": {":day": to_attr(key)},
-            }
-            while True:
-                response = self.table.query(query)
-                ids = [str(from_item(raw)[HASH_KEY]) for raw in response.get("Items", [])]
-                items = self.table.batch_get([item_key(i) for i in ids], consistent=True)
-                found = [state_from_item(items[i]) for i in ids if i in items]
-                due = [s for s in map(self.settlement_for, found) if s is not None]
-                failed = self.settle(due)
-                if failed:
-                    raise StoreError(
-                        f"could not settle the day counters of {len(failed)} item(s) of {key}; "
-                        "run the repair again"
-                    )
-                settled += len(due)
-                last = response.get("LastEvaluatedKey")
-                if not last:
-                    break
-                query["ExclusiveStartKey"] = last
-        return settled
-
-    def _settle_actions(self, chunk: Sequence[Settlement]) -> list[dict[str, Any]]:
-        actions: list[dict[str, Any]] = []
-        per_day: dict[str, dict[str, int]] = defaultdict(lambda: defaultdict(int))
-        for s in chunk:
-            values = {":new": to_attr(s.new)}
-            if s.old is None:
-                condition = "attribute_not_exists(counted_outcome) AND outcome = :new"
-            else:
-                condition = "counted_outcome = :old AND outcome = :new"
-                values[":old"] = to_attr(s.old)
-                per_day[s.day][s.old] -= 1
-            per_day[s.day][s.new] += 1
-            actions.append(
-                {
-                    "Update": {
-                        "TableName": self.table.table_name,
-                        "Key": item_key(s.refund_id),
-                        "UpdateExpression": "SET counted_outcome = :new",
-                        "ConditionExpression": condition,
-                        "ExpressionAttributeValues": values,
-                    }
-                }
-            )
-        for day, deltas in per_day.items():
-            nonzero = {k: v for k, v in deltas.items() if v}
-            if nonzero:
-                actions.append(self._counter_action(day, nonzero))
-        return actions
-
-    def _settle_one(self, refund_id: str) -> None:
-        for _ in range(3):
-            state = self.get_state(refund_id)
-            settlement = None if state is None else self.settlement_for(state)
-            if settlement is None:
-                return
-            try:
-                self.table.transact(self._settle_actions([settlement]))
-                return
-            except ConditionFailed:
-                continue
-        raise StoreError(f"could not settle the day counters for {refund_id}")
-
-    @staticmethod
-    def settlement_for(state: RefundState) -> Settlement | None:
-        """The settlement an item read from the table still needs, if any."""
-        return unsettled(state)
-
     def get_item(self, refund_id: str) -> dict[str, Any] | None:
         return self.table.get_item(refund_id, consistent=True)
 
@@ -636,7 +629,6 @@ __all__ = [
     "ClaimView",
     "ConditionFailed",
     "HistoryWriter",
-    "Settlement",
     "StoreError",
     "marker_from_item",
     "state_from_item",

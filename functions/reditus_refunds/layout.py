@@ -24,12 +24,16 @@ INDEXES = {
     GSI_BY_REQUESTER: ("requested_by", "queued_at"),
 }
 # What each index holds besides its keys (template.yaml declares the same; tests/test_template.py
-# checks it). The day and outcome indexes serve the list pages, so they hold what a list row shows
-# (the console's table and its CSV export, the CLI's table), and nothing the claim or the counter
-# settlement writes: those then write no index entry, and the result writes one (the row's new
-# outcome and answer). One refund's detail (its attempt log, message id, error kind) is read by
-# key. A payment has a handful of refunds and the person filter reads one page, so those two hold
-# keys only and their pages read the items by key.
+# checks it). Every index entry written costs a write unit, and so does every change to an attribute
+# an index holds, so each holds as little as its page needs:
+# - by_outcome serves the outcome filter, so it holds what a list row shows (the console's table
+#   and its CSV export, the CLI's table). A refund enters it with its first result: while pending,
+#   the item has no `outcome` attribute at all (records read it as pending), so the producer's
+#   record and the claim write no entry, and the result writes one instead of moving one.
+# - by_day, by_payment and by_requester hold keys only: their entries are written once, with the
+#   pending record, and never again (their keys never change and they project nothing the claim or
+#   the result writes); their pages read the page's items by key (one BatchGetItem).
+# One refund's detail (its attempt log, message id, error kind) is read by key.
 LIST_ATTRIBUTES = (
     "payment_id",
     "outcome",
@@ -50,7 +54,7 @@ LIST_ATTRIBUTES = (
 KEYS_ONLY = ()
 INDEX_PROJECTIONS: dict[str, tuple[str, ...]] = {
     GSI_BY_OUTCOME: tuple(a for a in LIST_ATTRIBUTES if a not in INDEXES[GSI_BY_OUTCOME]),
-    GSI_BY_DAY: tuple(a for a in LIST_ATTRIBUTES if a not in INDEXES[GSI_BY_DAY]),
+    GSI_BY_DAY: KEYS_ONLY,
     GSI_BY_PAYMENT: KEYS_ONLY,
     GSI_BY_REQUESTER: KEYS_ONLY,
 }

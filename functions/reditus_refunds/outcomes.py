@@ -21,7 +21,7 @@ from datetime import datetime
 from enum import StrEnum
 from typing import NamedTuple
 
-from .records import CLAIMABLE, Attempt, ErrorKind, Outcome, Settlement, day_of, parse_iso
+from .records import CLAIMABLE, Attempt, ErrorKind, Outcome, parse_iso
 
 # SQS message attributes that carry identity beside the body (the published body contract is
 # unchanged): the 404 re-check chain a delayed copy belongs to, and the refund_id a dead letter
@@ -66,7 +66,6 @@ class RefundState(NamedTuple):
     outcome: Outcome
     payment_id: str | None
     queued_at: str
-    counted_outcome: str | None = None
     lease_token: str | None = None
     lease_until_ms: int = 0
     # The re-check chain this refund waits on: only a re-check carrying this token may go on.
@@ -74,6 +73,9 @@ class RefundState(NamedTuple):
     message_id: str | None = None
     attempt_log: tuple[Attempt, ...] = ()
     attempts_dropped: int = 0
+    # Results written so far (each result adds at least one): a claim holds only over the item as
+    # read, attempt log included, and this is how the condition tells one log from another.
+    attempts: int | None = None
 
     def leased(self, now_ms: int) -> bool:
         return self.lease_until_ms > now_ms
@@ -93,10 +95,6 @@ class ClaimView(NamedTuple):
 
     state: RefundState | None
     marker: PaymentMarker | None
-
-    @property
-    def counted(self) -> str | None:
-        return None if self.state is None else self.state.counted_outcome
 
 
 class ResultWrite(NamedTuple):
@@ -120,13 +118,6 @@ class ResultWrite(NamedTuple):
     previous: RefundState | None = None
     recheck_token: str | None = None
     keep_recheck: bool = False
-
-
-def unsettled(state: RefundState) -> Settlement | None:
-    """The day-counter move an item still needs (its outcome is not the one it is counted under)."""
-    if state.counted_outcome == state.outcome.value:
-        return None
-    return Settlement(state.refund_id, day_of(state.queued_at), state.counted_outcome, state.outcome.value)
 
 
 class Situation(StrEnum):

@@ -81,7 +81,7 @@ def day_of(timestamp: str) -> str:
     return timestamp[:10]
 
 
-# Attempt and Settlement are NamedTuples rather than dataclasses: immutable values, and about 0.7 ms
+# Attempt is a NamedTuple rather than dataclasses: immutable values, and about 0.7 ms
 # less each of the Lambda's cold start on Python 3.12 (a dataclass compiles its methods at import).
 class Attempt(NamedTuple):
     """One call to Reditus (or one decision that stood in for it)."""
@@ -101,15 +101,6 @@ def capped_attempt_log(log: Sequence[Attempt], dropped: int, attempt: Attempt) -
     if excess <= 0:
         return entries, dropped
     return [entries[0], *entries[1 + excess :]], dropped + excess
-
-
-class Settlement(NamedTuple):
-    """An item whose counted outcome must move from `old` to `new` in the day counters."""
-
-    refund_id: str
-    day: str
-    old: str | None
-    new: str
 
 
 def attempt_from_map(data: dict[str, Any]) -> Attempt:

@@ -1,139 +1,131 @@
-"""The scheduled counter repair: settles the day counters of the last few UTC days.
+"""The operator's recount of the day counters (`reditus-refunds counters recount`).
 
-The submitter settles the day counters once per batch and keeps what it could not settle in its
-execution environment's memory (app.py, SubmitterService.unsettled), retried at the next
-invocation. An environment that is recycled or killed first loses that carry-over; the items stay
-marked (outcome != counted_outcome) and `HistoryWriter.settle_days` settles them. This function
-runs it on a schedule (template.yaml, CounterRepairFunction; the local worker runs it too).
+The counters are kept by the stream function (counter_stream.py) from the table's DynamoDB
+Stream; this sets them again from the items themselves, for the UTC days given: it walks each
+day's refunds on the `by_day` index (keys only), reads the items by key (consistent, 100 a call)
+and SETs each outcome number of the day's counter item to what the items say (an absent outcome,
+or an old item's "pending", is pending). Outcomes no item of the day holds are set to 0.
 
-Kept light: no Reditus client, no submitter, no tracer; boto3 is imported at the first invocation.
-A store failure raises, so the schedule's retries and the Errors alarm see it.
+Its limit: the result is exact only if no refund of those days changes while the recount walks
+them (a change read before the walk passes it and counted by the stream function after the SET
+would be counted twice, or lost the other way round). Run it when the days are quiet: after the
+migration to stream-kept counters, or after the stream function stopped for longer than the
+stream keeps records (24 hours), when records were lost. The stream function's marks are left as
+they are, so it goes on from where it was.
 """
 
 from __future__ import annotations
 
-import os
-from collections.abc import Callable, Iterable, Mapping
+from collections import Counter
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
-from datetime import date, datetime, timedelta
-from typing import TYPE_CHECKING, Any, Protocol
+from datetime import date
+from typing import TYPE_CHECKING, Any
 
-from aws_lambda_powertools import Logger, Metrics
-from aws_lambda_powertools.metrics import MetricUnit
-
-from .aws_errors import StoreError
-from .history_writer import HistoryWriter
-from .records import utc_now
+from .day_counts import counted_under
+from .layout import COUNTER_PREFIX, GSI_BY_DAY, HASH_KEY, counter_key, item_key, to_attr, to_item
+from .records import Outcome
+from .table import HistoryTable
 
 if TYPE_CHECKING:
-    from aws_lambda_powertools.utilities.typing import LambdaContext
+    from mypy_boto3_dynamodb import DynamoDBClient
+else:
+    DynamoDBClient = Any
 
-TABLE_ENV = "HISTORY_TABLE_NAME"
-DAYS_ENV = "COUNTER_REPAIR_DAYS"
-# Today and the two days before: an outcome changes days after queueing within the 404 grace
-# window, SQS retries and a redrive soon after; each item is counted on its queued day.
-DEFAULT_DAYS = 3
-# One invocation walks every item of each day: a bound keeps a typo from walking a year.
+# One recount walks every refund of each day: a bound keeps a typo from walking years.
 MAX_DAYS = 31
-REPAIRED_METRIC = "CountersRepaired"
-# The environment variables this function reads (template.yaml sets them).
-REPAIR_ENV_VARS = (TABLE_ENV, DAYS_ENV)
-
-logger = Logger()
-metrics = Metrics()
-
-
-class RepairSettingsError(ValueError):
-    """The repair's configuration is missing or malformed."""
 
 
 @dataclass(frozen=True)
-class RepairSettings:
-    history_table_name: str
-    days: int = DEFAULT_DAYS
+class DayRecount:
+    day: str
+    counts: dict[str, int]  # outcome -> refunds, zeros left out
+    before: dict[str, int]  # what the counter said before, zeros left out
 
-    @classmethod
-    def from_env(cls, env: Mapping[str, str] | None = None) -> RepairSettings:
-        env = os.environ if env is None else env
-        table = env.get(TABLE_ENV, "").strip()
-        if not table:
-            raise RepairSettingsError(f"{TABLE_ENV} is not set")
-        raw = env.get(DAYS_ENV, "").strip()
-        if not raw:
-            return cls(table)
-        try:
-            days = int(raw)
-        except ValueError:
-            raise RepairSettingsError(f"{DAYS_ENV} must be a whole number of days, got {raw!r}") from None
-        if not 1 <= days <= MAX_DAYS:
-            raise RepairSettingsError(f"{DAYS_ENV} must be between 1 and {MAX_DAYS}, got {days}")
-        return cls(table, days)
+    @property
+    def changed(self) -> bool:
+        return self.counts != self.before
 
 
-def days_back(today: date, count: int) -> list[str]:
-    """The UTC days to walk, oldest first: `count` days ending with today."""
-    return [(today - timedelta(days=back)).isoformat() for back in range(count - 1, -1, -1)]
+class DayRecounter:
+    """The by_day walk and the counter SET, on the history table."""
 
+    def __init__(self, table_name: str, client: DynamoDBClient):
+        self.table = HistoryTable(table_name, client)
 
-@dataclass(frozen=True)
-class RepairReport:
-    days: tuple[str, ...]
-    settled: int
+    def day_ids(self, day: str) -> list[str]:
+        """The refund ids queued on `day`, from the by_day index (which holds keys only)."""
+        query: dict[str, Any] = {
+            "IndexName": GSI_BY_DAY,
+            "KeyConditionExpression": "queued_day = :day",
+            "ProjectionExpression": HASH_KEY,
+            "ExpressionAttributeValues": {":day": to_attr(day)},
+        }
+        ids: list[str] = []
+        while True:
+            response = self.table.query(query)
+            ids += [str(raw[HASH_KEY]["S"]) for raw in response.get("Items", [])]
+            last = response.get("LastEvaluatedKey")
+            if not last:
+                return ids
+            query["ExclusiveStartKey"] = last
 
+    def count(self, day: str) -> dict[str, int]:
+        """Outcome -> refunds of `day`, read from the items (consistently)."""
+        ids = self.day_ids(day)
+        items = self.table.batch_get([item_key(i) for i in ids], consistent=True)
+        tally: Counter[str] = Counter()
+        for refund_id, item in items.items():
+            place = counted_under(refund_id, to_item(item))
+            if place is not None and place[0] == day:
+                tally[place[1]] += 1
+        return {k: v for k, v in sorted(tally.items()) if v}
 
-class DaySettler(Protocol):
-    """What the repair needs of the store (HistoryWriter)."""
+    def current(self, day: str) -> dict[str, int]:
+        item = self.table.get_item(COUNTER_PREFIX + day, consistent=True) or {}
+        held = {o.value: int(item[o.value]) for o in Outcome if item.get(o.value) and int(item[o.value])}
+        return dict(sorted(held.items()))
 
-    def settle_days(self, days: Iterable[date | str]) -> int: ...
-
-
-class CounterRepair:
-    def __init__(self, writer: DaySettler, days: int, clock: Callable[[], datetime] = utc_now):
-        self.writer = writer
-        self.days = days
-        self.clock = clock
-
-    def run(self) -> RepairReport:
-        """Settle the lagging items of the last `days` UTC days; raises StoreError if some could not be."""
-        days = days_back(self.clock().date(), self.days)
-        return RepairReport(tuple(days), self.writer.settle_days(days))
-
-
-_repair: CounterRepair | None = None
-
-
-def repair() -> CounterRepair:
-    """Built at the first invocation and kept for the environment's life (not at import: importing
-    the module reads no configuration and creates no client)."""
-    global _repair
-    if _repair is None:
-        import boto3
-        from botocore.config import Config
-
-        settings = RepairSettings.from_env()
-        client = boto3.session.Session().client(
-            "dynamodb", config=Config(retries={"mode": "standard", "max_attempts": 5})
+    def set_counts(self, day: str, counts: dict[str, int]) -> None:
+        """SET every outcome number of the day's counter (0 for those no item holds); the stream
+        function's marks (applied#...) are left alone."""
+        outcomes = [o.value for o in Outcome]
+        self.table.update(
+            {
+                "TableName": self.table.table_name,
+                "Key": counter_key(day),
+                "UpdateExpression": "SET counter_day = :day, "
+                + ", ".join(f"#o{i} = :n{i}" for i in range(len(outcomes))),
+                "ExpressionAttributeNames": {f"#o{i}": o for i, o in enumerate(outcomes)},
+                "ExpressionAttributeValues": {
+                    ":day": to_attr(day),
+                    **{f":n{i}": to_attr(counts.get(o, 0)) for i, o in enumerate(outcomes)},
+                },
+            }
         )
-        _repair = CounterRepair(HistoryWriter(settings.history_table_name, client), settings.days)
-    return _repair
 
 
-@logger.inject_lambda_context(clear_state=True)
-@metrics.log_metrics
-def lambda_handler(event: dict[str, Any], context: LambdaContext) -> dict[str, Any]:
-    """Invoked by the schedule (the event is not read). Returns what it settled."""
-    runner = repair()
-    try:
-        report = runner.run()
-    except StoreError as err:
-        # Raised on: the invocation fails, the schedule retries it, the Errors alarm fires.
-        logger.error(
-            "the day counters could not be repaired; the next run tries again", extra={"error": str(err)}
-        )
-        raise
-    metrics.add_metric(name=REPAIRED_METRIC, unit=MetricUnit.Count, value=report.settled)
-    logger.info(
-        "day counters repaired" if report.settled else "day counters already settled",
-        extra={"settled": report.settled, "days": list(report.days)},
-    )
-    return {"settled": report.settled, "days": list(report.days)}
+def recount_days(
+    recounter: DayRecounter,
+    days: Iterable[date | str],
+    on_day: Callable[[DayRecount], None] | None = None,
+) -> list[DayRecount]:
+    """Set the counters of `days` (UTC, e.g. "2026-11-30") to what their items say, one day at a
+    time; at most MAX_DAYS days. Raises StoreError (nothing of the failed day written; the days
+    before it are done) and ValueError for too many days."""
+    keys = [d if isinstance(d, str) else d.isoformat() for d in days]
+    if len(keys) > MAX_DAYS:
+        raise ValueError(f"at most {MAX_DAYS} days at a time, got {len(keys)}")
+    done: list[DayRecount] = []
+    for day in keys:
+        before = recounter.current(day)
+        counts = recounter.count(day)
+        recounter.set_counts(day, counts)
+        result = DayRecount(day, counts, before)
+        done.append(result)
+        if on_day is not None:
+            on_day(result)
+    return done
+
+
+__all__ = ["MAX_DAYS", "DayRecount", "DayRecounter", "recount_days"]

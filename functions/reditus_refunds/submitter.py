@@ -13,10 +13,9 @@ from __future__ import annotations
 
 import json
 import logging
-import threading
 import time
 import uuid
-from collections.abc import Callable, Mapping, MutableMapping, Sequence
+from collections.abc import Callable, Mapping, MutableMapping
 from contextlib import AbstractContextManager, nullcontext
 from datetime import datetime, timedelta
 from types import MappingProxyType
@@ -47,9 +46,8 @@ from .outcomes import (
     recheck_delay,
     recheck_not_sent,
     situation,
-    unsettled,
 )
-from .records import Attempt, Outcome, Settlement, iso, parse_iso, utc_now
+from .records import Attempt, Outcome, iso, parse_iso, utc_now
 
 logger = logging.getLogger(__name__)
 
@@ -64,12 +62,15 @@ __all__ = [
     "ClaimStore",
     "DelayedSender",
     "InboundMessage",
-    "Ledger",
     "RefundSubmitter",
     "Refunder",
     "RetryLater",
     "SubmitterConfig",
 ]
+
+
+# What a claim without a read stands on: a fresh request (no result, no chain, no live lease).
+FRESH = ClaimView(None, None)
 
 
 class RetryLater(Exception):
@@ -125,7 +126,7 @@ class ClaimStore(Protocol):
     def claim(
         self,
         request: RefundRequest,
-        view: ClaimView,
+        view: ClaimView | None,
         *,
         message_id: str,
         queued_at: str,
@@ -197,35 +198,6 @@ class InboundMessage(NamedTuple):
         return self.attributes.get(REDRIVE_REFUND_ID_ATTRIBUTE)
 
 
-class Ledger:
-    """Counter settlements collected over one batch (records run concurrently)."""
-
-    def __init__(self) -> None:
-        self.entries: dict[str, Settlement] = {}
-        self._lock = threading.Lock()
-
-    def add(self, settlement: Settlement | None) -> None:
-        if settlement is None:
-            return
-        with self._lock:
-            previous = self.entries.get(settlement.refund_id)
-            # Two changes of one item in a batch: count from the first old to the last new.
-            old = previous.old if previous else settlement.old
-            self.entries[settlement.refund_id] = Settlement(
-                settlement.refund_id, settlement.day, old, settlement.new
-            )
-
-    def add_all(self, settlements: Sequence[Settlement]) -> None:
-        for settlement in settlements:
-            self.add(settlement)
-
-    def drain(self) -> list[Settlement]:
-        with self._lock:
-            items = list(self.entries.values())
-            self.entries.clear()
-        return items
-
-
 class SubmitterConfig(NamedTuple):
     not_found_grace_seconds: int = DEFAULT_NOT_FOUND_GRACE_SECONDS
     not_found_recheck_delay_seconds: int = DEFAULT_RECHECK_DELAY_SECONDS
@@ -256,7 +228,7 @@ class RefundSubmitter:
         self.telemetry = telemetry or NoTelemetry()
         self.clock = clock
 
-    def process(self, message: InboundMessage, deadline: float, ledger: Ledger) -> Outcome:
+    def process(self, message: InboundMessage, deadline: float) -> Outcome:
         """Handle one message; `deadline` is the time.monotonic() the invocation ends at."""
         queued_at = message.sent_at or iso(self.clock())
         # A redriven dead letter keeps the identity it had: its body's refund_id, else the id it
@@ -269,15 +241,15 @@ class RefundSubmitter:
                     f"the {REDRIVE_REFUND_ID_ATTRIBUTE} message attribute is not a refund_id "
                     "(1-128 letters, digits, '.', '_', ':' or '-')"
                 )
-                return self._invalid(message, err, queued_at, ledger, force_message_key=True)
+                return self._invalid(message, err, queued_at, force_message_key=True)
             default_refund_id = redriven
         try:
             request = parse_body(message.body, default_refund_id=default_refund_id)
         except ContractError as err:
-            return self._invalid(message, err, queued_at, ledger, default_key=default_refund_id)
+            return self._invalid(message, err, queued_at, default_key=default_refund_id)
         log = record_log(request.refund_id, request.payment_id)
         try:
-            outcome = self._process_valid(request, message, queued_at, deadline, ledger, log)
+            outcome = self._process_valid(request, message, queued_at, deadline, log)
         except StoreError as err:
             log.warning("history store unavailable; the message will be retried", extra={"error": str(err)})
             raise RetryLater(f"history store: {err}") from None
@@ -291,10 +263,31 @@ class RefundSubmitter:
         message: InboundMessage,
         queued_at: str,
         deadline: float,
-        ledger: Ledger,
         log: RecordLog,
     ) -> Outcome:
         incoming = Incoming(request.refund_id, request.payment_id, request.force, message.recheck_token)
+        # The common case is a fresh request: no item yet, or its pending record. The table (outcomes)
+        # leads such a request to a claim whatever its payment's state, and the claim's own
+        # conditions are that state's rules (the payment taken or refunded: refused). So a fresh
+        # request is claimed without reading first (two read units saved per refund); a refused
+        # claim means it was not fresh, and it is decided the usual way, on a consistent look.
+        # A re-check always looks first: its chain token must be compared.
+        if message.recheck_token is None:
+            token, lease_until = self._new_lease(deadline)
+            try:
+                with self.telemetry.span("history claim"):
+                    self.store.claim(
+                        request,
+                        None,
+                        message_id=message.message_id,
+                        queued_at=queued_at,
+                        token=token,
+                        lease_until=lease_until,
+                    )
+            except ConditionFailed:
+                pass
+            else:
+                return self._submit(request, message, FRESH, queued_at, token, deadline, log)
         for _ in range(3):
             with self.telemetry.span("history read"):
                 view = self.store.read_for_claim(request.refund_id, request.payment_id)
@@ -307,11 +300,8 @@ class RefundSubmitter:
             )
             decision = BEFORE_CALL[found]
             if decision.next is not Next.CALL_REDITUS:
-                return self._without_call(found, decision, request, message, view, queued_at, ledger, log)
-            token = uuid.uuid4().hex
-            lease_until = self.clock() + timedelta(
-                seconds=max(0.0, deadline - time.monotonic()) + LEASE_MARGIN_SECONDS
-            )
+                return self._without_call(found, decision, request, message, view, queued_at, log)
+            token, lease_until = self._new_lease(deadline)
             try:
                 with self.telemetry.span("history claim"):
                     self.store.claim(
@@ -324,8 +314,13 @@ class RefundSubmitter:
                     )
             except ConditionFailed:
                 continue  # someone changed it between our read and our claim: decide again
-            return self._submit(request, message, view, queued_at, token, deadline, ledger, log)
+            return self._submit(request, message, view, queued_at, token, deadline, log)
         raise RetryLater("the refund kept changing under us; trying again later")
+
+    def _new_lease(self, deadline: float) -> tuple[str, datetime]:
+        """A claim's token, and when its lease ends: the invocation's end and a margin."""
+        until = self.clock() + timedelta(seconds=max(0.0, deadline - time.monotonic()) + LEASE_MARGIN_SECONDS)
+        return uuid.uuid4().hex, until
 
     def _without_call(
         self,
@@ -335,7 +330,6 @@ class RefundSubmitter:
         message: InboundMessage,
         view: ClaimView,
         queued_at: str,
-        ledger: Ledger,
         log: RecordLog,
     ) -> Outcome:
         state, marker = view.state, view.marker
@@ -344,17 +338,17 @@ class RefundSubmitter:
                 f"refund_id {request.refund_id!r} was already used for another payment; "
                 "each refund request needs its own refund_id"
             )
-            return self._invalid(message, err, queued_at, ledger, force_message_key=True)
+            return self._invalid(message, err, queued_at, force_message_key=True)
         if found is Situation.LEASED:
             raise RetryLater("another delivery of this refund is in progress")
         if found is Situation.PAYMENT_LEASED:
             holder = marker.lease_holder if marker else None
             raise RetryLater(f"another refund of this payment ({holder}) is in progress")
         if found is Situation.ALREADY_REFUNDED:
-            return self._duplicate(request, message, view, queued_at, ledger, log)
+            return self._duplicate(request, message, view, queued_at, log)
         if found is Situation.RESULT_LOST:
             assert state is not None and marker is not None
-            return self._record_lost_result(state, marker, message, ledger, log)
+            return self._record_lost_result(state, marker, message, log)
         # Settled, a stale re-check, or a copy while a re-check chain is live: nothing changes.
         assert state is not None and decision.outcome is None
         log.info(
@@ -366,7 +360,6 @@ class RefundSubmitter:
             }[found],
             extra={"outcome": state.outcome.value},
         )
-        ledger.add(unsettled(state))
         return state.outcome
 
     def _record_lost_result(
@@ -374,7 +367,6 @@ class RefundSubmitter:
         state: RefundState,
         marker: PaymentMarker,
         message: InboundMessage,
-        ledger: Ledger,
         log: RecordLog,
     ) -> Outcome:
         try:
@@ -382,9 +374,6 @@ class RefundSubmitter:
                 self.store.record_lost_result(state, marker, message.message_id)
         except ConditionFailed:
             raise RetryLater("the refund changed meanwhile") from None
-        ledger.add(
-            Settlement(state.refund_id, state.queued_at[:10], state.counted_outcome, Outcome.REFUNDED.value)
-        )
         log.warning(
             "Reditus's 200 is on the payment's mark but was not on the refund: recorded from the mark"
         )
@@ -396,7 +385,6 @@ class RefundSubmitter:
         message: InboundMessage,
         view: ClaimView,
         queued_at: str,
-        ledger: Ledger,
         log: RecordLog,
     ) -> Outcome:
         refunded_by = view.marker.refunded_by if view.marker else None
@@ -416,8 +404,6 @@ class RefundSubmitter:
                 )
         except ConditionFailed:
             raise RetryLater("the refund changed meanwhile") from None
-        day = queued_at[:10] if state is None else state.queued_at[:10]
-        ledger.add(Settlement(request.refund_id, day, view.counted, Outcome.DUPLICATE.value))
         log.info("payment already refunded; recorded as duplicate", extra={"duplicate_of": refunded_by})
         return Outcome.DUPLICATE
 
@@ -429,7 +415,6 @@ class RefundSubmitter:
         queued_at: str,
         token: str,
         deadline: float,
-        ledger: Ledger,
         log: RecordLog,
     ) -> Outcome:
         # The claim keeps an existing item's queued_at: the grace window and the day count from it.
@@ -476,7 +461,6 @@ class RefundSubmitter:
                 outcome,
                 deadline,
             )
-            ledger.add(Settlement(request.refund_id, item_queued_at[:10], view.counted, outcome.value))
 
         self._log_answer(said, decision, answer, item_queued_at, log)
         try:
@@ -582,7 +566,6 @@ class RefundSubmitter:
         message: InboundMessage,
         err: ContractError,
         queued_at: str,
-        ledger: Ledger,
         force_message_key: bool = False,
         default_key: str | None = None,
     ) -> Outcome:
@@ -609,12 +592,10 @@ class RefundSubmitter:
                     existing.message_id == message.message_id
                     or (key == message.redrive_refund_id and existing.outcome is Outcome.INVALID)
                 ):
-                    ledger.add(unsettled(existing))
                     break
                 continue
             except StoreError as store_err:
                 raise RetryLater(f"history store: {store_err}") from None
-            ledger.add(Settlement(key, queued_at[:10], None, Outcome.INVALID.value))
             break
         else:
             self.telemetry.unidentified_invalid()

@@ -7,7 +7,8 @@ each hold one of these; neither lets a botocore exception out.
 from __future__ import annotations
 
 import threading
-from collections.abc import Callable
+import time
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -23,6 +24,19 @@ else:
 
 BATCH_GET_LIMIT = 100  # BatchGetItem's keys per call
 BATCH_GET_ROUNDS = 8  # unprocessed-key rounds before giving up
+BATCH_WRITE_LIMIT = 25  # BatchWriteItem's requests per call
+# Pauses before each retry of a batch write's unprocessed items (DynamoDB throttled them): short,
+# and bounded, so a table that keeps throttling is a StoreError within about 1.5 s.
+BATCH_WRITE_BACKOFF_S = (0.02, 0.05, 0.1, 0.2, 0.4, 0.8)
+
+
+class BatchWriteFailed(StoreError):
+    """A batch write stopped part way. `unwritten`: the hash keys surely not written (the others
+    may have been: a call that failed may have taken effect)."""
+
+    def __init__(self, message: str, *, code: str = "", hint: str = "", unwritten: frozenset[str]):
+        super().__init__(message, code=code, hint=hint)
+        self.unwritten = unwritten
 
 
 @dataclass
@@ -37,6 +51,10 @@ class ReadCounter:
         with self._lock:
             self.items += items
             self.calls += 1
+
+
+def _hash_key(item: dict[str, Any]) -> str:
+    return str(item[HASH_KEY]["S"])
 
 
 class HistoryTable:
@@ -67,16 +85,23 @@ class HistoryTable:
         self.reads.add(1 if item else 0)
         return from_item(item) if item else None
 
-    def batch_get(self, keys: list[dict[str, Any]], consistent: bool = False) -> dict[str, dict[str, Any]]:
-        """Items by their hash key, any number of keys (100 per call)."""
+    def batch_get(
+        self, keys: list[dict[str, Any]], consistent: bool = False, projection: str | None = None
+    ) -> dict[str, dict[str, Any]]:
+        """Items by their hash key, any number of keys (100 per call); `projection` limits the
+        attributes read (a ProjectionExpression; it must include the hash key)."""
         found: dict[str, dict[str, Any]] = {}
         for start in range(0, len(keys), BATCH_GET_LIMIT):
-            found.update(self._batch_get_chunk(keys[start : start + BATCH_GET_LIMIT], consistent))
+            found.update(self._batch_get_chunk(keys[start : start + BATCH_GET_LIMIT], consistent, projection))
         return found
 
-    def _batch_get_chunk(self, keys: list[dict[str, Any]], consistent: bool) -> dict[str, dict[str, Any]]:
+    def _batch_get_chunk(
+        self, keys: list[dict[str, Any]], consistent: bool, projection: str | None
+    ) -> dict[str, dict[str, Any]]:
         found: dict[str, dict[str, Any]] = {}
         request: dict[str, Any] = {self.table_name: {"Keys": keys, "ConsistentRead": consistent}}
+        if projection is not None:
+            request[self.table_name]["ProjectionExpression"] = projection
         for _ in range(BATCH_GET_ROUNDS):
             try:
                 response = self.client.batch_get_item(RequestItems=request)
@@ -112,6 +137,59 @@ class HistoryTable:
 
     def put(self, kwargs: dict[str, Any]) -> None:
         self._write(lambda: self.client.put_item(**kwargs))
+
+    def delete(self, kwargs: dict[str, Any]) -> None:
+        self._write(lambda: self.client.delete_item(**kwargs))
+
+    def batch_put(self, items: Sequence[dict[str, Any]], writers: int = 1) -> None:
+        """Unconditional Puts of `items` (DynamoDB's form), 25 per BatchWriteItem call, up to
+        `writers` calls at once; unprocessed items are sent again after a short pause, a few times
+        at most. Keys must be distinct. Raises BatchWriteFailed (the first failure) saying which
+        items surely were not written, once every call has ended."""
+        chunks = [
+            items[start : start + BATCH_WRITE_LIMIT] for start in range(0, len(items), BATCH_WRITE_LIMIT)
+        ]
+        if writers > 1 and len(chunks) > 1:
+            from concurrent.futures import ThreadPoolExecutor  # not on the Lambda's import path
+
+            with ThreadPoolExecutor(max_workers=min(writers, len(chunks))) as pool:
+                results = list(pool.map(self._batch_put_chunk, chunks))
+        else:
+            results = [self._batch_put_chunk(chunk) for chunk in chunks]
+        failures = [failed for failed in results if failed]
+        if failures:
+            first = failures[0]
+            raise BatchWriteFailed(
+                str(first),
+                code=first.code,
+                hint=first.hint,
+                unwritten=frozenset().union(*(failed.unwritten for failed in failures)),
+            )
+
+    def _batch_put_chunk(self, chunk: Sequence[dict[str, Any]]) -> BatchWriteFailed | None:
+        """One BatchWriteItem of up to 25 Puts and its retries; the failure returned, not raised."""
+        request: dict[str, Any] = {self.table_name: [{"PutRequest": {"Item": item}} for item in chunk]}
+        for pause in (*BATCH_WRITE_BACKOFF_S, None):
+            try:
+                response = self.client.batch_write_item(RequestItems=request)
+            except (ClientError, BotoCoreError) as err:
+                # The call may have taken effect: none of its items is surely unwritten.
+                mapped = self.error(err)
+                return BatchWriteFailed(
+                    str(mapped), code=mapped.code, hint=mapped.hint, unwritten=frozenset()
+                )
+            request = dict(response.get("UnprocessedItems") or {})
+            unwritten = {_hash_key(r["PutRequest"]["Item"]) for r in request.get(self.table_name, [])}
+            if not unwritten:
+                return None
+            if pause is None:
+                return BatchWriteFailed(
+                    "DynamoDB kept returning unprocessed items (throttled); try again",
+                    code="UnprocessedItems",
+                    unwritten=frozenset(unwritten),
+                )
+            time.sleep(pause)
+        return None  # not reached: the last round returns
 
     def _write(self, call: Callable[[], Any]) -> None:
         """One single-item write; a failed condition is ConditionFailed, anything else StoreError."""

@@ -409,6 +409,66 @@ def function_settings(model: TemplateModel) -> FunctionSettings:
     )
 
 
+@dataclass(frozen=True)
+class StreamFunctionSettings:
+    """The function a DynamoDB stream triggers (the day counters), as the template defines it."""
+
+    logical_id: str
+    function_name: str
+    handler: str
+    timeout_seconds: int
+    memory_mb: int
+    table_logical_id: str
+    batch_size: int
+    batching_window_seconds: int
+    tumbling_window_seconds: int
+    starting_position: str
+    environment: dict[str, str] = field(default_factory=dict)
+
+
+def _stream_event(spec: dict[str, Any]) -> tuple[str, dict[str, Any]] | None:
+    for event in (spec.get("Properties", {}).get("Events") or {}).values():
+        if event.get("Type") == "DynamoDB":
+            stream = event.get("Properties", {}).get("Stream")
+            if isinstance(stream, dict) and "Fn::GetAtt" in stream:
+                target = stream["Fn::GetAtt"]
+                logical = target.split(".", 1)[0] if isinstance(target, str) else target[0]
+                return logical, event["Properties"]
+    return None
+
+
+def stream_function_settings(model: TemplateModel) -> StreamFunctionSettings | None:
+    """The function with a DynamoDB stream event source, or None when the template has none."""
+    found = [(name, spec) for name, spec in model.of_type(SAM_FUNCTION).items() if _stream_event(spec)]
+    if not found:
+        return None
+    if len(found) > 1:
+        raise ResourceError(f"expected at most one function with a DynamoDB event, found {len(found)}")
+    name, spec = found[0]
+    table_logical, event = _stream_event(spec)  # type: ignore[misc]
+    globals_ = (model.template.get("Globals") or {}).get("Function") or {}
+    props = spec.get("Properties") or {}
+
+    def prop(key: str, default: Any) -> Any:
+        return model.resolve(props.get(key, globals_.get(key, default)))
+
+    environment, _ = _environment(model, spec)
+    return StreamFunctionSettings(
+        logical_id=name,
+        function_name=model.physical_name(name),
+        handler=str(prop("Handler", "")),
+        timeout_seconds=int(prop("Timeout", 3)),
+        memory_mb=int(prop("MemorySize", 128)),
+        table_logical_id=table_logical,
+        # Lambda's defaults for a DynamoDB stream when the template sets none.
+        batch_size=int(model.resolve(event.get("BatchSize", 100))),
+        batching_window_seconds=int(model.resolve(event.get("MaximumBatchingWindowInSeconds", 0))),
+        tumbling_window_seconds=int(model.resolve(event.get("TumblingWindowInSeconds", 0))),
+        starting_position=str(model.resolve(event.get("StartingPosition", "TRIM_HORIZON"))),
+        environment=environment,
+    )
+
+
 # ---- creating the resources ------------------------------------------------------------------------
 
 
@@ -476,17 +536,28 @@ def _create_table(dynamodb: Any, model: TemplateModel, logical: str, props: dict
             request[key] = [
                 {k: v for k, v in index.items() if k in INDEX_KEYS} for index in model.resolve(props[key])
             ]
+    stream = model.resolve(props.get("StreamSpecification") or {})
+    if stream.get("StreamViewType"):
+        # CloudFormation's StreamSpecification names the view only; the API also wants it enabled.
+        request["StreamSpecification"] = {"StreamEnabled": True, "StreamViewType": stream["StreamViewType"]}
     try:
         description = dynamodb.create_table(**request)["TableDescription"]
     except ClientError as err:
         if err.response.get("Error", {}).get("Code") != "ResourceInUseException":
             raise
         description = dynamodb.describe_table(TableName=name)["Table"]
+        if "StreamSpecification" in request and not description.get("LatestStreamArn"):
+            # Left over in a moto that outlived a stack, from before the table had a stream.
+            description = dynamodb.update_table(
+                TableName=name, StreamSpecification=request["StreamSpecification"]
+            )["TableDescription"]
     ttl = props.get("TimeToLiveSpecification")
     if ttl:
         dynamodb.update_time_to_live(TableName=name, TimeToLiveSpecification=model.resolve(ttl))
     model.refs[logical] = name
     model.attributes[(logical, "Arn")] = description["TableArn"]
+    if description.get("LatestStreamArn"):
+        model.attributes[(logical, "StreamArn")] = description["LatestStreamArn"]
 
 
 def create_table_as_declared(

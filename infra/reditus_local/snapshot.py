@@ -7,7 +7,8 @@ So the messages are read from the moto backend inside the moto server process
 (:func:`collect`), at the moment that process is asked to stop; the items through the
 DynamoDB API (a Scan: acceptable for this local backup, never used by the system itself).
 
-Restored through the public APIs (:func:`restore`): items with BatchWriteItem, messages sent
+Restored through the public APIs (:func:`restore`): items with BatchWriteItem (except the day
+counters of a table with a stream: the worker counts the restored items again), messages sent
 again (a delayed one keeps what was left of its delay; one that was in flight is visible at once,
 and counts its receives from zero again: SQS has no way to set them).
 """
@@ -25,6 +26,7 @@ from typing import Any
 
 from botocore.exceptions import BotoCoreError, ClientError
 
+from reditus_refunds.layout import COUNTER_PREFIX, HASH_KEY
 from reditus_refunds.records import iso, utc_now
 
 from .resources import moto_session
@@ -125,6 +127,10 @@ def summary(snapshot: dict[str, Any]) -> tuple[int, int]:
     return items, messages
 
 
+def _is_counter(item: dict[str, Any]) -> bool:
+    return str((item.get(HASH_KEY) or {}).get("S", "")).startswith(COUNTER_PREFIX)
+
+
 def _write_items(dynamodb: Any, table: str, items: list[dict[str, Any]]) -> None:
     for start in range(0, len(items), 25):
         pending: dict[str, Any] = {table: [{"PutRequest": {"Item": i}} for i in items[start : start + 25]]}
@@ -181,6 +187,11 @@ def _restore(snapshot: dict[str, Any], dynamodb: Any, sqs: Any) -> RestoreReport
         if table not in existing_tables:
             skipped.append(f"table {table}")
             continue
+        if dynamodb.describe_table(TableName=table)["Table"].get("LatestStreamArn"):
+            # The day counters are kept from the table's stream, which the restored refund items
+            # go through again (the worker reads it from its start): restored too, they would
+            # count every refund twice.
+            table_items = [i for i in table_items if not _is_counter(i)]
         try:
             _write_items(dynamodb, table, table_items)
         except ClientError as err:

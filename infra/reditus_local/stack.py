@@ -7,7 +7,8 @@ can save):
 * ``aws``     - moto (SQS, DynamoDB, Secrets Manager) with the resources of template.yaml;
 * ``reditus`` - the Reditus API simulator (not started when REDITUS_API_BASE_URL and
   REDITUS_API_KEY are set: then the worker talks to that API, for real);
-* ``worker``  - the SQS event source mapping, invoking the real Lambda handler;
+* ``worker``  - the SQS event source mapping, invoking the real Lambda handler, and the table's
+  stream's, invoking the day counters' handler;
 * ``webhooks`` - the webhook receiver's real handler behind a local Function URL, with signing
   secrets generated for this stack (``reditus-refunds local env`` exports them);
 * ``console`` - the Streamlit console.
@@ -823,7 +824,7 @@ class LocalStack:
         lines.append(
             f"  worker       the Lambda handler behind an SQS trigger: batch {function.batch_size}, window "
             f"{function.batching_window_seconds} s, timeout {function.timeout_seconds} s, visibility "
-            f"{system.visibility_timeout} s, {dlq}"
+            f"{system.visibility_timeout} s, {dlq}; and the day counters from the table's stream"
         )
         if self.webhook_url:
             lines.append(

@@ -24,10 +24,15 @@ per-invocation state assumes. Run it as its own process (``local up`` does)::
 Settings not given on the command line come from template.yaml. The handler reads its own
 configuration from the environment at import, as in Lambda.
 
-Between polls it also plays the template's scheduled function (the counter repair,
-``reditus_refunds.repair``): once at start, then every ``--repair-every`` seconds (10 minutes; an
-hour on AWS), invoked with a scheduled event and a context, one invocation at a time with the
-batches. A failed run is logged and tried again at the next slot, as the schedule would.
+Between polls it also plays the template's DynamoDB stream event source mapping (the day counters,
+``reditus_refunds.counter_stream``, :class:`StreamMapping`): it reads the history table's stream on
+the moto server (``dynamodbstreams``: DescribeStream, GetShardIterator from TRIM_HORIZON,
+GetRecords), each shard in order and a parent shard before its children, and invokes the handler
+with the event Lambda builds for a mapping with a tumbling window (``Records`` with
+``eventSourceARN``, ``shardId``, ``window``, ``state``, ``isFinalInvokeForWindow``). A batch that
+fails (an exception, or a response without ``state``) is retried from its first record at the
+next poll; the shard waits meanwhile, as on AWS. A restarted worker reads the stream from
+TRIM_HORIZON again: the counters' marks make that count nothing twice.
 """
 
 from __future__ import annotations
@@ -48,6 +53,7 @@ import traceback
 import uuid
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from datetime import datetime
 from types import FrameType
 from typing import TYPE_CHECKING, Any
 
@@ -66,8 +72,9 @@ READY = "worker ready:"
 MAX_RECEIVE = 10  # SQS's limit per ReceiveMessage
 MAX_EVENT_BYTES = 6 * 1024 * 1024  # Lambda's synchronous payload limit
 MAX_WAIT_SECONDS = 20  # SQS's longest long poll
-# The counter repair runs hourly on AWS; locally more often, so `make run` shows its effect soon.
-REPAIR_EVERY_SECONDS = 600.0
+# The queue's long poll when the worker also reads the table's stream (between polls): the day
+# counters then lag at most this long when the queue is idle (the template's batching window).
+STREAM_POLL_SECONDS = 10
 Handler = Callable[[dict[str, Any], Any], Any]
 
 
@@ -325,119 +332,313 @@ class EventSourceMapping:
                 self.stopping.wait(backoff)
 
 
-def scheduled_event(
-    region: str, account_id: str = "123456789012", rule: str = "local-schedule"
-) -> dict[str, Any]:
-    """The event an EventBridge schedule invokes a function with."""
+# ---- the DynamoDB stream's event source mapping (the day counters) -------------------------------
+
+
+@dataclass(frozen=True)
+class StreamSettings:
+    """The stream's event source mapping and its function, as template.yaml sets them."""
+
+    stream_arn: str
+    batch_size: int = 1000
+    tumbling_window_seconds: int = 900
+    timeout_seconds: float = 60.0
+    function_name: str = "reditus-refunds-local-CounterStreamFunction"
+    memory_mb: int = 256
+    region: str = "us-east-1"
+
+
+def stream_record(record: dict[str, Any], stream_arn: str) -> dict[str, Any]:
+    """A record of GetRecords as Lambda hands it to the function: the stream's ARN added, the
+    creation time in epoch seconds (boto3 parsed it into a datetime)."""
+    data = dict(record.get("dynamodb") or {})
+    created = data.get("ApproximateCreationDateTime")
+    if isinstance(created, datetime):
+        data["ApproximateCreationDateTime"] = int(created.timestamp())
     return {
-        "version": "0",
-        "id": str(uuid.uuid4()),
-        "detail-type": "Scheduled Event",
-        "source": "aws.events",
-        "account": account_id,
-        "time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-        "region": region,
-        "resources": [f"arn:aws:events:{region}:{account_id}:rule/{rule}"],
-        "detail": {},
+        "eventID": record.get("eventID"),
+        "eventName": record.get("eventName"),
+        "eventVersion": record.get("eventVersion", "1.1"),
+        "eventSource": "aws:dynamodb",
+        "awsRegion": record.get("awsRegion"),
+        "dynamodb": data,
+        "eventSourceARN": stream_arn,
     }
 
 
-class ScheduledFunction:
-    """A function on a rate schedule, run between polls: due at once, then every `every_seconds`
-    of the given clock. A run that raises is logged and waits for the next slot (on AWS, Lambda
-    retries it and the Errors alarm fires)."""
+def window_of(now: float, seconds: int) -> tuple[float, float]:
+    """The tumbling window `now` falls in: windows start at multiples of their length."""
+    start = math.floor(now / seconds) * seconds
+    return start, start + seconds
+
+
+def _iso(epoch: float) -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(epoch))
+
+
+@dataclass
+class _Shard:
+    shard_id: str
+    parent: str | None
+    iterator: str | None = None
+    last_sequence: str | None = None  # the last record delivered successfully
+    closed: bool = False  # has an ending sequence number
+    done: bool = False  # closed and read to its end
+    window: tuple[float, float] | None = None
+    state: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class StreamPoll:
+    """One pass over the stream's shards."""
+
+    records: int = 0  # records delivered to successful invocations
+    invocations: int = 0
+    errors: list[str] = field(default_factory=list)
+
+
+class StreamMapping:
+    """Reads one table's stream and invokes one handler with its records, shard by shard."""
 
     def __init__(
         self,
+        streams: Any,
+        settings: StreamSettings,
         handler: Handler,
-        every_seconds: float,
         *,
-        function_name: str,
-        timeout_seconds: float,
-        region: str = "us-east-1",
-        on_result: Callable[[Any], None] | None = None,
-        clock: Callable[[], float] = time.monotonic,
+        clock: Callable[[], float] = time.time,
     ):
-        if every_seconds <= 0:
-            raise ValueError(f"a schedule needs a positive interval, got {every_seconds}")
+        self.streams = streams
+        self.settings = settings
         self.handler = handler
-        self.every_seconds = every_seconds
-        self.function_name = function_name
-        self.timeout_seconds = timeout_seconds
-        self.region = region
-        self.on_result = on_result
         self.clock = clock
-        self._due = clock()
-        self.runs = 0
-        self.failures = 0
+        self.shards: dict[str, _Shard] = {}
 
-    def run_if_due(self) -> bool:
-        """Invoke the function if its slot has come; True if it ran."""
-        now = self.clock()
-        if now < self._due:
-            return False
-        self._due = now + self.every_seconds
-        self.runs += 1
+    def _discover(self) -> None:
+        kwargs: dict[str, Any] = {"StreamArn": self.settings.stream_arn}
+        while True:
+            description = self.streams.describe_stream(**kwargs)["StreamDescription"]
+            for shard in description.get("Shards", []):
+                known = self.shards.setdefault(
+                    shard["ShardId"], _Shard(shard["ShardId"], shard.get("ParentShardId"))
+                )
+                known.closed = "EndingSequenceNumber" in (shard.get("SequenceNumberRange") or {})
+            last = description.get("LastEvaluatedShardId")
+            if not last:
+                return
+            kwargs["ExclusiveStartShardId"] = last
+
+    def _iterator(self, shard: _Shard) -> str | None:
+        if shard.iterator is None:
+            kwargs: dict[str, Any] = {"StreamArn": self.settings.stream_arn, "ShardId": shard.shard_id}
+            if shard.last_sequence is None:
+                kwargs["ShardIteratorType"] = "TRIM_HORIZON"
+            else:
+                kwargs.update(ShardIteratorType="AFTER_SEQUENCE_NUMBER", SequenceNumber=shard.last_sequence)
+            shard.iterator = self.streams.get_shard_iterator(**kwargs).get("ShardIterator")
+            if shard.iterator is None:
+                shard.done = True
+        return shard.iterator
+
+    def _ready(self, shard: _Shard) -> bool:
+        """A child shard waits until its parent is read to its end (Lambda keeps a key's order)."""
+        parent = self.shards.get(shard.parent) if shard.parent else None
+        return not shard.done and (parent is None or parent.done)
+
+    def poll_once(self) -> StreamPoll:
+        """Read every ready shard once (up to one batch each) and invoke the function with what came."""
+        self._discover()
+        poll = StreamPoll()
+        for shard in list(self.shards.values()):
+            if not self._ready(shard):
+                continue
+            iterator = self._iterator(shard)
+            if iterator is None:
+                continue
+            response = self.streams.get_records(ShardIterator=iterator, Limit=self.settings.batch_size)
+            records = response.get("Records", [])
+            following = response.get("NextShardIterator")
+            if records:
+                error = self._invoke(shard, records)
+                if error is not None:
+                    poll.errors.append(error)
+                    shard.iterator = None  # retried from the batch's first record at the next poll
+                    continue
+                poll.records += len(records)
+                poll.invocations += 1
+                shard.last_sequence = str(records[-1]["dynamodb"]["SequenceNumber"])
+            else:
+                self._close_window_if_due(shard, poll)
+            shard.iterator = following
+            if following is None:
+                shard.done = True
+        return poll
+
+    def _event(self, shard: _Shard, records: list[dict[str, Any]], final: bool) -> dict[str, Any]:
+        assert shard.window is not None
+        return {
+            "Records": [stream_record(r, self.settings.stream_arn) for r in records],
+            "window": {"start": _iso(shard.window[0]), "end": _iso(shard.window[1])},
+            "state": dict(shard.state),
+            "shardId": shard.shard_id,
+            "eventSourceARN": self.settings.stream_arn,
+            "isFinalInvokeForWindow": final,
+            "isWindowTerminatedEarly": False,
+        }
+
+    def _call(self, event: dict[str, Any]) -> tuple[Any, str | None]:
+        settings = self.settings
         context = FakeLambdaContext(
-            self.function_name, self.timeout_seconds, region=self.region, clock=self.clock
+            settings.function_name, settings.timeout_seconds, settings.memory_mb, settings.region
         )
+        started = time.monotonic()
         try:
-            result = self.handler(scheduled_event(self.region), context)
-        except Exception as err:  # the schedule goes on; the next slot tries again
-            self.failures += 1
-            logger.warning(
-                "%s failed (%s: %s); it runs again in %.0f s",
-                self.function_name,
-                type(err).__name__,
-                err,
-                self.every_seconds,
-            )
-            return True
-        if self.on_result is not None:
-            self.on_result(result)
-        return True
+            response = self.handler(event, context)
+        except Exception as err:  # a function error fails the batch, as in Lambda
+            logger.debug("function error\n%s", traceback.format_exc())
+            return None, f"the function raised {type(err).__name__}: {err}"
+        if time.monotonic() - started > settings.timeout_seconds:
+            return None, f"Task timed out after {settings.timeout_seconds:.0f} seconds"
+        if not isinstance(response, dict) or not isinstance(response.get("state"), dict):
+            # Lambda treats a windowed invocation whose response has no state as failed.
+            return None, "the response has no state (a tumbling window needs one)"
+        return response, None
 
-
-def scheduled_function(template: dict[str, Any]) -> tuple[str, str] | None:
-    """The template's function with a Schedule event, as (logical id, handler); None if it has none."""
-    for name, spec in (template.get("Resources") or {}).items():
-        if spec.get("Type") != "AWS::Serverless::Function":
-            continue
-        props = spec.get("Properties") or {}
-        events = (props.get("Events") or {}).values()
-        if any(isinstance(e, dict) and e.get("Type") == "Schedule" for e in events):
-            return str(name), str(props.get("Handler", ""))
-    return None
-
-
-def repair_schedule(model: TemplateModel, every_seconds: float, region: str) -> ScheduledFunction | None:
-    """The template's scheduled function (the counter repair) on a local schedule, its handler
-    imported (an import failure raises, as a cold start would fail); None if the template has none."""
-    found = scheduled_function(model.template)
-    if found is None:
+    def _invoke(self, shard: _Shard, records: list[dict[str, Any]]) -> str | None:
+        window = window_of(self.clock(), self.settings.tumbling_window_seconds or 1)
+        if shard.window is not None and shard.window != window:
+            error = self._final(shard)
+            if error is not None:
+                return error
+        if shard.window != window:
+            shard.window, shard.state = window, {}
+        response, error = self._call(self._event(shard, records, final=False))
+        if error is not None:
+            logger.warning("%s: batch of %d record(s) failed: %s", shard.shard_id, len(records), error)
+            return error
+        shard.state = dict(response["state"])
         return None
-    logical_id, handler_path = found
-    timeout = model.resolve((model.resources[logical_id].get("Properties") or {}).get("Timeout", 3))
-    return ScheduledFunction(
-        load_handler(handler_path),
-        every_seconds,
-        function_name=model.physical_name(logical_id),
-        timeout_seconds=float(timeout),
-        region=region,
-        on_result=report_repair,
-    )
+
+    def _final(self, shard: _Shard) -> str | None:
+        """The window's last invocation (no records here), then a fresh window."""
+        _, error = self._call(self._event(shard, [], final=True))
+        if error is not None:
+            logger.warning("%s: the final invocation of its window failed: %s", shard.shard_id, error)
+            return error
+        shard.window, shard.state = None, {}
+        return None
+
+    def _close_window_if_due(self, shard: _Shard, poll: StreamPoll) -> None:
+        if shard.window is not None and self.clock() >= shard.window[1]:
+            error = self._final(shard)
+            if error is None:
+                poll.invocations += 1
+            else:
+                poll.errors.append(error)
+
+    def drain(self, timeout_seconds: float = 60.0) -> int:
+        """Poll until a whole pass finds no record (every record written so far has been applied);
+        returns the records delivered. TimeoutError if the function keeps failing past the deadline."""
+        deadline = time.monotonic() + timeout_seconds
+        delivered = 0
+        while True:
+            poll = self.poll_once()
+            delivered += poll.records
+            if poll.records == 0 and not poll.errors:
+                return delivered
+            if time.monotonic() > deadline:
+                why = "; ".join(poll.errors) or "records kept coming"
+                raise TimeoutError(f"the stream was not drained in {timeout_seconds:g} s: {why}")
 
 
-def report_repair(result: Any) -> None:
-    """One line when the counter repair settled something (silent when there was nothing to do)."""
-    settled = result.get("settled") if isinstance(result, dict) else None
-    if settled:
-        days = result.get("days") or []
-        span = f" of {days[0]}..{days[-1]}" if days else ""
-        print(f"counter repair: settled the day counters of {settled} refund(s){span}", flush=True)
+def stream_arn_of(dynamodb: Any, table_name: str) -> str:
+    """The table's stream (its LatestStreamArn); ValueError if the table has none."""
+    arn = dynamodb.describe_table(TableName=table_name)["Table"].get("LatestStreamArn")
+    if not arn:
+        raise ValueError(f"the table {table_name!r} has no stream")
+    return str(arn)
+
+
+def counter_handler(table_name: str, dynamodb: Any) -> Handler:
+    """reditus_refunds.counter_stream's handler logic on the given client (no environment read)."""
+    from reditus_refunds.counter_stream import CounterStream, DayCounterStore, apply_event
+
+    stream = CounterStream(DayCounterStore(table_name, dynamodb))
+    return lambda event, context: apply_event(stream, event)
+
+
+def drain_stream(
+    dynamodb: Any,
+    streams: Any,
+    table_name: str,
+    handler: Handler | None = None,
+    *,
+    timeout_seconds: float = 60.0,
+    batch_size: int = 1000,
+) -> int:
+    """Apply the table's whole stream once, from TRIM_HORIZON, to the day counters (the handler of
+    reditus_refunds.counter_stream on `dynamodb` unless one is given); returns the records read.
+    For tests and benchmarks against a moto server: `streams` is a `dynamodbstreams` client on the
+    same endpoint. Records applied before are read again and count nothing."""
+    settings = StreamSettings(stream_arn_of(dynamodb, table_name), batch_size=batch_size)
+    mapping = StreamMapping(streams, settings, handler or counter_handler(table_name, dynamodb))
+    return mapping.drain(timeout_seconds)
+
+
+def stream_reporter() -> Callable[[StreamPoll], None]:
+    """One line per poll that applied records or failed (silent otherwise)."""
+
+    def report(poll: StreamPoll) -> None:
+        if poll.records:
+            print(f"day counters: applied {poll.records} stream record(s)", flush=True)
+        for error in poll.errors:
+            print(f"day counters: a stream batch failed, retried at the next poll - {error}", flush=True)
+
+    return report
+
+
+class StreamStep:
+    """The stream mapping as a step between queue polls; stream errors are logged, never fatal."""
+
+    def __init__(self, mapping: StreamMapping, on_poll: Callable[[StreamPoll], None] | None = None):
+        self.mapping = mapping
+        self.on_poll = on_poll
+
+    def __call__(self) -> None:
+        try:
+            poll = self.mapping.poll_once()
+        except (BotoCoreError, ClientError) as err:
+            logger.warning("cannot read the table's stream (%s); trying again at the next poll", err)
+            return
+        if self.on_poll is not None:
+            self.on_poll(poll)
 
 
 # ---- the process ---------------------------------------------------------------------------------
+
+
+def stream_step(model: TemplateModel, session: Any, region: str, quiet: bool) -> StreamStep | None:
+    """The template's stream-triggered function (the day counters) on the table's stream, its
+    handler imported (an import failure raises, as a cold start would fail); None if the template
+    has none. The table's name is the function's HISTORY_TABLE_NAME (the environment, as in Lambda)."""
+    from .resources import stream_function_settings
+
+    function = stream_function_settings(model)
+    if function is None:
+        return None
+    table = os.environ.get("HISTORY_TABLE_NAME") or model.physical_name(function.table_logical_id)
+    handler = load_handler(function.handler)
+    settings = StreamSettings(
+        stream_arn=stream_arn_of(session.client("dynamodb"), table),
+        batch_size=function.batch_size,
+        tumbling_window_seconds=function.tumbling_window_seconds,
+        timeout_seconds=float(function.timeout_seconds),
+        function_name=function.function_name,
+        memory_mb=function.memory_mb,
+        region=region,
+    )
+    mapping = StreamMapping(session.client("dynamodbstreams"), settings, handler)
+    return StreamStep(mapping, None if quiet else stream_reporter())
 
 
 def load_handler(path: str) -> Handler:
@@ -513,12 +714,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--quiet", action="store_true", help="no per-message outcome lines")
     parser.add_argument("--parent-pid", type=int, help="stop when this process is gone")
     parser.add_argument(
-        "--repair-every",
-        type=float,
-        default=REPAIR_EVERY_SECONDS,
-        help="seconds between runs of the template's scheduled function, the counter repair (default 600)",
+        "--no-stream", action="store_true", help="do not read the table's stream (no day counters)"
     )
-    parser.add_argument("--no-repair", action="store_true", help="never run the scheduled function")
     return parser
 
 
@@ -538,9 +735,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ResourceError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
-    if args.repair_every <= 0:
-        print("error: --repair-every must be a positive number of seconds", file=sys.stderr)
-        return 2
     region = os.environ.get("AWS_DEFAULT_REGION") or os.environ.get("AWS_REGION") or "us-east-1"
     settings = MappingSettings(
         queue_url=args.queue_url,
@@ -554,7 +748,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         report_batch_item_failures=function.report_batch_item_failures
         and not args.no_report_batch_item_failures,
         region=region,
-        wait_time_seconds=args.wait_time,
+        wait_time_seconds=args.wait_time if args.no_stream else min(args.wait_time, STREAM_POLL_SECONDS),
     )
     try:
         # As in Lambda, the module's import is the cold start: it reads the configuration.
@@ -562,13 +756,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     except Exception as err:  # any import failure is fatal; say it in one line
         print(f"error: the handler cannot start: {type(err).__name__}: {err}", file=sys.stderr)
         return 2
-    try:
-        repair = None if args.no_repair else repair_schedule(model, args.repair_every, region)
-    except Exception as err:
-        print(f"error: the scheduled function cannot start: {type(err).__name__}: {err}", file=sys.stderr)
-        return 2
-    schedules = [] if repair is None else [repair]
     session = boto3.session.Session(region_name=region)
+    try:
+        stream = None if args.no_stream else stream_step(model, session, region, args.quiet)
+    except Exception as err:  # an import failure is a failed cold start; say it in one line
+        print(f"error: the stream function cannot start: {type(err).__name__}: {err}", file=sys.stderr)
+        return 2
     client_config = Config(
         retries={"mode": "standard", "max_attempts": 3}, read_timeout=MAX_WAIT_SECONDS + 10
     )
@@ -579,7 +772,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         else outcome_reporter(os.environ.get("HISTORY_TABLE_NAME"), session.client("dynamodb"))
     )
     mapping = EventSourceMapping(
-        sqs, settings, handler, on_batch=reporter, between_polls=[s.run_if_due for s in schedules]
+        sqs, settings, handler, on_batch=reporter, between_polls=[stream] if stream else []
     )
 
     def on_signal(signum: int, frame: FrameType | None) -> None:
@@ -592,7 +785,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     print(
         f"{READY} polling {settings.queue_url.rsplit('/', 1)[-1]} (batch size {settings.batch_size}, "
         f"window {settings.batching_window_seconds:g} s, timeout {settings.timeout_seconds:g} s)"
-        + "".join(f"; {s.function_name} every {s.every_seconds:g} s" for s in schedules),
+        + ("" if stream is None else f"; the table's stream for {stream.mapping.settings.function_name}"),
         flush=True,
     )
     with contextlib.suppress(_Interrupted):

@@ -15,12 +15,8 @@
   answer: a "slow" fault (applied, answered after the read timeout) or an answer that missed the
   timeout under load; the client cannot know, so it retries. Reported on their own (see `_again`);
 * ``counters_match`` - the per-day counters, summed per outcome, equal the history items per outcome
-  (counted after the repair path, ``HistoryWriter.settle_days``, settled what was left marked);
-* ``counters_consistent`` - before that repair, the counters equal the outcomes the items are
-  *counted under* (``counted_outcome``): a settlement moves a counter and marks its item in one
-  transaction, so no failure may lose or double a count; ``unsettled_before_repair`` - items whose
-  change was not settled yet when the queue drained (an invocation ended with its settlement
-  failing, then its environment went away: a kill or a timeout);
+  (an absent outcome is pending), counted once the queue AND the table's stream are drained: the
+  counters are kept from the stream (reditus_refunds.counter_stream), every record counted once;
 * ``recheck_chains_max`` - the most 404 re-check chains any refund had live at once (must be 1 when
   there were chains; 0 without any). See `chain_report` for how it is derived;
 * ``orphaned_dead_letters`` - dead letters whose refund_id has no history item, plus items recorded
@@ -184,31 +180,25 @@ def chain_report(events: Iterable[dict[str, Any]]) -> dict[str, Any]:
     }
 
 
-def counter_report(items: Iterable[dict[str, Any]]) -> dict[str, Any]:
-    """The day counters beside the items: the outcomes they hold and the ones they are counted under."""
+def counted_outcome_of(item: dict[str, Any]) -> str:
+    """The outcome a refund item is counted under: its outcome, pending when it has none."""
+    return str(item.get("outcome") or Outcome.PENDING.value)
+
+
+def counters_equal_items(items: Iterable[dict[str, Any]]) -> bool:
+    """The day counters, summed per outcome, equal the refund items per outcome (what a drained
+    stream must leave)."""
     counters: Counter[str] = Counter()
-    counted: Counter[str] = Counter()
     outcomes: Counter[str] = Counter()
-    unsettled: list[str] = []
     for item in items:
         key = str(item[HASH_KEY])
         if key.startswith(COUNTER_PREFIX):
             for kind in Outcome:
                 if kind.value in item:
                     counters[kind.value] += int(item[kind.value])
-        elif not key.startswith(PAYMENT_MARKER_PREFIX):
-            outcomes[str(item.get("outcome"))] += 1
-            if item.get("counted_outcome") is not None:
-                counted[str(item["counted_outcome"])] += 1
-            if item.get("counted_outcome") != item.get("outcome"):
-                unsettled.append(key)
-    held = {k: v for k, v in counters.items() if v}
-    return {
-        "counters": dict(sorted(held.items())),
-        "consistent": held == {k: v for k, v in counted.items() if v},
-        "match": held == dict(outcomes),
-        "unsettled": sorted(unsettled),
-    }
+        elif "#" not in key and item.get("queued_day"):
+            outcomes[counted_outcome_of(item)] += 1
+    return {k: v for k, v in counters.items() if v} == dict(outcomes)
 
 
 def _item_summary(item: dict[str, Any] | None) -> dict[str, Any] | None:
@@ -218,7 +208,6 @@ def _item_summary(item: dict[str, Any] | None) -> dict[str, Any] | None:
         "refund_id",
         "payment_id",
         "outcome",
-        "counted_outcome",
         "http_status",
         "attempts",
         "detail",
@@ -242,10 +231,8 @@ def tally(
     timeouts: Sequence[Kill] = (),
     events: Sequence[dict[str, Any]] = (),
     grace_seconds: float = 0,
-    before_repair: Sequence[dict[str, Any]] | None = None,
 ) -> dict[str, Any]:
-    """The report of one scenario. `items` is the table after the repair path ran; `before_repair`
-    (default: the same) as the drained queue left it."""
+    """The report of one scenario. `items` is the table once the queue and the stream are drained."""
     items = list(items)
     by_refund: dict[str, dict[str, Any]] = {}
     counters: Counter[str] = Counter()
@@ -324,9 +311,8 @@ def tally(
         elif kinds:
             after_timeout.append(payment_id)
 
-    history = Counter(str(item.get("outcome")) for item in by_refund.values())
+    history = Counter(counted_outcome_of(item) for item in by_refund.values())
     counted = {k: v for k, v in counters.items() if v}
-    before = counter_report(items if before_repair is None else before_repair)
     chains = chain_report(events)
     # Orphans: a dead letter nobody's history knows, or a dead_lettered item with no dead letter.
     orphans = sorted(r for r in letters if r not in by_refund) + sorted(
@@ -353,8 +339,6 @@ def tally(
         "recheck_chains_max": chains["recheck_chains_max"],
         "orphaned_dead_letters": len(orphans),
         "counters_match": counted == dict(history),
-        "counters_consistent": before["consistent"],
-        "unsettled_before_repair": len(before["unsettled"]),
         "outcomes": dict(sorted(history.items())),
         "counters": dict(sorted(counted.items())),
         "payment_markers": markers,
@@ -391,11 +375,6 @@ def tally(
         ]
     if not report["counters_match"]:
         evidence["counters"] = {"counters": counted, "history": dict(history)}
-    if not before["consistent"]:
-        evidence["counters_before_repair"] = {
-            "counters": before["counters"],
-            "unsettled": before["unsettled"][:EVIDENCE_LIMIT],
-        }
     if chains["evidence"]:
         evidence["recheck_chains"] = chains["evidence"]
     if orphans:
@@ -415,11 +394,9 @@ def problems(report: dict[str, Any], *, dead_letters_allowed: bool = True) -> li
         if report[name]:
             found.append(f"{name} = {report[name]}")
     if not report["counters_match"]:
-        found.append("the day counters do not match the history items")
-    if not report["counters_consistent"]:
-        found.append(
-            "the day counters do not match what the items are counted under (a count lost or doubled)"
-        )
+        found.append("the day counters do not match the history items (a count lost or doubled)")
+    if report.get("counters_caught_up") is False:
+        found.append("the workers did not apply the table's stream to the day counters in time")
     if report["recheck_chains_max"] > 1:
         found.append(f"recheck_chains_max = {report['recheck_chains_max']}")
     if report["orphaned_dead_letters"]:

@@ -7,8 +7,8 @@
 (TransactWriteItems, UpdateItem, PutItem, DeleteItem, BatchWriteItem) of every DynamoDB client in
 the process fail, as DynamoDB fails. The file says how, as JSON: ``{"kinds": [...], "rate": 1.0,
 "target": "writes"}`` (``rate``: the share of write calls that fail; each failure draws one of the
-``kinds``; ``target``: ``"writes"``, every write call, or ``"counters"``, only the transactions that
-touch a day-counter item, i.e. the counter settlement at the end of an invocation):
+``kinds``; ``target``: ``"writes"``, every write call, or ``"counters"``, only the writes to a
+day-counter item, i.e. the day counters' stream function applying a batch, which the worker plays):
 
 * ``throttle`` - 400 ProvisionedThroughputExceededException; nothing was written;
 * ``error``    - 500 InternalServerError; nothing was written;
@@ -22,12 +22,11 @@ fault is appended to ``--stats-file`` as ``<operation> <kind> <time> <refund_id>
 **Lambda timeouts mid-batch** (``--timeout-rate``): that share of invocations (every 1/rate-th) is
 abandoned after a
 number of seconds drawn from ``--timeout-cut`` (shorter than the function timeout, so records are in
-flight: claimed, calling Reditus, storing, or settling the counters), as Lambda ends an invocation
-whose deadline passed: the process stops at once (exit status 75, ``TIMED_OUT``) - nothing after
-that moment reaches Reditus, DynamoDB or SQS, and what the execution environment held in memory
-(counter settlements not written yet) is gone, as after Lambda resets an environment that timed
-out. The harness (tests/soak/system.py) starts it again, a cold start; the batch's messages come
-back after the visibility timeout.
+flight: claimed, calling Reditus, storing), as Lambda ends an invocation whose deadline passed:
+the process stops at once (exit status 75, ``TIMED_OUT``) - nothing after that moment reaches
+Reditus, DynamoDB or SQS, and what the execution environment held in memory is gone, as after
+Lambda resets an environment that timed out. The harness (tests/soak/system.py) starts it again, a
+cold start; the batch's messages come back after the visibility timeout.
 
 **What each delivery did** (``--events-dir``): one JSON line per event, in ``events.<pid>.jsonl``,
 written as it happens (a SIGKILL loses at most the line being written): ``deliver`` (a record
@@ -92,16 +91,16 @@ def _first_key(body: bytes | str | None) -> str:
 
 
 def _touches_counters(body: bytes | str | None) -> bool:
-    """A transaction that moves a day counter (the settlement; producers' pending records too)."""
+    """A write to a day-counter item: the stream function's UpdateItem (or any transaction with one)."""
     try:
         data = json.loads(body or "{}")
-        for action in data.get("TransactItems", []):
-            inner = next(iter(action.values()))
-            if str(inner.get("Key", {}).get("refund_id", {}).get("S", "")).startswith(COUNTER_PREFIX):
-                return True
+        writes = [next(iter(action.values())) for action in data.get("TransactItems", [])] or [data]
+        return any(
+            str(write.get("Key", {}).get("refund_id", {}).get("S", "")).startswith(COUNTER_PREFIX)
+            for write in writes
+        )
     except (ValueError, AttributeError, TypeError, StopIteration):
         return False
-    return False
 
 
 class _Body:

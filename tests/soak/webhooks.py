@@ -563,7 +563,6 @@ def webhook_tally(
     kills: Sequence[Any],
     *,
     receiver_kills: int = 0,
-    before_repair: Sequence[dict[str, Any]] | None = None,
 ) -> dict[str, Any]:
     """count.tally on the refunds the plan expects, and the webhook figures beside it."""
     items = list(items)
@@ -582,9 +581,6 @@ def webhook_tally(
         sim_requests,
         kills,
         messages_sent=queued_events,
-        before_repair=None
-        if before_repair is None
-        else [i for i in before_repair if not is_webhook_key(str(i[HASH_KEY]))],
     )
     by_refund = {str(i[HASH_KEY]): i for i in refund_items if "#" not in str(i[HASH_KEY])}
     evidence: dict[str, Any] = dict(report.pop("evidence", {}))
@@ -848,12 +844,7 @@ def run_webhooks(servers: Servers, scenario: WebhookScenario, log_dir: Path) -> 
     finally:
         receiver.stop()
     duration = time.monotonic() - started
-    drained = system.scan()
-    system.writer.settle_days(
-        sorted(
-            {str(i["queued_day"]) for i in drained if i.get("queued_day") and "#" not in str(i["refund_id"])}
-        )
-    )
+    counters = system.settle_counters()
     report = webhook_tally(
         plan,
         answers,
@@ -861,8 +852,8 @@ def run_webhooks(servers: Servers, scenario: WebhookScenario, log_dir: Path) -> 
         servers.requests(),
         system.kills,
         receiver_kills=len(receiver.kills),
-        before_repair=drained,
     )
+    report["counters_caught_up"] = counters["caught_up"]
     report = {
         "scenario": scenario.name,
         **report,

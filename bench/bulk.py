@@ -88,7 +88,7 @@ def _raw(sqs: Any, queue_url: str, text: str) -> int:
 
 def _product(producer: RefundProducer, text: str) -> int:
     report = parse_csv(text.encode(), requested_by="ops@example.com")
-    sent = producer.send_many(report.requests)
+    sent = producer.send_many(report.requests, minted_ids=True)
     if sent.failed or len(sent.sent) != len(report.requests):
         raise RuntimeError(f"bulk: {len(sent.sent)} sent, {len(sent.failed)} failed")
     return len(sent.sent)

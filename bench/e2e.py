@@ -155,7 +155,7 @@ def measure(refunds: int = REFUNDS, timeout: float = 300.0) -> E2EFigures:
         data = ("payment_id\n" + "\n".join(payments) + "\n").encode()
 
         started = time.perf_counter()
-        report = producer.send_many(parse_csv(data, requested_by="ops@example.com").requests)
+        report = producer.send_many(parse_csv(data, requested_by="ops@example.com").requests, minted_ids=True)
         queue_seconds = time.perf_counter() - started
         if len(report.sent) != refunds:
             raise RuntimeError(f"e2e: only {len(report.sent)} of {refunds} queued")

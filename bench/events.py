@@ -68,7 +68,7 @@ class Feeder:
         chunk = list(itertools.islice(self._payments, size))
         if len(chunk) < size:
             raise RuntimeError("the bench ran out of payment ids")
-        report = self.producer.send_many([request(p) for p in chunk])
+        report = self.producer.send_many([request(p) for p in chunk], minted_ids=True)
         if report.failed:
             raise RuntimeError(f"SQS refused messages: {report.failed[:3]}")
         messages: list[dict[str, Any]] = []

@@ -177,7 +177,7 @@ class Figures:
                 "history_items_read_pending_rare_100k",
                 f"{r['history_items_read_pending_rare_100k']}",
                 "one pending refund among 100k, 30 days: the day counters, then its day's keys and "
-                "items newest first until it (not page + constant: see docs/performance.md)",
+                "items newest first until it (not page + constant: see How the figures are taken)",
             ),
             ("summary_items_read_30_days", f"{r['summary_items_read_30_days']}", "one counter item per day"),
             ("bulk_10k_send_calls", f"{r['bulk_10k_send_calls']}", "SendMessageBatch calls"),
@@ -399,7 +399,13 @@ The docstrings of `bench/*.py` say more.
   import vary twofold with the neighbours' load; wall times are in the details. Without
   python3.12 the development venv is used instead, and the table says so.
 - **History** (`bench/history.py`): 10,000- and 100,000-refund tables in an in-process moto; items
-  read counted from the responses.
+  read counted from the responses. The first page reads 50 keys from `by_day` (keys only) and those
+  50 refunds by key. The Pending filter is the one filter that is not a page plus a constant: a
+  pending refund has no outcome yet, so it is in no outcome index, and the filter reads the
+  period's day counters, skips every day without pending refunds, and reads the rest of a day's
+  refunds newest first until it has found as many as the counter says. The bench puts its one
+  pending refund deep in a day of about 3,300 refunds, so the walk reads most of that day; in steady
+  state pending refunds are the newest of today, and the walk stops within its first batch.
 - **Bulk** (`bench/bulk.py`): `parse_csv` + `RefundProducer.send_many` against a raw
   `send_message_batch` loop over the same rows. The headline ratio runs the product's DynamoDB
   calls (its pending records) on a second moto server process and its SQS calls, like the raw

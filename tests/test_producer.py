@@ -256,13 +256,17 @@ class _FakeStore:
         self.asked: set[str] = set()
         self.asked_again: set[str] = set()  # a record asked for twice (real reads may lag: no)
         self.forgotten: list[str] = []
+        self.minted: list[bool] = []  # each record_pending call's `minted`
         self.fail_group = fail_group
         self.fail_forget = fail_forget
         self.hold = hold
         sqs.store = self
 
-    def record_pending(self, requests: list[RefundRequest], queued_at: str) -> set[str]:
+    def record_pending(
+        self, requests: list[RefundRequest], queued_at: str, *, minted: bool = False
+    ) -> set[str]:
         with self.lock:
+            self.minted.append(minted)
             self.record_calls += 1
             self.began.append(requests[0].refund_id)
         if self.hold:
@@ -543,6 +547,43 @@ def test_record_pending_never_overwrites_an_item_that_exists(aws) -> None:
     assert pending_records(aws)["up-7"] == old
     assert writer.record_pending([requests[7]], "2026-02-01T10:00:00.000Z") == set()  # the single path
     assert pending_records(aws)["up-7"] == old
+
+
+class _CountingDynamo:
+    """A real (moto) DynamoDB client that counts BatchGetItem calls."""
+
+    def __init__(self, client) -> None:
+        self._client = client
+        self.batch_gets = 0
+
+    def __getattr__(self, name: str):
+        return getattr(self._client, name)
+
+    def batch_get_item(self, **kwargs):
+        self.batch_gets += 1
+        return self._client.batch_get_item(**kwargs)
+
+
+def test_minted_refund_ids_are_recorded_without_the_existence_read(aws) -> None:
+    """Ids minted for this send (a CSV row's, a requeue's) cannot exist: no BatchGetItem, half a
+    read unit each saved; ids someone supplied are still read first."""
+    counting = _CountingDynamo(aws.dynamodb)
+    writer = HistoryWriter(aws.table, counting)  # type: ignore[arg-type]
+    minted = _requests(30, "mi")
+    assert writer.record_pending(minted, "2026-02-01T10:00:00.000Z", minted=True) == {
+        r.refund_id for r in minted
+    }
+    assert counting.batch_gets == 0 and set(pending_records(aws)) == {r.refund_id for r in minted}
+    writer.record_pending(_requests(30, "su"), "2026-02-01T10:00:00.000Z")
+    assert counting.batch_gets == 1
+
+
+def test_send_many_passes_the_callers_word_on_minted_ids() -> None:
+    sqs = _ScriptedSqs()
+    store = _FakeStore(sqs)
+    RefundProducer(sqs, "queue", store).send_many(_requests(250), minted_ids=True)  # type: ignore[arg-type]
+    RefundProducer(sqs, "queue", store).send_many(_requests(50, "other"))  # type: ignore[arg-type]
+    assert store.minted == [True, True, True, False]
 
 
 def test_record_pending_takes_an_id_given_twice_once(aws) -> None:

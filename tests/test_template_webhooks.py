@@ -105,8 +105,9 @@ def dynamodb_actions_the_receiver_calls() -> set[str]:
 
 def test_the_derived_dynamodb_actions_are_the_receivers_calls() -> None:
     derived = dynamodb_actions_the_receiver_calls()
-    # Conditional puts (events, pending refunds), updates (decisions, reviews, counts), reads by key.
-    assert derived == {"dynamodb:GetItem", "dynamodb:PutItem", "dynamodb:UpdateItem"}
+    # Conditional puts (events, pending refunds), updates (decisions, reviews, counts), reads by key
+    # (an event; a refund and its review together).
+    assert derived == {"dynamodb:GetItem", "dynamodb:BatchGetItem", "dynamodb:PutItem", "dynamodb:UpdateItem"}
 
 
 # --- the function -----------------------------------------------------------------------------

@@ -404,7 +404,8 @@ def send_batch(
     services: Services, requests: Sequence[RefundRequest], progress: Callable[[int, int], None] | None = None
 ) -> SendReport:
     """One chunk of a bulk upload (the page clears the query caches once, when all are sent)."""
-    return services.producer.send_many(requests, progress=progress)
+    # parse_csv mints every row's refund_id (the file has no refund_id column).
+    return services.producer.send_many(requests, progress=progress, minted_ids=True)
 
 
 # ---- dead letters -----------------------------------------------------------------------------

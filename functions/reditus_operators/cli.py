@@ -307,7 +307,11 @@ def _enqueue_csv(args: argparse.Namespace) -> int:
         "held_back": held_back,
     }
     sent = actions.bulk_upload(
-        ctx, lambda chosen: producer.send_many(chosen, progress if show else None), requests, file
+        ctx,
+        # parse_csv mints every row's refund_id (the file has no refund_id column).
+        lambda chosen: producer.send_many(chosen, progress if show else None, minted_ids=True),
+        requests,
+        file,
     )
     if show:
         _eprint("")

@@ -150,4 +150,4 @@ def requeue(
                 requeue_of=record.refund_id,
             )
         )
-    return producer.send_many(requests), refused
+    return producer.send_many(requests, minted_ids=True), refused  # build_request mints each id

@@ -123,9 +123,18 @@ class RefundProducer:
         return message_id
 
     def send_many(
-        self, requests: Sequence[RefundRequest], progress: Callable[[int, int], None] | None = None
+        self,
+        requests: Sequence[RefundRequest],
+        progress: Callable[[int, int], None] | None = None,
+        *,
+        minted_ids: bool = False,
     ) -> SendReport:
         """Queue many requests, ten per SQS call, each recorded pending before it is sent.
+
+        `minted_ids=True` is the caller's word that every refund_id was minted for this send
+        (contract.new_refund_id: a CSV row, a requeue): none can exist yet, so the read that keeps
+        a record from replacing an existing item is left out (half a read unit per request, and a
+        BatchGetItem per group). Requests with ids someone supplied go without it.
 
         The requests go in groups of PENDING_GROUP: a group's pending records are written (one
         BatchGetItem, then BatchWriteItem Puts: HistoryWriter.record_pending) before any of it is
@@ -174,7 +183,9 @@ class RefundProducer:
                     # A refund_id this call asked for already is not recorded (nor forgotten) again.
                     todo = [r for r in groups[following] if r.refund_id not in asked]
                     asked.update(r.refund_id for r in todo)
-                    recordings.append(recorder.submit(self._record, store, todo, iso(self.clock())))
+                    recordings.append(
+                        recorder.submit(self._record, store, todo, iso(self.clock()), minted_ids)
+                    )
 
             def take_recordings() -> None:
                 """The records that are written, in group order: those groups may go."""
@@ -255,5 +266,7 @@ class RefundProducer:
         return self.sqs.send_message_batch(QueueUrl=self.queue_url, Entries=entries)  # type: ignore[arg-type]
 
     @staticmethod
-    def _record(store: HistoryWriter, requests: Sequence[RefundRequest], queued_at: str) -> set[str]:
-        return store.record_pending(requests, queued_at) if requests else set()
+    def _record(
+        store: HistoryWriter, requests: Sequence[RefundRequest], queued_at: str, minted: bool
+    ) -> set[str]:
+        return store.record_pending(requests, queued_at, minted=minted) if requests else set()

@@ -273,17 +273,8 @@ class RefundSubmitter:
         # claim means it was not fresh, and it is decided the usual way, on a consistent look.
         # A re-check always looks first: its chain token must be compared.
         if message.recheck_token is None:
-            token, lease_until = self._new_lease(deadline)
             try:
-                with self.telemetry.span("history claim"):
-                    self.store.claim(
-                        request,
-                        None,
-                        message_id=message.message_id,
-                        queued_at=queued_at,
-                        token=token,
-                        lease_until=lease_until,
-                    )
+                token = self._claim(request, None, message, queued_at, deadline)
             except ConditionFailed:
                 pass
             else:
@@ -301,26 +292,35 @@ class RefundSubmitter:
             decision = BEFORE_CALL[found]
             if decision.next is not Next.CALL_REDITUS:
                 return self._without_call(found, decision, request, message, view, queued_at, log)
-            token, lease_until = self._new_lease(deadline)
             try:
-                with self.telemetry.span("history claim"):
-                    self.store.claim(
-                        request,
-                        view,
-                        message_id=message.message_id,
-                        queued_at=queued_at,
-                        token=token,
-                        lease_until=lease_until,
-                    )
+                token = self._claim(request, view, message, queued_at, deadline)
             except ConditionFailed:
                 continue  # someone changed it between our read and our claim: decide again
             return self._submit(request, message, view, queued_at, token, deadline, log)
         raise RetryLater("the refund kept changing under us; trying again later")
 
-    def _new_lease(self, deadline: float) -> tuple[str, datetime]:
-        """A claim's token, and when its lease ends: the invocation's end and a margin."""
+    def _claim(
+        self,
+        request: RefundRequest,
+        view: ClaimView | None,
+        message: InboundMessage,
+        queued_at: str,
+        deadline: float,
+    ) -> str:
+        """Claim the refund and its payment (ConditionFailed if refused); returns the claim's token.
+        Its lease lasts to the invocation's end and a margin."""
+        token = uuid.uuid4().hex
         until = self.clock() + timedelta(seconds=max(0.0, deadline - time.monotonic()) + LEASE_MARGIN_SECONDS)
-        return uuid.uuid4().hex, until
+        with self.telemetry.span("history claim"):
+            self.store.claim(
+                request,
+                view,
+                message_id=message.message_id,
+                queued_at=queued_at,
+                token=token,
+                lease_until=until,
+            )
+        return token
 
     def _without_call(
         self,

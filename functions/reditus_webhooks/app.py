@@ -334,20 +334,23 @@ class WebhookReceiver:
             return self._duplicate(log)
         retry = existing is not None
         by = f"webhook:{facts.provider} {facts.event_id}"
-        if self.events.refund_requested(request.refund_id):
+        requested, review_open = self.events.requested_and_review_open(request.refund_id)
+        if requested:
             if retry and decision.action == "queue":
                 # This event's own earlier attempt most likely sent it (then failed to finish).
                 final, why = QUEUED, decision.reason + "; sent by an earlier delivery"
             else:
                 final, why = DUPLICATE_REFUND, f"refund {request.refund_id} was already requested"
-            if decision.action == "queue":
+            if decision.action == "queue" and review_open:
                 self.events.close_review(request.refund_id, REVIEW_COMPLETED, by)
             facts = replace(facts, reason=why)
         elif decision.action == "queue":
             self.producer.send(request)
-            # After the send: a crash here leaves the review open (an operator's Submit would
-            # then be a duplicate of the same refund_id, which is harmless).
-            self.events.close_review(request.refund_id, REVIEW_COMPLETED, by)
+            # After the send: a crash here, or a review opened by another event of this refund
+            # since the read, leaves the review open (an operator's Submit would then be a
+            # duplicate of the same refund_id, which is harmless).
+            if review_open:
+                self.events.close_review(request.refund_id, REVIEW_COMPLETED, by)
             final = QUEUED
         elif self.events.open_review(facts, request):
             final = NEEDS_REVIEW

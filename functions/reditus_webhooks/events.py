@@ -342,6 +342,15 @@ class EventStore:
         """Whether a refund request with this refund_id is in the history (any outcome)."""
         return self.table.get_item(refund_id, consistent=True) is not None
 
+    def requested_and_review_open(self, refund_id: str) -> tuple[bool, bool]:
+        """Whether the refund is in the history, and whether a review of it is open: one consistent
+        BatchGetItem of both items (2 read units), so that a refund with no open review (nearly every
+        one) is not sent a review-closing write that would be refused and still billed (1 write unit,
+        five times a read unit's price)."""
+        found = self.table.batch_get([item_key(refund_id), item_key(review_key(refund_id))], consistent=True)
+        review = found.get(review_key(refund_id))
+        return refund_id in found, review is not None and review.get("review_state") == REVIEW_OPEN
+
     # ---- reviews --------------------------------------------------------------------------
     def open_review(self, facts: EventFacts, request: RefundRequest) -> bool:
         """Record (or refresh, or re-open after a Dismiss) the review of a partial refund.

@@ -21,7 +21,7 @@ import stripe
 from botocore.exceptions import ClientError
 
 from reditus_webhooks.app import BAD_SIGNATURE_METRIC, WebhookReceiver, build_receiver
-from reditus_webhooks.events import EventStore, event_key, review_key
+from reditus_webhooks.events import REVIEW_PREFIX, EventStore, event_key, review_key
 from tests.webhooks import samples as s
 
 CHARGE = "ch_3MmlLrLkdIwHu7ix0snN0B15"
@@ -386,6 +386,35 @@ def test_partial_refund_needs_review_then_completing_event_queues_it(rig: Rig, p
     review = EventStore(rig.aws.table, rig.aws.dynamodb).get_review(refund_id)
     assert review is not None and review.state == "completed"
     assert rig.metrics.names == ["WebhookNeedsReview", "WebhookQueued"]
+
+
+class ReviewWrites:
+    """A real (moto) DynamoDB client that notes every UpdateItem on a review item."""
+
+    def __init__(self, client: Any):
+        self._client = client
+        self.review_updates: list[str] = []
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._client, name)
+
+    def update_item(self, **kwargs: Any) -> Any:
+        key = kwargs["Key"]["refund_id"]["S"]
+        if key.startswith(REVIEW_PREFIX):
+            self.review_updates.append(key)
+        return self._client.update_item(**kwargs)
+
+
+def test_a_refund_without_an_open_review_sends_no_review_write(aws: Any):
+    """Nearly every refund has no review: closing one it does not have would be a refused write,
+    billed all the same. The receiver reads the refund and its review together and writes only
+    when the review is open (the partial-then-full test above shows that one closed)."""
+    dynamodb = ReviewWrites(aws.dynamodb)
+    rig = make_rig(aws, dynamodb=dynamodb)
+    doc, refund_id, _ = full_refund("stripe")
+    assert rig.post("stripe", *sign("stripe", doc))[1]["status"] == "queued"
+    assert [m["refund_id"] for m in rig.messages()] == [refund_id]
+    assert dynamodb.review_updates == []
 
 
 def test_partial_refund_under_reject_policy_queues(aws: Any):

@@ -30,6 +30,7 @@ from datetime import UTC, date, datetime, time, timedelta
 from typing import Any
 
 from reditus_operators.history import HistoryReader
+from reditus_refunds.day_counts import pending_attr
 from reditus_refunds.layout import COUNTER_PREFIX, HASH_KEY
 from reditus_refunds.records import Outcome, iso
 
@@ -93,7 +94,7 @@ def _item(
 def fill(dynamodb: Any, table: str, size: int, now: datetime, seed: int = 7) -> None:
     """`size` refunds spread evenly over the last DAYS days, one of them pending, and each day's
     counter item as the stream function keeps it (a pending figure on every day: each refund was
-    counted pending first)."""
+    counted pending first; the day's pending refunds listed)."""
     rng = random.Random(seed)
     names = [name for name, _ in OUTCOMES]
     weights = [weight for _, weight in OUTCOMES]
@@ -114,6 +115,9 @@ def fill(dynamodb: Any, table: str, size: int, now: datetime, seed: int = 7) -> 
             pending.append(_item(rng, start + timedelta(seconds=rng.uniform(0, span)), outcome, who))
         counter = {HASH_KEY: _s(COUNTER_PREFIX + day.isoformat()), "counter_day": _s(day.isoformat())}
         counter.update({outcome: _n(n) for outcome, n in counts.items()})
+        for item in pending[len(pending) - count :]:  # the stream function lists the day's pending refunds
+            if "outcome" not in item:
+                counter[pending_attr(item[HASH_KEY]["S"])] = item["queued_at"]
         pending.append(counter)
     for start_at in range(0, len(pending), 25):
         chunk = [{"PutRequest": {"Item": item}} for item in pending[start_at : start_at + 25]]

@@ -176,8 +176,8 @@ class Figures:
             (
                 "history_items_read_pending_rare_100k",
                 f"{r['history_items_read_pending_rare_100k']}",
-                "one pending refund among 100k, 30 days: the day counters, then its day's keys and "
-                "items newest first until it (not page + constant: see How the figures are taken)",
+                "one pending refund among 100k, 30 days, deep in a day of ~3,300: the 30 day counters "
+                "(which list their days' pending refunds) and that refund by key; no Query",
             ),
             ("summary_items_read_30_days", f"{r['summary_items_read_30_days']}", "one counter item per day"),
             ("bulk_10k_send_calls", f"{r['bulk_10k_send_calls']}", "SendMessageBatch calls"),
@@ -400,12 +400,14 @@ The docstrings of `bench/*.py` say more.
   python3.12 the development venv is used instead, and the table says so.
 - **History** (`bench/history.py`): 10,000- and 100,000-refund tables in an in-process moto; items
   read counted from the responses. The first page reads 50 keys from `by_day` (keys only) and those
-  50 refunds by key. The Pending filter is the one filter that is not a page plus a constant: a
-  pending refund has no outcome yet, so it is in no outcome index, and the filter reads the
-  period's day counters, skips every day without pending refunds, and reads the rest of a day's
-  refunds newest first until it has found as many as the counter says. The bench puts its one
-  pending refund deep in a day of about 3,300 refunds, so the walk reads most of that day; in steady
-  state pending refunds are the newest of today, and the walk stops within its first batch.
+  50 refunds by key. A pending refund has no outcome yet, so it is in no outcome index: the Pending
+  filter reads the period's day counters (one BatchGetItem per 100 days), which list each day's
+  pending refunds (refund_id and queued_at, kept by the stream function up to 100 per day), and
+  reads the page's refunds by key. The bench puts its one pending refund deep in a day of about
+  3,300 refunds and writes the counters as the stream function keeps them, list included. A day
+  with more than 100 pending refunds at some point (a backlog) lists fewer than it counts until
+  they have drained; such a day is walked newest first until it gave its count, a cost this
+  figure does not show (its pending refunds are then that day's newest).
 - **Bulk** (`bench/bulk.py`): `parse_csv` + `RefundProducer.send_many` against a raw
   `send_message_batch` loop over the same rows. The headline ratio runs the product's DynamoDB
   calls (its pending records) on a second moto server process and its SQS calls, like the raw

@@ -14,6 +14,8 @@ import importlib
 import json
 from collections import Counter, defaultdict
 from collections.abc import Callable, Iterator
+from datetime import UTC, datetime
+from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
@@ -24,6 +26,7 @@ from reditus_local.motoserver import MotoServer
 from reditus_local.resources import create_table_as_declared, moto_session
 from reditus_local.template import load_template
 from reditus_local.worker import FakeLambdaContext, stream_record
+from reditus_operators.history import HistoryReader
 from reditus_refunds import counter_stream as counter_stream_module
 from reditus_refunds.aws_errors import ConditionFailed, StoreError
 from reditus_refunds.counter_stream import (
@@ -46,6 +49,10 @@ from reditus_refunds.day_counts import (
     mark_time,
     mark_value,
     padded,
+    pending_attr,
+    pending_listed,
+    plan_pending,
+    record_changes,
     record_moves,
     stale_marks,
 )
@@ -128,6 +135,100 @@ def test_one_record_moves_one_count(
     sequence, found = record_moves(rec("42", key, old, new))
     assert sequence == "0" * 38 + "42"
     assert found == moves
+
+
+PENDING_CHANGES = [
+    # (case, key, old image, new image, day -> (refund_id, queued_at if it is pending now, else None))
+    ("the pending record lists it", "r1", None, img(queued_day=DAY, queued_at="T1"), {DAY: ("r1", "T1")}),
+    ("the first result unlists it", "r1", img(queued_day=DAY, queued_at="T1"),
+     img(queued_day=DAY, queued_at="T1", outcome="retrying"), {DAY: ("r1", None)}),
+    ("a result after a result: nothing", "r1", img(queued_day=DAY, outcome="retrying"),
+     img(queued_day=DAY, outcome="refunded"), {}),
+    ("a claim: nothing", "r1", img(queued_day=DAY, queued_at="T1"),
+     img(queued_day=DAY, queued_at="T1", lease_token="t"), {}),
+    ("an old item's 'pending' unlisted by its result", "r1", img(queued_day=DAY, outcome="pending"),
+     img(queued_day=DAY, outcome="rejected"), {DAY: ("r1", None)}),
+    ("a refund removed while pending", "r1", img(queued_day=DAY), None, {DAY: ("r1", None)}),
+    ("back to pending (a requeue's reset)", "r1", img(queued_day=DAY, outcome="dead_lettered"),
+     img(queued_day=DAY, queued_at="T2"), {DAY: ("r1", "T2")}),
+    ("moved between days", "r4", img(queued_day=DAY2), img(queued_day=DAY, queued_at="T3"),
+     {DAY2: ("r4", None), DAY: ("r4", "T3")}),
+    ("not a refund", "payment#pay-1", None, img(queued_day=DAY, queued_at="T1"), {}),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    ("key", "old", "new", "changes"), [r[1:] for r in PENDING_CHANGES], ids=[r[0] for r in PENDING_CHANGES]
+)
+def test_one_record_lists_or_unlists_a_pending_refund(
+    key: str, old: dict[str, Any] | None, new: dict[str, Any] | None, changes: dict[str, Any]
+) -> None:
+    assert record_changes(rec("42", key, old, new))[2] == changes
+
+
+def test_the_last_move_of_a_refund_past_the_mark_decides_its_listing() -> None:
+    moves = DayMoves(
+        [
+            Move(padded("10"), {"pending": 1}, None, ("a", "T1")),
+            Move(padded("20"), {"pending": -1, "refunded": 1}, None, ("a", None)),
+            Move(padded("30"), {"pending": 1}, None, ("b", "T2")),
+            Move(padded("40"), {"retrying": -1, "refunded": 1}),
+            Move(padded("50"), {"pending": -1, "rejected": 1}, None, ("c", None)),
+        ]
+    )
+    assert moves.pending_past(None) == {"a": None, "b": "T2", "c": None}
+    assert moves.pending_past(padded("10")) == {"a": None, "b": "T2", "c": None}
+    assert moves.pending_past(padded("20")) == {"b": "T2", "c": None}
+    assert moves.pending_past(padded("50")) == {}
+
+
+PLANS = [
+    # (case, listed on the item, ends, cap, SET, REMOVE)
+    ("list the new, unlist the gone", {"a": "T1"}, {"a": None, "b": "T2"}, 100,
+     {"pending#b": "T2"}, ["pending#a"]),
+    ("one that left unlisted is no change", {}, {"a": None}, 100, {}, []),
+    ("one already listed is not written again", {"a": "T1"}, {"a": "T1"}, 100, {}, []),
+    ("the cap keeps the newest", {"a": "T1"}, {"b": "T2", "c": "T4", "d": "T3"}, 3,
+     {"pending#c": "T4", "pending#d": "T3"}, []),
+    ("a full list makes room by what leaves", {"a": "T1", "b": "T2"}, {"a": None, "c": "T3"}, 2,
+     {"pending#c": "T3"}, ["pending#a"]),
+    ("a full list lists nothing more", {"a": "T1", "b": "T2"}, {"c": "T3"}, 2, {}, []),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    ("present", "ends", "cap", "listed", "unlisted"), [r[1:] for r in PLANS], ids=[r[0] for r in PLANS]
+)
+def test_the_pending_list_changes_a_write_makes(
+    present: dict[str, str],
+    ends: dict[str, str | None],
+    cap: int,
+    listed: dict[str, str],
+    unlisted: list[str],
+) -> None:
+    item = {"pending": len(present), "refunded": 3, **{pending_attr(k): v for k, v in present.items()}}
+    plan = plan_pending(item, ends, cap)
+    assert (plan.listed, plan.unlisted) == (listed, unlisted)
+    assert bool(plan) == bool(listed or unlisted)
+
+
+@pytest.mark.parametrize(
+    ("item", "expected"),
+    [
+        ({"pending": Decimal(2), "pending#a": "T1", "pending#b": "T2"}, {"a": "T1", "b": "T2"}),
+        ({"pending": Decimal(3), "pending#a": "T1", "pending#b": "T2"}, None),  # more than it lists
+        ({"pending": Decimal(1), "pending#a": "T1", "pending#b": "T2"}, None),  # disagree: walk
+        ({"refunded": Decimal(4)}, {}),  # none pending
+        ({"pending": Decimal(0)}, {}),
+        ({"pending": Decimal(1)}, None),  # a counter written before the list existed
+        ({"pending": "1", "pending#a": "T1"}, None),  # not a number
+        ({"pending": True, "pending#a": "T1"}, None),
+    ],
+)
+def test_a_counter_lists_its_days_pending_refunds_only_when_all_are_listed(
+    item: dict[str, Any], expected: dict[str, str] | None
+) -> None:
+    assert pending_listed(item) == expected
 
 
 def test_what_an_image_counts_under() -> None:
@@ -338,7 +439,20 @@ def from_items(aws: AwsFixture) -> dict[str, dict[str, int]]:
     return {day: dict(counts) for day, counts in tally.items()}
 
 
+def listed(aws: AwsFixture) -> dict[str, dict[str, str]]:
+    """day -> refund_id -> queued_at of the pending refunds the counter items list."""
+    found: dict[str, dict[str, str]] = {}
+    for item in table_items(aws):
+        key = item[HASH_KEY]["S"]
+        if key.startswith(COUNTER_PREFIX):
+            of_day = {k.removeprefix("pending#"): v["S"] for k, v in item.items() if k.startswith("pending#")}
+            if of_day:
+                found[key.removeprefix(COUNTER_PREFIX)] = of_day
+    return found
+
+
 EXPECTED = {DAY: {"pending": 1, "refunded": 1, "rejected": 1}, DAY2: {"invalid": 1}}
+EXPECTED_LISTED = {DAY: {"r2": f"{DAY}T10:00:01.000Z"}}  # r1 and r3 left pending, r4 never was
 
 
 @pytest.fixture
@@ -358,6 +472,7 @@ def test_the_counters_equal_the_items_once_the_stream_is_applied(
     shard, records = history
     report = stream.apply(shard, records)
     assert counters(aws) == from_items(aws) == EXPECTED
+    assert listed(aws) == EXPECTED_LISTED
     assert (report.records, report.writes, sorted(report.days)) == (len(records), 2, [DAY2, DAY])
     # Each counter item remembers the last record of the shard it applied, as a 40-digit string.
     item = aws.dynamodb.get_item(TableName=aws.table, Key={HASH_KEY: {"S": COUNTER_PREFIX + DAY}})["Item"]
@@ -395,9 +510,71 @@ def test_overlapping_batches_count_each_record_once(
     stream.apply(shard, records[:first])
     stream.apply(shard, records[second:])
     assert counters(aws) == EXPECTED
+    assert listed(aws) == EXPECTED_LISTED
     for one in records:  # and one at a time, all over again
         stream.apply(shard, [one])
     assert counters(aws) == EXPECTED
+    assert listed(aws) == EXPECTED_LISTED
+
+
+def test_one_record_at_a_time_lists_and_unlists_each_refund_in_turn(
+    aws: AwsFixture, stream: CounterStream
+) -> None:
+    """Applied record by record (each its own write), the list follows the items: a refund is
+    listed by its pending record and unlisted by its first result."""
+    write_history(aws)
+    shard, records = stream_records(aws)
+    for one in records:
+        stream.apply(shard, [one])
+    assert counters(aws) == EXPECTED and listed(aws) == EXPECTED_LISTED
+    set_outcome(aws, "r2", "not_found")
+    _, more = stream_records(aws)
+    stream.apply(shard, more[len(records) :])
+    assert listed(aws) == {} and counters(aws)[DAY] == {"refunded": 1, "rejected": 1, "not_found": 1}
+
+
+def test_past_its_cap_the_list_is_short_of_the_count_until_the_backlog_drains(aws: AwsFixture) -> None:
+    """Five pending where the list holds three: the counter counts five, lists three (the newest),
+    and the reader is told to walk (pending_listed is None); once all have left pending it is
+    complete again (empty)."""
+    stream = CounterStream(DayCounterStore(aws.table, aws.dynamodb), pending_cap=3)
+    for n in range(5):
+        put(aws, f"b{n}", queued_day=DAY, queued_at=f"{DAY}T10:00:0{n}.000Z")
+    shard, records = stream_records(aws)
+    stream.apply(shard, records)
+    item = DayCounterStore(aws.table, aws.dynamodb).read(DAY)
+    assert item["pending"] == 5 and sorted(listed(aws)[DAY]) == ["b2", "b3", "b4"]
+    assert pending_listed(item) is None
+    for n in range(5):
+        set_outcome(aws, f"b{n}", "refunded")
+    _, more = stream_records(aws)
+    stream.apply(shard, more[len(records) :])
+    item = DayCounterStore(aws.table, aws.dynamodb).read(DAY)
+    assert (item["pending"], item["refunded"], pending_listed(item)) == (0, 5, {})
+
+
+def test_the_pending_filter_reads_what_the_stream_listed_without_a_query(
+    aws: AwsFixture, stream: CounterStream, history: tuple[str, list[dict[str, Any]]]
+) -> None:
+    """The whole path: items written, the stream applied, the History's Pending filter."""
+    shard, records = history
+    stream.apply(shard, records)
+    queries: list[str] = []
+
+    class NotingClient:
+        def __getattr__(self, name: str) -> Any:
+            return getattr(aws.dynamodb, name)
+
+        def query(self, **kwargs: Any) -> Any:
+            queries.append(kwargs.get("IndexName", ""))
+            return aws.dynamodb.query(**kwargs)
+
+    clock = datetime(2026, 11, 30, 23, tzinfo=UTC)
+    reader = HistoryReader(aws.table, NotingClient(), clock=lambda: clock)  # type: ignore[arg-type]
+    page = reader.query(outcome=Outcome.PENDING, since=datetime(2026, 11, 29, tzinfo=UTC))  # DAY2, DAY
+    assert [r.refund_id for r in page.records] == ["r2"]
+    assert queries == []  # (a day with no counter item at all would be walked: an empty Query)
+    assert page.items_read == 2 + 1  # the two days that have counter items, and r2
 
 
 def test_each_shard_has_its_own_mark(aws: AwsFixture, stream: CounterStream) -> None:
@@ -465,9 +642,9 @@ class RacingStore(DayCounterStore):
             rival()
         return item
 
-    def add(self, day: str, mark: str, seen: str | None, new: str, deltas: Any, stale: Any = None) -> None:
+    def add(self, day: str, mark: str, seen: str | None, new: str, deltas: Any, *rest: Any) -> None:
         try:
-            super().add(day, mark, seen, new, deltas, stale)
+            super().add(day, mark, seen, new, deltas, *rest)
         except ConditionFailed:
             self.conflicts += 1
             raise
@@ -521,9 +698,7 @@ def test_a_failed_day_is_counted_by_the_retry_and_the_days_before_it_not_again(
 
 def test_a_counter_that_keeps_moving_fails_the_batch(aws: AwsFixture) -> None:
     class AlwaysMoved(DayCounterStore):
-        def add(
-            self, day: str, mark: str, seen: str | None, new: str, deltas: Any, stale: Any = None
-        ) -> None:
+        def add(self, day: str, mark: str, seen: str | None, new: str, deltas: Any, *rest: Any) -> None:
             raise ConditionFailed("moved", code="ConditionFailed")
 
     stream = CounterStream(AlwaysMoved(aws.table, aws.dynamodb), max_tries=3)

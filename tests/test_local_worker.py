@@ -403,6 +403,28 @@ def test_the_mapping_runs_its_steps_before_every_poll(local: Local) -> None:
     assert [r["body"] for r in handler.events[0]["Records"]] == ["a"]
 
 
+def test_a_step_that_is_behind_makes_the_next_poll_not_wait(local: Local) -> None:
+    """The stream step says it has a backlog: the queue is then polled without a long poll, so the
+    stream is read at its own pace (the full soak's restarted appliers read 100,000 records again)."""
+    waits: list[int] = []
+    behind = [True, True, False]
+
+    class Sqs:
+        def __getattr__(self, name: str) -> Any:
+            return getattr(local.aws.sqs, name)
+
+        def receive_message(self, **kwargs: Any) -> Any:
+            waits.append(kwargs["WaitTimeSeconds"])
+            if len(waits) == len(behind):
+                esm.stopping.set()
+            return local.aws.sqs.receive_message(**kwargs)
+
+    settings = MappingSettings(queue_url=local.aws.queue_url, timeout_seconds=5, wait_time_seconds=1)
+    esm = EventSourceMapping(Sqs(), settings, Recorder(), between_polls=[lambda: behind[len(waits)]])
+    esm.run()
+    assert waits == [0, 0, 1]
+
+
 @dataclass
 class Served:
     """The template's resources on a moto server (moto answers DynamoDB Streams in server mode only)."""
@@ -545,6 +567,19 @@ def test_the_worker_applies_the_stream_with_lambdas_windowed_events(served: Serv
     final = handler.events[-1]
     assert final["isFinalInvokeForWindow"] is True and final["Records"] == []
     assert esm.poll_once().invocations == 0  # once per window
+
+
+def test_a_full_stream_batch_says_the_stream_is_behind(served: Served) -> None:
+    for n in range(3):
+        served.put(f"r{n}", queued_day=DAY)
+    esm = StreamMapping(served.streams, stream_settings(served, batch_size=2), StreamRecorder(served))
+    first = esm.poll_once()
+    assert (first.records, first.behind) == (2, True)  # as many as it asked for: more may wait
+    second = esm.poll_once()
+    assert second.records >= 1 and second.behind is (second.records == 2)
+    while esm.poll_once().records:
+        pass
+    assert esm.poll_once().behind is False
 
 
 def test_a_failed_batch_is_retried_from_its_first_record_and_the_shard_waits(served: Served) -> None:

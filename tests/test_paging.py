@@ -19,6 +19,7 @@ from reditus_operators.history import HistoryReader
 from reditus_operators.operations import history_matches
 from reditus_operators.paging import encode_cursor
 from reditus_operators.webhooks import WebhookReader
+from reditus_refunds.day_counts import pending_attr
 from reditus_refunds.layout import HASH_KEY, to_item
 from reditus_refunds.records import Outcome, iso
 
@@ -262,6 +263,63 @@ def test_the_pending_walk_stays_inside_the_period(client: Any) -> None:
     days = {k.removeprefix("counter#") for k in counting.got_keys if k.startswith("counter#")}
     assert min(days) == iso(PERIOD)[:10] and max(days) == iso(NOW)[:10]
     assert set(counting.queried_days) == {iso(PERIOD)[:10]}
+
+
+def put_listed_counter(client: Any, day: str, listed: dict[str, datetime], **counts: int) -> None:
+    """A counter item that lists pending refunds as the stream function does (pending_attr -> queued_at)."""
+    item = {HASH_KEY: f"counter#{day}", "counter_day": day, "applied#shardId-000001": "0" * 40, **counts}
+    item.update({pending_attr(rid): iso(at) for rid, at in listed.items()})
+    client.put_item(TableName="h", Item=to_item(item))
+
+
+def test_a_rare_pending_refund_listed_by_its_counter_costs_the_counters_and_itself(client: Any) -> None:
+    """The same day of 250 settled refunds with one pending deep in it, its counter listing it:
+    no Query at all, the seven counters and the one refund by key."""
+    busy = datetime(2025, 3, 17, 23, 59, tzinfo=UTC)
+    for n in range(250):
+        put_refund(client, f"s{n:03d}", busy - timedelta(seconds=10 * n), "refunded")
+    at = busy - timedelta(seconds=10 * 120 - 5)
+    put_refund(client, "the-pending", at)
+    put_listed_counter(client, "2025-03-17", {"the-pending": at}, refunded=250, pending=1)
+    for day in (14, 15, 16, 18, 19, 20):
+        put_counter(client, f"2025-03-{day}", rejected=10, pending=0)
+    counting = CountingClient(client)
+    reader = HistoryReader("h", counting, clock=lambda: NOW)  # type: ignore[arg-type]
+    page = reader.query(outcome=Outcome.PENDING, since=PERIOD, limit=50)
+    assert [r.refund_id for r in page.records] == ["the-pending"]
+    assert counting.queried_days == []
+    assert page.items_read == reader.reads.items == 7 + 1
+    assert page.cursor is None
+
+
+def test_listed_pending_refunds_page_by_key_newest_first_and_a_short_list_is_walked(client: Any) -> None:
+    """Pages of 3 over two listed days and one whose list is short of its count (more were pending
+    than the stream function lists): every pending refund once, newest first, the listed days read
+    by key only, the other walked; one that has left pending since its counter was written (the
+    counter's lag) is read and dropped, and the page is filled from the next ones."""
+    expected = []
+    listed: dict[str, dict[str, datetime]] = {"2025-03-20": {}, "2025-03-19": {}, "2025-03-18": {}}
+    for n in range(15):  # 11:00 on 2025-03-20 back to 03:00 on 2025-03-18, every 4 hours
+        at = NOW - timedelta(hours=1 + 4 * n)
+        day = iso(at)[:10]
+        settled_since = n == 1  # on 2025-03-20, a listed day
+        put_refund(client, f"p{n:02d}", at, "refunded" if settled_since else None)
+        put_refund(client, f"s{n:02d}", at - timedelta(minutes=1), "refunded")
+        listed[day][f"p{n:02d}"] = at
+        if not settled_since:
+            expected.append(f"p{n:02d}")
+    for day, pending in listed.items():
+        if day == "2025-03-19":  # lists one fewer than it counts: walked
+            put_listed_counter(client, day, dict(list(pending.items())[1:]), pending=len(pending))
+        else:
+            put_listed_counter(client, day, pending, pending=len(pending))
+    counting = CountingClient(client)
+    reader = HistoryReader("h", counting, clock=lambda: NOW)  # type: ignore[arg-type]
+    seen, _, _ = pending_pages(reader, limit=3)
+    assert seen == expected
+    # Queries on the day whose list is short, and on the period's days that have no counter item.
+    assert "2025-03-20" not in counting.queried_days and "2025-03-18" not in counting.queried_days
+    assert "2025-03-19" in counting.queried_days
 
 
 @pytest.mark.parametrize(

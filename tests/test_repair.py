@@ -23,7 +23,16 @@ from reditus_local.resources import TemplateModel, create_resources
 from reditus_operators.cli import main
 from reditus_refunds import repair as repair_module
 from reditus_refunds.aws_errors import StoreError
-from reditus_refunds.layout import COUNTER_PREFIX, GSI_BY_DAY, HASH_KEY, INDEX_PROJECTIONS, KEYS_ONLY, to_item
+from reditus_refunds.day_counts import PENDING_LIST_CAP, listed_pending, pending_listed
+from reditus_refunds.layout import (
+    COUNTER_PREFIX,
+    GSI_BY_DAY,
+    HASH_KEY,
+    INDEX_PROJECTIONS,
+    KEYS_ONLY,
+    from_item,
+    to_item,
+)
 from reditus_refunds.records import Outcome
 from reditus_refunds.repair import MAX_DAYS, DayRecount, DayRecounter, recount_days
 
@@ -90,6 +99,10 @@ def off_counters(table: Table) -> None:
                 "refunded": 1,
                 "dead_lettered": 3,
                 SHARD_MARK: "0" * 30 + "1234567890",
+                # The list of pending refunds as a lost stream left it: one listed that has a
+                # result by now, one pending not listed.
+                "pending#r1": f"{DAY}T12:00:00.000Z",
+                "pending#r5": f"{DAY}T12:00:00.000Z",
             }
         ),
     )
@@ -121,6 +134,12 @@ def test_the_recount_sets_each_days_counter_to_what_its_items_say(table: Table) 
     assert {k for k in counter if k in OUTCOMES} == OUTCOMES
     assert counter["dead_lettered"] == {"N": "0"}
     assert counter[SHARD_MARK] == {"S": "0" * 30 + "1234567890"} and counter["counter_day"] == {"S": DAY}
+    # The list of pending refunds is rebuilt: all of them, so the Pending filter reads them by key.
+    assert {k: v["S"] for k, v in counter.items() if k.startswith("pending#")} == {
+        "pending#r1": f"{DAY}T12:00:00.000Z",
+        "pending#r2": f"{DAY}T12:00:00.000Z",
+    }
+    assert first.pending == {"r1": f"{DAY}T12:00:00.000Z", "r2": f"{DAY}T12:00:00.000Z"}
     # A day not asked for is left as it was.
     assert table.counts(OTHER) == {"failed": 9}
     again = recount_days(DayRecounter(table.name, table.dynamodb), [DAY, NEXT])
@@ -133,6 +152,9 @@ def test_a_day_of_many_refunds_is_read_in_pages(table: Table) -> None:
     recounter = DayRecounter(table.name, table.dynamodb)
     (result,) = recount_days(recounter, [DAY])
     assert result.counts == {"pending": 115, "refunded": 115}
+    # More pending than a counter lists: it lists the newest PENDING_LIST_CAP, and says it is short.
+    counter = from_item(table.counter(DAY))
+    assert len(listed_pending(counter)) == PENDING_LIST_CAP and pending_listed(counter) is None
     assert recounter.table.reads.calls >= 4  # the query, three batch reads (and the counter)
 
 

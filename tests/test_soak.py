@@ -86,7 +86,7 @@ from reditus_refunds.contract import RefundRequest
 from reditus_refunds.counter_stream import CounterStream, DayCounterStore
 from reditus_refunds.errors import StoreError
 from tests.conftest import create_history_table
-from tests.soak.count import Planned, chain_report, problems, tally
+from tests.soak.count import Planned, chain_report, pending_lists_match, problems, tally
 from tests.soak.faulty_worker import TIMED_OUT, Events, Timeouts, WriteFaults
 from tests.soak.scenarios import Result, Scenario, SettleWindow, StoreWindow, run
 from tests.soak.system import REPO_ROOT, Kill, Servers, StoreFaults, SystemSettings, dump, start_servers
@@ -116,7 +116,11 @@ PARAMETERS = {"NotFoundGraceSeconds": 0, "LogLevel": "WARNING"}
 # 15 re-checks): longer than the visibility timeout, so a redelivered batch or a copy meets a live
 # re-check chain, and a few re-checks per window.
 GRACE = {"NotFoundGraceSeconds": 60, "NotFoundRecheckDelaySeconds": 6}
-GRACE_SMALL = {"NotFoundGraceSeconds": 16, "NotFoundRecheckDelaySeconds": 3}
+# Small: the window is ten re-check delays long, so that a machine busy enough to hold a re-check
+# back for several delays (a CI run next to other work) still sees one chain ask Reditus before
+# the window closes; with 16 s, a late re-check found the payment already refunded by the
+# producer's second copy, made after the window, and no chain ever called (a failed run).
+GRACE_SMALL = {"NotFoundGraceSeconds": 30, "NotFoundRecheckDelaySeconds": 3}
 FULL = pytest.param(True, id="full", marks=[pytest.mark.soak, pytest.mark.timeout(1800)])
 SMALL = pytest.param(False, id="small", marks=pytest.mark.timeout(150))
 
@@ -274,6 +278,7 @@ def record(report: dict[str, Any], found: list[str]) -> None:
             if any(name in s for s in scenarios)
         },
         "counters_match": all(s["counters_match"] for s in scenarios),
+        "pending_lists_match": all(s.get("pending_lists_match", True) for s in scenarios),
         "counters_caught_up": all(s.get("counters_caught_up", True) for s in scenarios),
         "recheck_chains_max": max(int(s["recheck_chains_max"]) for s in scenarios),
         "passed": all(not s["problems"] for s in scenarios),
@@ -330,7 +335,10 @@ def test_faults_duplicates_and_kills(servers: Servers, full: bool, tmp_path: Pat
             "refunded_after_a_404"
         ]
         > 0,
-        "re-check chains stayed single": report["recheck_chains_max"] == 1,
+        # Two promises, told apart when one fails: never two chains of one refund asking Reditus
+        # at once, and the grace window at work (some chain asked Reditus again).
+        "no refund had two re-check chains live at once": report["recheck_chains_max"] <= 1,
+        "a re-check chain asked Reditus": report["recheck_chains_max"] >= 1,
         "no orphaned dead letter": report["orphaned_dead_letters"] == 0,
     }
     if full:  # enough draws for every kind to turn up
@@ -426,6 +434,27 @@ def test_injected_store_faults_fail_writes_as_dynamodb_does(servers: Servers, tm
         ["PutItem", kind, ANY, refund_id]
         for kind, refund_id in [("throttle", "r1")] * 2 + [("lost", "r2")] * 2
     ]
+
+
+@pytest.mark.parametrize(
+    ("counter", "match"),
+    [
+        ({"pending": 1, "pending#r1": "t"}, True),
+        ({"pending": 2, "pending#r1": "t"}, True),  # short of its count: not whole, nothing wrong listed
+        ({"pending": 2}, True),  # a counter from before the list
+        ({"pending": 1, "pending#r2": "t"}, False),  # r2 has a result
+        ({"pending": 1, "pending#r9": "t"}, False),  # nobody's refund
+        ({"pending": 0}, False),  # says it is whole (nothing pending) while r1 is
+        ({"pending": 2, "pending#r1": "t", "pending#r3": "t"}, False),  # r3 is another day's
+    ],
+)
+def test_the_count_checks_the_counters_lists_of_pending_refunds(counter: dict[str, Any], match: bool) -> None:
+    refunds = {
+        "r1": {"queued_day": "2027-01-15"},
+        "r2": {"queued_day": "2027-01-15", "outcome": "refunded"},
+        "r3": {"queued_day": "2027-01-16"},
+    }
+    assert pending_lists_match({"2027-01-15": counter, "2027-01-16": {"pending": 1}}, refunds) is match
 
 
 def test_the_count_finds_what_it_must() -> None:

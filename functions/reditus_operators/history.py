@@ -5,7 +5,8 @@ and the per-day counters. Every AWS failure arrives as StoreError with a readabl
 
 A pending refund has no `outcome` attribute (HistoryRecord.from_item reads it as pending; items
 written before issue 15 may say "pending"), so no index lists the pending refunds as such: the
-Pending filter walks the days whose counter says they have some (`_pending_counts`).
+Pending filter reads the refunds the day counters list, or walks the days whose counter says they
+have more (`_pending_counts`).
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from decimal import Decimal
 from typing import TYPE_CHECKING, Any
 
 from reditus_refunds.aws_errors import StoreError
+from reditus_refunds.day_counts import pending_listed
 from reditus_refunds.layout import (
     COUNTER_PREFIX,
     GSI_BY_DAY,
@@ -33,7 +35,15 @@ from reditus_refunds.records import HistoryRecord, Outcome, iso, utc_now
 from reditus_refunds.table import HistoryTable, ReadCounter
 
 # The cursor codec lived here before paging.py: re-exported for callers that import it from here.
-from .paging import IndexQuery, decode_cursor, encode_cursor, page_days, page_days_counted, page_key
+from .paging import (
+    DayCount,
+    IndexQuery,
+    decode_cursor,
+    encode_cursor,
+    page_days,
+    page_days_counted,
+    page_key,
+)
 
 if TYPE_CHECKING:
     from mypy_boto3_dynamodb import DynamoDBClient
@@ -118,15 +128,18 @@ class HistoryReader:
         by key (the day, payment and person indexes hold keys only), whatever the table's size.
 
         Pending alone is the exception: by_outcome holds no pending refund (their items have no
-        outcome yet), so it walks by_day's days newest first with their day counters (read 100 per
-        BatchGetItem): a day whose counter says 0 pending is skipped, a day is walked (keys, then
-        the items by key) only until it gave as many pending refunds as its counter says, and a
-        day with no counter item at all is walked to its end. A page therefore reads the items of
-        the days that have pending refunds, newest first, until it found them: in steady state,
-        today's newest. The counters follow the items through the table's stream, seconds behind
-        (the stream's latency and the counter function's batching window, about ten seconds at
-        most in normal operation): a pending refund written that recently may be missed (its day
-        skipped, or left early). See paging.page_days_counted.
+        outcome yet), so it reads the period's day counters (100 per BatchGetItem), newest day
+        first. A day whose counter says 0 pending is skipped; a day whose counter lists its
+        pending refunds (the stream function lists up to 100 per day, day_counts.pending_listed)
+        has them read by key, newest first, as many as the page needs; only a day with more
+        pending refunds than that (a backlog: they are then its newest) or no counter is walked
+        on by_day (keys, then the items by key) until it gave as many as its counter says. A page
+        therefore reads the period's counters and a page of items in every case but a backlog.
+        The counters follow the items through the table's stream, seconds behind (the stream's
+        latency and the counter function's batching window, about ten seconds at most in normal
+        operation): a pending refund written that recently may be missed (its day skipped, or
+        left early), and one that has just left pending is read and dropped. See
+        paging.page_days_counted.
         """
         until = until or self.clock()
         since = since or (until - timedelta(days=30))
@@ -165,16 +178,21 @@ class HistoryReader:
         )
         return Page(paged.items, paged.cursor, paged.items_read)
 
-    def _pending_counts(self, days: list[str]) -> tuple[dict[str, int], int]:
-        """Pending refunds per day, from the days' counter items (one BatchGetItem per 100 days);
+    def _pending_counts(self, days: list[str]) -> tuple[dict[str, DayCount], int]:
+        """Pending refunds per day, from the days' counter items (one BatchGetItem per 100 days):
+        the count, and the refunds themselves when the item lists them all (day_counts.pending_listed);
         a day without a counter item is left out (unknown), one without a pending figure has 0."""
         found = self.table.batch_get([counter_key(d) for d in days])
-        counts: dict[str, int] = {}
+        counts: dict[str, DayCount] = {}
         for day in days:
             item = found.get(COUNTER_PREFIX + day)
             if item is not None:
                 value = item.get(Outcome.PENDING.value)
-                counts[day] = int(value) if isinstance(value, Decimal | int) else 0
+                listed = pending_listed(item)
+                counts[day] = DayCount(
+                    int(value) if isinstance(value, Decimal | int) else 0,
+                    None if listed is None else tuple((at, rid) for rid, at in listed.items()),
+                )
         return counts, len(found)
 
     def daily_counts(self, since: date, until: date) -> dict[str, dict[str, int]]:

@@ -41,8 +41,8 @@ def history_matches(
     Payment markers say which payments have a 200 (100 per BatchGetItem); the refunds in flight
     are listed whatever their payment, over the last IN_FLIGHT_DAYS: the retrying ones from the
     outcome index, the pending ones (no outcome attribute, so no outcome-index entry) from the
-    Pending filter's walk (HistoryReader.query): 14 day counters, then only the days that have
-    pending refunds, newest first, until the counter's number is found (in steady state today's
+    Pending filter (HistoryReader.query): 14 day counters, which list their days' pending refunds
+    (read by key), and a walk of only a day that has more than its counter lists (a backlog: its
     newest). So one payment and a 100,000-row CSV cost the same reads, bounded by the in-flight
     refunds and the days they sit in, not by the CSV. A refund queued in the last seconds may not
     be counted yet (the counters follow the table's stream) and so not seen. A 200 wins over a

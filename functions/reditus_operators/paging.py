@@ -5,7 +5,8 @@ partition (a UTC day, a person, an outcome...) and sorted by a timestamp. `Index
 such Query over a time window; `page_days` walks a day-partitioned index one UTC day at a time
 from the window's last day back to its first, `page_days_counted` does the same for a filter that
 DynamoDB cannot answer from an index but per-day counters can bound (it skips the days whose count
-is 0 and leaves a day once it found its count), and `page_key` reads one partition. All stop when
+is 0, reads by key the items a counter lists, and leaves a walked day once it found its count),
+and `page_key` reads one partition. All stop when
 the page is full and hand back an opaque cursor (the day reached and DynamoDB's
 LastEvaluatedKey) that continues where the page stopped.
 """
@@ -132,11 +133,14 @@ class IndexQuery:
         read = int(response.get("ScannedCount", len(response.get("Items", []))))
         items = [from_item(i) for i in response.get("Items", [])]
         if INDEX_PROJECTIONS.get(self.index) == KEYS_ONLY and items:
-            keys = [str(item[HASH_KEY]) for item in items]
-            found = self.table.batch_get([item_key(k) for k in keys])
-            read += len(found)
-            items = [found[k] for k in keys if k in found]
+            items, fetched = self.by_key([str(item[HASH_KEY]) for item in items])
+            read += fetched
         return items, response.get("LastEvaluatedKey"), read
+
+    def by_key(self, keys: list[str]) -> tuple[list[dict[str, Any]], int]:
+        """The items of `keys` in that order (one deleted meanwhile is left out), and the items read."""
+        found = self.table.batch_get([item_key(k) for k in keys])
+        return [found[k] for k in keys if k in found], len(found)
 
 
 def page_days(
@@ -160,9 +164,17 @@ def page_days(
     return Paged(items, encode_cursor({"day": day, "lek": lek}) if more else None, read)
 
 
-# Per-day counts for some days: {day: count} for the days that have a counter (a day missing from
-# it has none: its count is unknown), and the items read to know.
-DayCounts = Callable[[list[str]], tuple[dict[str, int], int]]
+@dataclass(frozen=True)
+class DayCount:
+    """How many items of a day a filter keeps, and, when known, which: (time, key) of each."""
+
+    count: int
+    listed: tuple[tuple[str, str], ...] | None = None
+
+
+# Per-day counts for some days: {day: DayCount} for the days that have a counter (a day missing
+# from it has none: its count is unknown), and the items read to know.
+DayCounts = Callable[[list[str]], tuple[dict[str, DayCount], int]]
 
 
 def page_days_counted(
@@ -178,16 +190,20 @@ def page_days_counted(
     `page_days` does, with each day's count of such items (`counts`, read 100 days at a time):
 
     - a day whose count is 0 is skipped without a Query;
-    - a day is left as soon as it gave as many as its count says (the walk is newest first, so
-      what it skips then is older than everything kept);
+    - a day whose counter lists its items (time and key of each) is read by key, newest first,
+      only as many as the page needs: no Query;
+    - otherwise a day is walked and left as soon as it gave as many as its count says (the walk is
+      newest first, so what it skips then is older than everything kept);
     - a day with no count (no counter item) is walked to its end.
 
-    What a page reads is bounded by the period's counters plus the items of the days it walks,
-    up to the last kept one: cheap when the kept items are few and recent, a whole day's items
-    when one is that day's oldest. A count lower than the truth (a counter that lags its items)
-    leaves the day early and misses its oldest; a higher one walks the day to its end. Never
-    outside the period, never a day twice in one page. The cursor carries the day, the LEK and
-    how many that day already gave (`found`).
+    What a page reads is bounded by the period's counters plus, for a listed day, the items it
+    returns (and those listed that are no longer kept: a counter that lags its items), for a
+    walked day its items up to the last kept one: cheap when the kept items are few and recent, a
+    whole day's items when one is that day's oldest. A count lower than the truth (a counter that
+    lags its items) leaves the day early and misses its oldest; a higher one walks the day to its
+    end. Never outside the period, never a day twice in one page. The cursor carries the day, the
+    LEK (for a listed day, the index key of the last item given) and how many that day already
+    gave (`found`).
     """
     state = decode_cursor(cursor) if cursor else {}
     first_day = query.low[:10]
@@ -196,7 +212,7 @@ def page_days_counted(
     found = _start_found(state)
     items: list[T] = []
     read = 0
-    known: dict[str, int] = {}
+    known: dict[str, DayCount] = {}
     counted_down_to: str | None = None  # the earliest day whose counter was read
     queries_today = 0
     while len(items) < limit and day >= first_day:
@@ -208,9 +224,21 @@ def page_days_counted(
             known.update(got_counts)
             read += scanned
             counted_down_to = days[-1]
-        expected = known.get(day)
+        entry = known.get(day)
+        expected = None if entry is None else entry.count
         if expected is not None and found >= expected:  # 0, or all of the day's found already
             day, lek, found, queries_today = _previous(day), None, 0, 0
+            continue
+        if entry is not None and entry.listed is not None:
+            lek, given, scanned = _page_listed(
+                query, day, entry.listed, convert, keep, limit - len(items), lek
+            )
+            items += given
+            read += scanned
+            if lek is None:
+                day, found, queries_today = _previous(day), 0, 0
+            else:
+                found += len(given)
             continue
         # The first Query of a day asks for what the page still needs (kept items are dense at
         # the top of a day in the common case); later ones for a full batch (they are sparse).
@@ -236,6 +264,44 @@ def page_days_counted(
     more = lek is not None or day >= first_day
     state_out = {"day": day, "lek": lek, "found": found}
     return Paged(items, encode_cursor(state_out) if more else None, read)
+
+
+def _page_listed(
+    query: IndexQuery,
+    day: str,
+    listed: tuple[tuple[str, str], ...],
+    convert: Callable[[dict[str, Any]], T],
+    keep: Callable[[T], bool],
+    wanted: int,
+    lek: dict[str, Any] | None,
+) -> tuple[dict[str, Any] | None, list[T], int]:
+    """Up to `wanted` kept items of a day whose counter lists them, newest first after `lek` (an
+    index key: the walk's or this function's), read by key. Returns the index key of the last one
+    given when the day has more (None when it is done), the items and the items read."""
+    after = None
+    if lek:
+        after = (lek.get(query.time_name, {}).get("S", ""), lek.get(HASH_KEY, {}).get("S", ""))
+    todo = sorted(
+        (
+            (at, key)
+            for at, key in listed
+            if query.low <= at <= query.high and (after is None or (at, key) < after)
+        ),
+        reverse=True,
+    )
+    given: list[T] = []
+    read = 0
+    last: tuple[str, str] | None = None
+    while todo and len(given) < wanted:
+        chunk, todo = todo[: min(BATCH, wanted - len(given))], todo[min(BATCH, wanted - len(given)) :]
+        got, fetched = query.by_key([key for _, key in chunk])
+        read += fetched
+        given += [converted for converted in map(convert, got) if keep(converted)]
+        last = chunk[-1]
+    if not todo or last is None:
+        return None, given, read
+    at, key = last
+    return query.key_of({HASH_KEY: key, query.key_name: day, query.time_name: at}), given, read
 
 
 def page_key(

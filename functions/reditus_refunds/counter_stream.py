@@ -7,8 +7,10 @@ each counter item remembers per shard the last sequence number it has applied
 invocations racing count every record exactly once. Per day of the batch: read the counter item
 (consistent), sum the records past its mark (day_counts), then one conditional UpdateItem that
 ADDs the sum and moves the mark, holding only if the mark is still the one read; if another writer
-moved it first, read again and redo. The same write removes other shards' marks older than the
-stream's records can be (day_counts.stale_marks), so a counter item stays small.
+moved it first, read again and redo. The same write lists the day's pending refunds on the item,
+up to day_counts.PENDING_LIST_CAP (one attribute each: SET when a refund becomes pending, REMOVE
+when it leaves), and removes other shards' marks older than the stream's records can be
+(day_counts.stale_marks), so a counter item stays small.
 
 Kept light: no Reditus client, no submitter, no tracer; boto3 is imported at the first invocation.
 A store failure raises: Lambda retries the batch (the days already written are skipped by their
@@ -26,8 +28,9 @@ from aws_lambda_powertools import Logger, Metrics
 from aws_lambda_powertools.metrics import MetricUnit
 
 from .aws_errors import ConditionFailed, StoreError
-from .day_counts import fold, mark_name, stale_marks
+from .day_counts import PENDING_LIST_CAP, PendingPlan, fold, mark_name, plan_pending, stale_marks
 from .layout import COUNTER_PREFIX, counter_key, to_attr
+from .sdk_logs import pin_sdk_logs
 from .table import HistoryTable
 
 if TYPE_CHECKING:
@@ -47,6 +50,7 @@ WRITES_METRIC = "CounterWrites"
 
 logger = Logger()
 metrics = Metrics()
+pin_sdk_logs()  # botocore's DEBUG lines hold what it reads (sdk_logs.py)
 
 
 class StreamSettingsError(ValueError):
@@ -70,34 +74,49 @@ class DayCounterStore:
         new: str,
         deltas: Mapping[str, int],
         stale: Mapping[str, str] | None = None,
+        pending: PendingPlan | None = None,
     ) -> None:
-        """ADD the deltas and move `mark` from `seen` (None: not set yet) to `new`, removing the
-        `stale` marks of other shards (each only as read); ConditionFailed if any of those changed."""
+        """ADD the deltas, change the list of pending refunds as planned and move `mark` from
+        `seen` (None: not set yet) to `new`, removing the `stale` marks of other shards (each only
+        as read); ConditionFailed if any of those marks changed."""
         stale = stale or {}
+        pending = pending or PendingPlan({}, [])
         names = {"#mark": mark, **{f"#o{i}": outcome for i, outcome in enumerate(deltas)}}
         values = {
             ":day": to_attr(day),
             ":new": to_attr(new),
             **{f":d{i}": to_attr(delta) for i, delta in enumerate(deltas.values())},
         }
-        adds = ", ".join(f"#o{i} :d{i}" for i in range(len(deltas)))
+        sets = ["counter_day = :day", "#mark = :new"]
+        for i, (name, queued_at) in enumerate(pending.listed.items()):
+            names[f"#p{i}"] = name
+            values[f":p{i}"] = to_attr(queued_at)
+            sets.append(f"#p{i} = :p{i}")
         if seen is None:
             conditions = ["attribute_not_exists(#mark)"]
         else:
             conditions = ["#mark = :seen"]
             values[":seen"] = to_attr(seen)
+        removes = []
         for i, (name, value) in enumerate(stale.items()):
             names[f"#x{i}"] = name
             values[f":x{i}"] = to_attr(value)
             conditions.append(f"#x{i} = :x{i}")
-        removes = " REMOVE " + ", ".join(f"#x{i}" for i in range(len(stale))) if stale else ""
-        condition = " AND ".join(conditions)
+            removes.append(f"#x{i}")
+        for i, name in enumerate(pending.unlisted):
+            names[f"#u{i}"] = name
+            removes.append(f"#u{i}")
+        expression = "SET " + ", ".join(sets)
+        if deltas:
+            expression += " ADD " + ", ".join(f"#o{i} :d{i}" for i in range(len(deltas)))
+        if removes:
+            expression += " REMOVE " + ", ".join(removes)
         self.table.update(
             {
                 "TableName": self.table.table_name,
                 "Key": counter_key(day),
-                "UpdateExpression": f"SET counter_day = :day, #mark = :new ADD {adds}{removes}",
-                "ConditionExpression": condition,
+                "UpdateExpression": expression,
+                "ConditionExpression": " AND ".join(conditions),
                 "ExpressionAttributeNames": names,
                 "ExpressionAttributeValues": values,
             }
@@ -113,9 +132,12 @@ class ApplyReport:
 
 
 class CounterStream:
-    def __init__(self, store: DayCounterStore, max_tries: int = MAX_TRIES):
+    def __init__(
+        self, store: DayCounterStore, max_tries: int = MAX_TRIES, pending_cap: int = PENDING_LIST_CAP
+    ):
         self.store = store
         self.max_tries = max_tries
+        self.pending_cap = pending_cap
         self.last_report = ApplyReport()  # of the last batch applied (for the handler's log and metrics)
 
     def apply(self, shard_id: str, records: Iterable[Mapping[str, Any]]) -> ApplyReport:
@@ -129,12 +151,14 @@ class CounterStream:
             for _ in range(self.max_tries):
                 item = self.store.read(day)
                 seen = item.get(mark)
-                deltas, new = moves.past(None if seen is None else str(seen))
-                if new is None or not deltas:
-                    break  # applied before, or moves that sum to nothing
+                applied = None if seen is None else str(seen)
+                deltas, new = moves.past(applied)
+                pending = plan_pending(item, moves.pending_past(applied), self.pending_cap)
+                if new is None or not (deltas or pending):
+                    break  # applied before, or moves that change nothing
                 stale = stale_marks(item, mark, folded.newest)
                 try:
-                    self.store.add(day, mark, None if seen is None else str(seen), new, deltas, stale)
+                    self.store.add(day, mark, applied, new, deltas, stale, pending)
                 except ConditionFailed:
                     continue  # another writer moved a mark: read it again
                 report.writes += 1

@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Any, TypedDict
 from aws_lambda_powertools import Logger, Metrics, Tracer
 
 from .app import PowertoolsTelemetry, SubmitterService, inbound_from_record
+from .sdk_logs import pin_sdk_logs
 from .settings import Settings
 from .submitter import RetryLater
 
@@ -33,6 +34,7 @@ class ToPowertools(logging.Handler):
         logging.getLogger(logger.name).handle(record)
 
 
+pin_sdk_logs()  # botocore's DEBUG lines hold secrets (sdk_logs.py)
 _package_logger = logging.getLogger(__package__ or "reditus_refunds")
 _package_logger.handlers = [h for h in _package_logger.handlers if type(h).__name__ != "ToPowertools"]
 _package_logger.addHandler(ToPowertools())

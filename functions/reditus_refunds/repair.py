@@ -4,7 +4,9 @@ The counters are kept by the stream function (counter_stream.py) from the table'
 Stream; this sets them again from the items themselves, for the UTC days given: it walks each
 day's refunds on the `by_day` index (keys only), reads the items by key (consistent, 100 a call)
 and SETs each outcome number of the day's counter item to what the items say (an absent outcome,
-or an old item's "pending", is pending). Outcomes no item of the day holds are set to 0.
+or an old item's "pending", is pending). Outcomes no item of the day holds are set to 0. The
+item's list of pending refunds is rebuilt the same way (the newest PENDING_LIST_CAP of them; the
+ones it lists that are no longer pending are removed).
 
 Its limit: the result is exact only if no refund of those days changes while the recount walks
 them (a change read before the walk passes it and counted by the stream function after the SET
@@ -18,11 +20,11 @@ from __future__ import annotations
 
 from collections import Counter
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import date
 from typing import TYPE_CHECKING, Any
 
-from .day_counts import counted_under
+from .day_counts import PENDING_LIST_CAP, counted_under, listed_pending, pending_attr
 from .layout import COUNTER_PREFIX, GSI_BY_DAY, HASH_KEY, counter_key, item_key, to_attr, to_item
 from .records import Outcome
 from .table import HistoryTable
@@ -41,6 +43,7 @@ class DayRecount:
     day: str
     counts: dict[str, int]  # outcome -> refunds, zeros left out
     before: dict[str, int]  # what the counter said before, zeros left out
+    pending: dict[str, str] = field(default_factory=dict)  # refund_id -> queued_at of the pending ones
 
     @property
     def changed(self) -> bool:
@@ -70,37 +73,61 @@ class DayRecounter:
                 return ids
             query["ExclusiveStartKey"] = last
 
-    def count(self, day: str) -> dict[str, int]:
-        """Outcome -> refunds of `day`, read from the items (consistently)."""
+    def count(self, day: str) -> tuple[dict[str, int], dict[str, str]]:
+        """Outcome -> refunds of `day`, and refund_id -> queued_at of its pending refunds, read
+        from the items (consistently)."""
         ids = self.day_ids(day)
         items = self.table.batch_get([item_key(i) for i in ids], consistent=True)
         tally: Counter[str] = Counter()
+        pending: dict[str, str] = {}
         for refund_id, item in items.items():
             place = counted_under(refund_id, to_item(item))
             if place is not None and place[0] == day:
                 tally[place[1]] += 1
-        return {k: v for k, v in sorted(tally.items()) if v}
+                if place[1] == Outcome.PENDING.value:
+                    pending[refund_id] = str(item.get("queued_at") or "")
+        return {k: v for k, v in sorted(tally.items()) if v}, pending
 
-    def current(self, day: str) -> dict[str, int]:
+    def current(self, day: str) -> tuple[dict[str, int], dict[str, str]]:
+        """What the day's counter item says: outcome -> count (zeros left out), and the refunds
+        it lists as pending."""
         item = self.table.get_item(COUNTER_PREFIX + day, consistent=True) or {}
         held = {o.value: int(item[o.value]) for o in Outcome if item.get(o.value) and int(item[o.value])}
-        return dict(sorted(held.items()))
+        return dict(sorted(held.items())), listed_pending(item)
 
-    def set_counts(self, day: str, counts: dict[str, int]) -> None:
-        """SET every outcome number of the day's counter (0 for those no item holds); the stream
-        function's marks (applied#...) are left alone."""
+    def set_counts(
+        self,
+        day: str,
+        counts: dict[str, int],
+        pending: dict[str, str] | None = None,
+        listed: dict[str, str] | None = None,
+    ) -> None:
+        """SET every outcome number of the day's counter (0 for those no item holds) and list the
+        newest PENDING_LIST_CAP of `pending`, removing what it `listed` that is not among them;
+        the stream function's marks (applied#...) are left alone."""
         outcomes = [o.value for o in Outcome]
+        newest = sorted(((at, rid) for rid, at in (pending or {}).items()), reverse=True)[:PENDING_LIST_CAP]
+        keep = {pending_attr(rid): at for at, rid in newest}
+        names = {f"#o{i}": o for i, o in enumerate(outcomes)}
+        values = {":day": to_attr(day)}
+        values.update({f":n{i}": to_attr(counts.get(o, 0)) for i, o in enumerate(outcomes)})
+        sets = ["counter_day = :day", *(f"#o{i} = :n{i}" for i in range(len(outcomes)))]
+        for i, (name, at) in enumerate(keep.items()):
+            names[f"#p{i}"] = name
+            values[f":p{i}"] = to_attr(at)
+            sets.append(f"#p{i} = :p{i}")
+        gone = sorted(pending_attr(rid) for rid in (listed or {}) if pending_attr(rid) not in keep)
+        names.update({f"#u{i}": name for i, name in enumerate(gone)})
+        expression = "SET " + ", ".join(sets)
+        if gone:
+            expression += " REMOVE " + ", ".join(f"#u{i}" for i in range(len(gone)))
         self.table.update(
             {
                 "TableName": self.table.table_name,
                 "Key": counter_key(day),
-                "UpdateExpression": "SET counter_day = :day, "
-                + ", ".join(f"#o{i} = :n{i}" for i in range(len(outcomes))),
-                "ExpressionAttributeNames": {f"#o{i}": o for i, o in enumerate(outcomes)},
-                "ExpressionAttributeValues": {
-                    ":day": to_attr(day),
-                    **{f":n{i}": to_attr(counts.get(o, 0)) for i, o in enumerate(outcomes)},
-                },
+                "UpdateExpression": expression,
+                "ExpressionAttributeNames": names,
+                "ExpressionAttributeValues": values,
             }
         )
 
@@ -118,10 +145,10 @@ def recount_days(
         raise ValueError(f"at most {MAX_DAYS} days at a time, got {len(keys)}")
     done: list[DayRecount] = []
     for day in keys:
-        before = recounter.current(day)
-        counts = recounter.count(day)
-        recounter.set_counts(day, counts)
-        result = DayRecount(day, counts, before)
+        before, listed = recounter.current(day)
+        counts, pending = recounter.count(day)
+        recounter.set_counts(day, counts, pending, listed)
+        result = DayRecount(day, counts, before, pending)
         done.append(result)
         if on_day is not None:
             on_day(result)

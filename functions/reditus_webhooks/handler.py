@@ -17,6 +17,7 @@ from aws_lambda_powertools import Logger, Metrics
 from aws_lambda_powertools.metrics import MetricUnit
 from botocore.config import Config
 
+from reditus_refunds.sdk_logs import pin_sdk_logs
 from reditus_webhooks.app import WebhookReceiver, build_receiver
 
 logger = Logger()
@@ -30,6 +31,7 @@ class ToPowertools(logging.Handler):
         logging.getLogger(logger.name).handle(record)
 
 
+pin_sdk_logs()  # botocore's DEBUG lines hold secrets (sdk_logs.py)
 _package_logger = logging.getLogger("reditus_webhooks")
 _package_logger.handlers = [h for h in _package_logger.handlers if type(h).__name__ != "ToPowertools"]
 _package_logger.addHandler(ToPowertools())

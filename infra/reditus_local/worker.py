@@ -200,7 +200,10 @@ class EventSourceMapping:
         self.handler = handler
         self.on_batch = on_batch
         self.clock = clock
-        # Run before every poll, in this thread: scheduled functions (ScheduledFunction.run_if_due).
+        # Run before every poll, in this thread (the stream mapping, StreamStep). A step that
+        # returns True has more work waiting: the next queue poll then does not wait for messages,
+        # so a stream backlog is read at its own pace, not one batch per idle long poll (in AWS the
+        # two mappings poll independently).
         self.between_polls = tuple(between_polls)
         self._queue_arn: str | None = None
         self.stopping = threading.Event()
@@ -317,12 +320,11 @@ class EventSourceMapping:
         """Poll until stopped; SQS errors (moto restarting, say) are retried with a growing pause."""
         backoff = 0.0
         while not self.stopping.is_set():
-            for step in self.between_polls:
-                step()
+            behind = [step() is True for step in self.between_polls]
             if self.stopping.is_set():
                 break
             try:
-                self.poll_once()
+                self.poll_once(0 if any(behind) else None)
                 backoff = 0.0
             except _Interrupted:
                 break
@@ -395,6 +397,7 @@ class StreamPoll:
     records: int = 0  # records delivered to successful invocations
     invocations: int = 0
     errors: list[str] = field(default_factory=list)
+    behind: bool = False  # a shard gave a full batch: more records are probably waiting
 
 
 class StreamMapping:
@@ -466,6 +469,7 @@ class StreamMapping:
                     continue
                 poll.records += len(records)
                 poll.invocations += 1
+                poll.behind = poll.behind or len(records) >= self.settings.batch_size
                 shard.last_sequence = str(records[-1]["dynamodb"]["SequenceNumber"])
             else:
                 self._close_window_if_due(shard, poll)
@@ -604,14 +608,16 @@ class StreamStep:
         self.mapping = mapping
         self.on_poll = on_poll
 
-    def __call__(self) -> None:
+    def __call__(self) -> bool:
+        """One pass over the stream; True if it is behind (a full batch came: read again soon)."""
         try:
             poll = self.mapping.poll_once()
         except (BotoCoreError, ClientError) as err:
             logger.warning("cannot read the table's stream (%s); trying again at the next poll", err)
-            return
+            return False
         if self.on_poll is not None:
             self.on_poll(poll)
+        return poll.behind
 
 
 # ---- the process ---------------------------------------------------------------------------------

@@ -17,6 +17,8 @@
 * ``counters_match`` - the per-day counters, summed per outcome, equal the history items per outcome
   (an absent outcome is pending), counted once the queue AND the table's stream are drained: the
   counters are kept from the stream (reditus_refunds.counter_stream), every record counted once;
+* ``pending_lists_match`` - every day counter lists only its day's pending refunds, and all of them
+  when its list is as long as its pending count (what the History's Pending filter trusts);
 * ``recheck_chains_max`` - the most 404 re-check chains any refund had live at once (must be 1 when
   there were chains; 0 without any). See `chain_report` for how it is derived;
 * ``orphaned_dead_letters`` - dead letters whose refund_id has no history item, plus items recorded
@@ -34,6 +36,7 @@ from typing import Any
 
 from reditus_operators.dlq import DeadLetter
 from reditus_refunds.contract import RefundRequest
+from reditus_refunds.day_counts import listed_pending, pending_listed
 from reditus_refunds.layout import COUNTER_PREFIX, HASH_KEY, PAYMENT_MARKER_PREFIX
 from reditus_refunds.records import Outcome
 from reditus_refunds.submitter import LEASE_MARGIN_SECONDS
@@ -201,6 +204,26 @@ def counters_equal_items(items: Iterable[dict[str, Any]]) -> bool:
     return {k: v for k, v in counters.items() if v} == dict(outcomes)
 
 
+def pending_lists_match(counters: dict[str, dict[str, Any]], refunds: dict[str, dict[str, Any]]) -> bool:
+    """Every counter item lists only that day's pending refunds, and all of them when it says its
+    list is whole (day_counts.pending_listed): what the Pending filter trusts."""
+    pending: dict[str, set[str]] = defaultdict(set)
+    for refund_id, item in refunds.items():
+        if (
+            "#" not in refund_id
+            and item.get("queued_day")
+            and counted_outcome_of(item) == Outcome.PENDING.value
+        ):
+            pending[str(item["queued_day"])].add(refund_id)
+    for day, counter in counters.items():
+        if not set(listed_pending(counter)) <= pending[day]:
+            return False
+        whole = pending_listed(counter)
+        if whole is not None and set(whole) != pending[day]:
+            return False
+    return True
+
+
 def _item_summary(item: dict[str, Any] | None) -> dict[str, Any] | None:
     if item is None:
         return None
@@ -236,10 +259,12 @@ def tally(
     items = list(items)
     by_refund: dict[str, dict[str, Any]] = {}
     counters: Counter[str] = Counter()
+    counter_items: dict[str, dict[str, Any]] = {}
     markers = 0
     for item in items:
         key = str(item[HASH_KEY])
         if key.startswith(COUNTER_PREFIX):
+            counter_items[key.removeprefix(COUNTER_PREFIX)] = item
             for kind in Outcome:
                 if kind.value in item:
                     counters[kind.value] += int(item[kind.value])
@@ -339,6 +364,7 @@ def tally(
         "recheck_chains_max": chains["recheck_chains_max"],
         "orphaned_dead_letters": len(orphans),
         "counters_match": counted == dict(history),
+        "pending_lists_match": pending_lists_match(counter_items, by_refund),
         "outcomes": dict(sorted(history.items())),
         "counters": dict(sorted(counted.items())),
         "payment_markers": markers,
@@ -395,6 +421,8 @@ def problems(report: dict[str, Any], *, dead_letters_allowed: bool = True) -> li
             found.append(f"{name} = {report[name]}")
     if not report["counters_match"]:
         found.append("the day counters do not match the history items (a count lost or doubled)")
+    if report.get("pending_lists_match") is False:
+        found.append("a day counter lists a refund that is not pending, or claims a full list that is not")
     if report.get("counters_caught_up") is False:
         found.append("the workers did not apply the table's stream to the day counters in time")
     if report["recheck_chains_max"] > 1:

@@ -94,13 +94,14 @@ run: $(STAMP)
 bench: $(STAMP)
 	$(BIN)/python -m bench.run
 
-# About 26 minutes here: 10,000 requests (each sent twice) under 30 % transient faults, counter-settlement
-# failures, Lambda timeouts mid-batch, worker kills and 404s inside the grace window; a 60 s outage with
-# the shipped visibility timeout (361 s: 6 x 60 s + the 1 s batching window); DynamoDB write failures.
-# Bounded: stopped after 30 minutes whatever happens. Writes soak-report.json, prints it, fails if a
-# promise broke.
+# About 32 minutes here (2026-11-30: faults 17.5, outage 7, store 1, webhooks 2, plus each scenario's
+# start and final checks): 10,000 requests (each sent twice) under 30 % transient faults, day-counter
+# write failures, Lambda timeouts mid-batch, worker kills and 404s inside the grace window; a 60 s outage
+# with the shipped visibility timeout (361 s: 6 x 60 s + the 1 s batching window); DynamoDB write
+# failures; billing webhooks. Bounded: stopped after 45 minutes whatever happens. Writes
+# soak-report.json, prints it, fails if a promise broke.
 soak: $(STAMP)
-	@SOAK_REPORT=$(CURDIR)/soak-report.json timeout --kill-after=30 1800 \
+	@SOAK_REPORT=$(CURDIR)/soak-report.json timeout --kill-after=30 2700 \
 		$(BIN)/pytest -q -m soak -p no:cacheprovider tests/test_soak.py; \
 	status=$$?; test -f soak-report.json && cat soak-report.json; exit $$status
 

@@ -293,7 +293,8 @@ def _page_listed(
     read = 0
     last: tuple[str, str] | None = None
     while todo and len(given) < wanted:
-        chunk, todo = todo[: min(BATCH, wanted - len(given))], todo[min(BATCH, wanted - len(given)) :]
+        size = min(BATCH, wanted - len(given))
+        chunk, todo = todo[:size], todo[size:]
         got, fetched = query.by_key([key for _, key in chunk])
         read += fetched
         given += [converted for converted in map(convert, got) if keep(converted)]

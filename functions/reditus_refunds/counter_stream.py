@@ -87,25 +87,19 @@ class DayCounterStore:
             ":new": to_attr(new),
             **{f":d{i}": to_attr(delta) for i, delta in enumerate(deltas.values())},
         }
-        sets = ["counter_day = :day", "#mark = :new"]
-        for i, (name, queued_at) in enumerate(pending.listed.items()):
-            names[f"#p{i}"] = name
-            values[f":p{i}"] = to_attr(queued_at)
-            sets.append(f"#p{i} = :p{i}")
+        listing, unlisting = pending.clauses(names, values)
+        sets = ["counter_day = :day", "#mark = :new", *listing]
         if seen is None:
             conditions = ["attribute_not_exists(#mark)"]
         else:
             conditions = ["#mark = :seen"]
             values[":seen"] = to_attr(seen)
-        removes = []
+        removes = unlisting
         for i, (name, value) in enumerate(stale.items()):
             names[f"#x{i}"] = name
             values[f":x{i}"] = to_attr(value)
             conditions.append(f"#x{i} = :x{i}")
             removes.append(f"#x{i}")
-        for i, name in enumerate(pending.unlisted):
-            names[f"#u{i}"] = name
-            removes.append(f"#u{i}")
         expression = "SET " + ", ".join(sets)
         if deltas:
             expression += " ADD " + ", ".join(f"#o{i} :d{i}" for i in range(len(deltas)))

@@ -32,7 +32,7 @@ from dataclasses import dataclass, field
 from decimal import Decimal
 from typing import Any
 
-from .layout import HASH_KEY
+from .layout import HASH_KEY, to_attr
 from .records import Outcome
 
 # A stream record's SequenceNumber is a decimal string of up to 40 digits; padded to 40, strings
@@ -202,6 +202,17 @@ class PendingPlan:
 
     def __bool__(self) -> bool:
         return bool(self.listed or self.unlisted)
+
+    def clauses(self, names: dict[str, str], values: dict[str, Any]) -> tuple[list[str], list[str]]:
+        """The UpdateExpression's SET and REMOVE clauses that carry out the plan, with their
+        placeholders added to `names` and `values` (#p/:p and #u, which no other clause uses)."""
+        sets = []
+        for i, (name, queued_at) in enumerate(self.listed.items()):
+            names[f"#p{i}"] = name
+            values[f":p{i}"] = to_attr(queued_at)
+            sets.append(f"#p{i} = :p{i}")
+        names.update({f"#u{i}": name for i, name in enumerate(self.unlisted)})
+        return sets, [f"#u{i}" for i in range(len(self.unlisted))]
 
 
 def plan_pending(

@@ -5,8 +5,8 @@ Stream; this sets them again from the items themselves, for the UTC days given: 
 day's refunds on the `by_day` index (keys only), reads the items by key (consistent, 100 a call)
 and SETs each outcome number of the day's counter item to what the items say (an absent outcome,
 or an old item's "pending", is pending). Outcomes no item of the day holds are set to 0. The
-item's list of pending refunds is rebuilt the same way (the newest PENDING_LIST_CAP of them; the
-ones it lists that are no longer pending are removed).
+item's list of pending refunds is brought to what the items say as the stream function keeps it
+(the ones it lists that are no longer pending removed, the others listed up to PENDING_LIST_CAP).
 
 Its limit: the result is exact only if no refund of those days changes while the recount walks
 them (a change read before the walk passes it and counted by the stream function after the SET
@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 from datetime import date
 from typing import TYPE_CHECKING, Any
 
-from .day_counts import PENDING_LIST_CAP, counted_under, listed_pending, pending_attr
+from .day_counts import counted_under, listed_pending, pending_attr, plan_pending
 from .layout import COUNTER_PREFIX, GSI_BY_DAY, HASH_KEY, counter_key, item_key, to_attr, to_item
 from .records import Outcome
 from .table import HistoryTable
@@ -102,25 +102,23 @@ class DayRecounter:
         pending: dict[str, str] | None = None,
         listed: dict[str, str] | None = None,
     ) -> None:
-        """SET every outcome number of the day's counter (0 for those no item holds) and list the
-        newest PENDING_LIST_CAP of `pending`, removing what it `listed` that is not among them;
-        the stream function's marks (applied#...) are left alone."""
+        """SET every outcome number of the day's counter (0 for those no item holds) and bring its
+        list of pending refunds (`listed`, as read) to `pending` as the stream function would
+        (day_counts.plan_pending: the ones no longer pending removed, the others listed up to
+        PENDING_LIST_CAP); the stream function's marks (applied#...) are left alone."""
         outcomes = [o.value for o in Outcome]
-        newest = sorted(((at, rid) for rid, at in (pending or {}).items()), reverse=True)[:PENDING_LIST_CAP]
-        keep = {pending_attr(rid): at for at, rid in newest}
+        ends: dict[str, str | None] = {rid: None for rid in listed or {}}
+        ends.update(pending or {})
+        as_read = {pending_attr(rid): at for rid, at in (listed or {}).items()}
+        plan = plan_pending(as_read, ends)
         names = {f"#o{i}": o for i, o in enumerate(outcomes)}
         values = {":day": to_attr(day)}
         values.update({f":n{i}": to_attr(counts.get(o, 0)) for i, o in enumerate(outcomes)})
-        sets = ["counter_day = :day", *(f"#o{i} = :n{i}" for i in range(len(outcomes)))]
-        for i, (name, at) in enumerate(keep.items()):
-            names[f"#p{i}"] = name
-            values[f":p{i}"] = to_attr(at)
-            sets.append(f"#p{i} = :p{i}")
-        gone = sorted(pending_attr(rid) for rid in (listed or {}) if pending_attr(rid) not in keep)
-        names.update({f"#u{i}": name for i, name in enumerate(gone)})
+        listing, unlisting = plan.clauses(names, values)
+        sets = ["counter_day = :day", *(f"#o{i} = :n{i}" for i in range(len(outcomes))), *listing]
         expression = "SET " + ", ".join(sets)
-        if gone:
-            expression += " REMOVE " + ", ".join(f"#u{i}" for i in range(len(gone)))
+        if unlisting:
+            expression += " REMOVE " + ", ".join(unlisting)
         self.table.update(
             {
                 "TableName": self.table.table_name,

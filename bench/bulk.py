@@ -21,14 +21,25 @@ too, and reported beside it (``product_one_server_s``), so nobody is misled.
 
 Each path has its own fresh queue (and the product its own table); the paths take turns a
 thousand rows at a time, and only their own calls are timed.
+
+Runs in a process of its own, as the CLI's ``enqueue --csv`` does (bench/run.py starts it once the
+figures before it are done, so nothing else runs beside it): measured inside the bench's process,
+the paths also paid for what the earlier figures left there (the handler, Powertools, the log
+sink, their objects and threads), and the product, which allocates more per row, paid more.
+
+    python -m bench.bulk ENDPOINT   # ENDPOINT: the bench's moto server; prints one JSON object
 """
 
 from __future__ import annotations
 
 import csv
+import dataclasses
 import functools
 import io
 import json
+import os
+import subprocess
+import sys
 import time
 import uuid
 from dataclasses import dataclass
@@ -40,6 +51,7 @@ from reditus_refunds.producer import RefundProducer
 
 from . import aws, procs
 from .counting import CallCounter
+from .procs import ROOT
 
 ROWS = 10_000
 CHUNK = 1_000  # the paths take turns, a thousand rows at a time, so load changes hit all alike
@@ -154,3 +166,34 @@ def _measure(endpoint: str, dynamodb_endpoint: str) -> BulkFigures:
         pending_ddb_calls=pending_calls,
         sent=sent,
     )
+
+
+def run_alone(endpoint: str) -> BulkFigures:
+    """measure() in a fresh Python process (see the top); its output is one JSON object."""
+    done = subprocess.run(
+        [sys.executable, "-m", "bench.bulk", endpoint],
+        cwd=ROOT,
+        env=aws.clean_environ(),
+        capture_output=True,
+        text=True,
+        timeout=900,
+        check=False,
+    )
+    if done.returncode != 0:
+        raise RuntimeError(f"bench.bulk failed:\n{done.stderr[-3000:]}")
+    return BulkFigures(**json.loads(done.stdout.strip().splitlines()[-1]))
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = sys.argv[1:] if argv is None else argv
+    if len(args) != 1:
+        print("usage: python -m bench.bulk ENDPOINT", file=sys.stderr)
+        return 2
+    os.environ.update(aws.aws_env(None))
+    os.environ.pop("AWS_ENDPOINT_URL", None)
+    print(json.dumps(dataclasses.asdict(measure(args[0]))))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -7,12 +7,11 @@ then the items by key), the person filter for one refund among all (90 days), th
 for the one pending refund among all (the 30 days), and the headline of the last 30 days; the
 items read are counted from the responses (ScannedCount of a Query, the items of a BatchGetItem).
 
-The pending refund sits mid-period at a random time of its day, as the rare person's does, and the
-Pending filter reads the period's 30 day counters, skips the days that say 0 pending, and walks
-that day's by_day keys and items newest first until it finds it: about half a day's refunds
-(~3,300 items at 100,000 over 30 days), not the table's. This is not the common case: refunds
-are pending for seconds, so in steady state the pending ones are today's newest and the walk
-stops within its first batch.
+The pending refund sits mid-period at a random time of its day, as the rare person's does. The
+Pending filter reads the period's 30 day counters; the stream function lists each day's pending
+refunds on its counter (up to 100), so that day's list is whole and the refund is read by key:
+31 items, not the ~3,300 of its day a walk newest first would read (what a day listing fewer than
+it counts, after a backlog of more than 100, still costs; this figure does not show that case).
 
 Runs in its own process (moto's in-process mock patches botocore for the whole process):
 

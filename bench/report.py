@@ -413,7 +413,8 @@ The docstrings of `bench/*.py` say more.
   calls (its pending records) on a second moto server process and its SQS calls, like the raw
   loop's (which makes no DynamoDB call), on the bench's: in AWS the two are separate services,
   while one moto server is one Python process doing both services' work in turn. The same product
-  run with both services on one moto server is in the table's note and the details.
+  run with both services on one moto server is in the table's note and the details. It runs in a
+  Python process of its own, as the CLI does, started when the figures before it are done.
 - **Webhooks** (`bench/webhooks.py`): the receiver's import and init against `boto3` + the same
   DynamoDB and SQS clients, as the cold start above, from the receiver's own built package;
   and request to answer of signed Stripe `charge.refunded` events, each a
@@ -423,9 +424,11 @@ The docstrings of `bench/*.py` say more.
   refunds queued, clock stopped when the day counters show all settled.{self._e2e_note()}
 
 The moto server of the batch, cost, bulk and memory figures is the project's
-(`reditus_local.motoserver`, the one `make run` uses), which removes three of moto's O(n)
-costs: a `TransactWriteItems` deep-copied the whole table once per action, a `SendMessage`
-counted every message in the queue, and a `ReceiveMessage` counted them again (with a datetime
-round trip each) for every message it handed out; with them these figures would measure moto. The
-end-to-end figure runs the local stack exactly as `make run` does.
+(`reditus_local.motoserver`, the one `make run` uses), which removes four of moto's costs: a
+`TransactWriteItems` deep-copied the whole table once per action, a `SendMessage` counted every
+message in the queue, a `ReceiveMessage` counted them again (with a datetime round trip each) for
+every message it handed out, and every item written summed the sizes of its attributes once per
+attribute (quadratic in its attributes); with them these figures would measure moto. It logs no
+line per request (`--verbose` does), as the local stack's server. The end-to-end figure runs the
+local stack exactly as `make run` does.
 """

@@ -141,6 +141,87 @@ def test_the_cheap_sqs_clock_counts_and_receives_as_moto_does() -> None:
     }
 
 
+# ---- items built in one pass ------------------------------------------------------------------------
+
+EVERY_TYPE = {
+    "refund_id": {"S": "r-1"},
+    "attempts": {"N": "3"},
+    "blob": {"B": b"\x00\xffbytes"},
+    "flag": {"BOOL": True},
+    "nothing": {"NULL": True},
+    "tags": {"SS": ["a", "bb"]},
+    "amounts": {"NS": ["1", "2.5"]},
+    "log": {"L": [{"M": {"status": {"N": "200"}, "at": {"S": "2026-11-30T00:00:00Z"}}}, {"S": "ü"}]},
+    "note": {"S": "Cancelled within 14 days ✓"},
+}
+
+
+@pytest.fixture
+def moto_items() -> Iterator[Callable[[bool], None]]:
+    """use(True) installs the one-pass build, use(False) moto's own; the process's state is put back."""
+    was_linear = bool(motoserver._moto_item_init)
+
+    def use(linear: bool) -> None:
+        (motoserver.use_linear_item_build if linear else motoserver.use_moto_item_build)()
+
+    yield use
+    use(was_linear)
+
+
+def built(attrs: dict[str, Any]) -> dict[str, Any] | str:
+    from moto.dynamodb.exceptions import ItemSizeTooLarge
+    from moto.dynamodb.models.dynamo_type import DynamoType, Item
+
+    try:
+        made = Item(DynamoType(attrs["refund_id"]), None, attrs)
+    except ItemSizeTooLarge:
+        return "too large"
+    return {"json": made.to_json(), "size": made.size(), "dict": type(made.attrs).__name__}
+
+
+def test_an_item_built_in_one_pass_is_moto_s_own(moto_items: Callable[[bool], None]) -> None:
+    seen = []
+    for linear in (False, True):
+        moto_items(linear)
+        seen.append(built(EVERY_TYPE))
+    assert seen[0] == seen[1]
+    assert isinstance(seen[1], dict) and seen[1]["dict"] == "LimitedSizeDict"
+
+
+def test_an_item_is_refused_at_exactly_moto_s_size_limit(moto_items: Callable[[bool], None]) -> None:
+    def sized(filler: int) -> dict[str, Any]:
+        return {"refund_id": {"S": "r-1"}, "attempts": {"N": "1"}, "note": {"S": "x" * filler}}
+
+    moto_items(False)
+    low, high = 0, 500_000  # moto accepts `low` characters and refuses `high`
+    while high - low > 1:
+        middle = (low + high) // 2
+        low, high = (middle, high) if isinstance(built(sized(middle)), dict) else (low, middle)
+    moto_items(True)
+    assert isinstance(built(sized(low)), dict)
+    assert built(sized(high)) == "too large"
+
+
+def test_the_local_stack_s_server_builds_items_in_one_pass(server_process: str) -> None:
+    """In the server's own process; and an item over 400 KB is still refused there."""
+    client = boto3.client("dynamodb", endpoint_url=server_process, region_name="us-east-1")
+    create_history_table(client, "one-pass")
+    try:
+        with pytest.raises(ClientError, match="Item size has exceeded the maximum allowed size"):
+            client.put_item(
+                TableName="one-pass", Item={"refund_id": {"S": "r"}, "note": {"S": "x" * 410_000}}
+            )
+        client.put_item(TableName="one-pass", Item=EVERY_TYPE)
+        got = client.get_item(TableName="one-pass", Key={"refund_id": {"S": "r-1"}}, ConsistentRead=True)
+        assert got["Item"] == EVERY_TYPE
+    finally:
+        client.delete_table(TableName="one-pass")
+    probe = "from reditus_local import motoserver as m; m.build_server().server_close(); "
+    probe += "from moto.dynamodb.models.dynamo_type import Item; print(Item.__init__.__qualname__)"
+    out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "use_linear_item_build.<locals>.build"
+
+
 # ---- empty strings in index keys -----------------------------------------------------------------
 
 EMPTY_INDEX_KEY = "The AttributeValue for a key attribute cannot contain an empty string value."

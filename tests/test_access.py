@@ -244,7 +244,10 @@ OPERATIONS: dict[str, tuple[str, str, Callable[[AwsFixture], Callable[[actions.A
         "bulk_upload",
         lambda aws: (
             lambda ctx: actions.bulk_upload(
-                ctx, producer(aws).send_many, [request("p1"), request("p2")], {"file_name": "f.csv"}
+                ctx,
+                lambda chosen, into: producer(aws).send_many(chosen, into=into),
+                [request("p1"), request("p2")],
+                {"file_name": "f.csv"},
             )
         ),
     ),
@@ -253,7 +256,10 @@ OPERATIONS: dict[str, tuple[str, str, Callable[[AwsFixture], Callable[[actions.A
         "force",
         lambda aws: (
             lambda ctx: actions.bulk_upload(
-                ctx, producer(aws).send_many, [request("p1", force=True)], {"file_name": "f.csv"}
+                ctx,
+                lambda chosen, into: producer(aws).send_many(chosen, into=into),
+                [request("p1", force=True)],
+                {"file_name": "f.csv"},
             )
         ),
     ),

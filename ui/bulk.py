@@ -58,6 +58,7 @@ class BulkUpload:
     failed: dict[str, tuple[int, RefundRequest, str]] = field(default_factory=dict)
     started_at: float | None = None
     finished_at: float | None = None
+    audited: set[str] = field(default_factory=set)  # refund_ids an audit entry already accounts for
     dry_run_shown: bool = False
 
     # ---- the preview ----------------------------------------------------------------------
@@ -124,10 +125,15 @@ class BulkUpload:
 
     def send(
         self,
-        send_many: Callable[[Sequence[RefundRequest], Progress], SendReport],
+        send_many: Callable[[Sequence[RefundRequest], Progress, SendReport], SendReport],
         progress: Progress | None = None,
     ) -> None:
-        """Queue what remains, a chunk at a time, remembering each chunk's result (resumable)."""
+        """Queue what remains, a chunk at a time, remembering each chunk's result (resumable).
+
+        `send_many(requests, progress, into)` fills in `into` as SQS answers (RefundProducer.send_many).
+        What SQS accepted is remembered even when a chunk stops part way (a rerun raises inside
+        `progress`, an AWS failure): resumed, the chunk sends only the rest, since a refund_id sent
+        twice would be a second message, and its pending record written again over its item."""
         if self.started_at is None:
             self.start_sending()
         self.sending = True
@@ -140,15 +146,30 @@ class BulkUpload:
                 if progress:
                     progress(before + done, total)
 
-            report = send_many([request for _, request in chunk], within_chunk)
-            for request in report.sent:
-                self.queued[request.refund_id] = (lines[request.refund_id], request)
-            for request, reason in report.failed:
-                self.failed[request.refund_id] = (lines[request.refund_id], request, reason)
+            report = SendReport()
+            try:
+                send_many([request for _, request in chunk], within_chunk, report)
+            finally:
+                for request in report.sent:
+                    self.queued[request.refund_id] = (lines[request.refund_id], request)
+                for request, reason in report.failed:
+                    self.failed[request.refund_id] = (lines[request.refund_id], request, reason)
             if progress:
                 progress(len(self.queued) + len(self.failed), total)
         self.sending = False
         self.finished_at = time.monotonic()
+
+    def unaudited(self) -> SendReport:
+        """What was queued or refused that no audit entry accounts for yet (an upload stopped by a
+        failure is audited then, and the rest when the retry finishes: each refund in one entry)."""
+        return SendReport(
+            sent=[request for _, request in self.queued.values() if request.refund_id not in self.audited],
+            failed=[(r, why) for _, r, why in self.failed.values() if r.refund_id not in self.audited],
+        )
+
+    def mark_audited(self, report: SendReport) -> None:
+        self.audited.update(request.refund_id for request in report.sent)
+        self.audited.update(request.refund_id for request, _ in report.failed)
 
     @property
     def elapsed_seconds(self) -> float:

@@ -401,11 +401,15 @@ def requeue_refunds(services: Services, refund_ids: Sequence[str], ctx: actions.
 
 
 def send_batch(
-    services: Services, requests: Sequence[RefundRequest], progress: Callable[[int, int], None] | None = None
+    services: Services,
+    requests: Sequence[RefundRequest],
+    progress: Callable[[int, int], None] | None = None,
+    into: SendReport | None = None,
 ) -> SendReport:
-    """One chunk of a bulk upload (the page clears the query caches once, when all are sent)."""
+    """One chunk of a bulk upload (the page clears the query caches once, when all are sent);
+    `into` is filled in as SQS answers, so what was queued is known when this raises."""
     # parse_csv mints every row's refund_id (the file has no refund_id column).
-    return services.producer.send_many(requests, progress=progress, minted_ids=True)
+    return services.producer.send_many(requests, progress=progress, minted_ids=True, into=into)
 
 
 # ---- dead letters -----------------------------------------------------------------------------

@@ -11,6 +11,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from reditus_refunds.aws_errors import AwsError
 from reditus_refunds.contract import RefundRequest
 from reditus_refunds.producer import RefundProducer, SendReport
 from reditus_refunds.records import HistoryRecord
@@ -18,7 +19,7 @@ from reditus_webhooks.events import EventStore, Review
 from reditus_webhooks.review import Submitted
 
 from .access import AccessDenied, Action, Actor
-from .audit import REFUSED, AuditWriter
+from .audit import DONE, REFUSED, STOPPED, AuditWriter
 from .dlq import DeadLetterQueue
 from .operations import requeue
 from .webhooks import dismiss_review, submit_review
@@ -68,21 +69,38 @@ def check_bulk(ctx: Acting, requests: Sequence[RefundRequest]) -> None:
 
 def bulk_upload(
     ctx: Acting,
-    send: Callable[[Sequence[RefundRequest]], SendReport],
+    send: Callable[[Sequence[RefundRequest], SendReport], SendReport],
     requests: Sequence[RefundRequest],
     file: Mapping[str, Any],
+    into: SendReport | None = None,
 ) -> SendReport:
-    """Send a file's requests and record one audit entry: file name, size, row counts, SHA-256."""
+    """Send a file's requests and record one audit entry: file name, size, row counts, SHA-256.
+
+    `send(requests, into)` fills in `into` as SQS answers (RefundProducer.send_many). If it stops
+    part way, what it queued is recorded all the same (result "stopped", with why) before the
+    error goes on: those refunds exist, and the audit log must say who made them.
+    """
     check_bulk(ctx, requests)
-    report = send(requests)
+    report = SendReport() if into is None else into
+    try:
+        send(requests, report)
+    except BaseException as err:
+        if report.sent or report.failed:
+            record_bulk(ctx, report, file, stopped=err)
+        raise
     record_bulk(ctx, report, file)
     return report
 
 
-def record_bulk(ctx: Acting, report: SendReport, file: Mapping[str, Any]) -> None:
-    ctx.audit.record(
-        ctx.actor,
+def record_bulk(
+    ctx: Acting, report: SendReport, file: Mapping[str, Any], stopped: BaseException | None = None
+) -> bool:
+    """One bulk-upload audit entry for what `report` says was queued (`stopped`: see _record);
+    True if it was written."""
+    return _record(
+        ctx,
         Action.BULK_UPLOAD,
+        stopped,
         refund_ids=[r.refund_id for r in report.sent],
         details={
             **file,
@@ -94,6 +112,34 @@ def record_bulk(ctx: Acting, report: SendReport, file: Mapping[str, Any]) -> Non
     )
 
 
+def _record(ctx: Acting, action: Action, stopped: BaseException | None, **entry: Any) -> bool:
+    """Record an action's audit entry; True if written. `stopped`: the error that stopped the action
+    part way (result "stopped", why as the reason); an entry that cannot be written then is told on
+    that error rather than raised over it (False)."""
+    try:
+        ctx.audit.record(
+            ctx.actor,
+            action,
+            result=DONE if stopped is None else STOPPED,
+            reason=None if stopped is None else stopped_reason(stopped),
+            **entry,
+        )
+    except AwsError as err:
+        if stopped is None:
+            raise
+        stopped.add_note(f"and its audit record was not written: {err}")
+        return False
+    return True
+
+
+def stopped_reason(err: BaseException) -> str:
+    """Why an action stopped, for its audit entry: an AWS error's own (mapped, readable) text, else
+    only the kind of interruption (an arbitrary exception's text is not an operator's to read)."""
+    if isinstance(err, AwsError):
+        return str(err)
+    return f"interrupted ({type(err).__name__})"
+
+
 def requeue_records(
     ctx: Acting, producer: RefundProducer, records: Sequence[HistoryRecord], *, source: str
 ) -> tuple[SendReport, list[tuple[HistoryRecord, str]]]:
@@ -102,19 +148,34 @@ def requeue_records(
     authorize(ctx, Action.REQUEUE, old)
     if any(r.force for r in records):
         authorize(ctx, Action.FORCE, [r.refund_id for r in records if r.force])
-    report, refused = requeue(producer, records, requested_by=ctx.actor.requested_by, source=source)
+    report = SendReport()
+    try:
+        _, refused = requeue(
+            producer, records, requested_by=ctx.actor.requested_by, source=source, into=report
+        )
+    except BaseException as err:
+        if report.sent or report.failed:  # what was requeued before it stopped exists: say who did it
+            _record_requeue(ctx, old, report, len(report.failed), stopped=err)
+        raise
+    _record_requeue(ctx, old, report, len(refused) + len(report.failed))
+    return report, refused
+
+
+def _record_requeue(
+    ctx: Acting, old: list[str], report: SendReport, refused: int, stopped: BaseException | None = None
+) -> None:
     new = [r.refund_id for r in report.sent]
-    ctx.audit.record(
-        ctx.actor,
+    _record(
+        ctx,
         Action.REQUEUE,
+        stopped,
         refund_ids=old + new,
         count=len(new),
         details={
             "requeued": {r.requeue_of: r.refund_id for r in report.sent if r.requeue_of},
-            "refused": len(refused) + len(report.failed),
+            "refused": refused,
         },
     )
-    return report, refused
 
 
 def redrive(ctx: Acting, queue: DeadLetterQueue, message_ids: Sequence[str] | None) -> list[str]:

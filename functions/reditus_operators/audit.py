@@ -66,6 +66,7 @@ AUDIT_PROJECTED = (
 IDS_PER_ITEM = 1000
 DONE = "done"
 REFUSED = "refused"
+STOPPED = "stopped"  # stopped part way (an AWS failure, an interruption): what it did is recorded
 MAX_PERIOD_DAYS = 366
 CSV_COLUMNS = (
     "at",

@@ -26,7 +26,7 @@ from typing import Any, NoReturn
 from reditus_refunds.aws_errors import AwsError, BotoCoreError, ClientError, aws_error
 from reditus_refunds.contract import ContractError
 from reditus_refunds.history_writer import HistoryWriter
-from reditus_refunds.producer import RefundProducer
+from reditus_refunds.producer import RefundProducer, SendReport
 from reditus_refunds.records import HistoryRecord, Outcome
 from reditus_refunds.repair import MAX_DAYS as RECOUNT_MAX_DAYS
 from reditus_refunds.repair import DayRecount, DayRecounter, recount_days
@@ -306,13 +306,27 @@ def _enqueue_csv(args: argparse.Namespace) -> int:
         "duplicates": len(report.duplicates),
         "held_back": held_back,
     }
-    sent = actions.bulk_upload(
-        ctx,
-        # parse_csv mints every row's refund_id (the file has no refund_id column).
-        lambda chosen: producer.send_many(chosen, progress if show else None, minted_ids=True),
-        requests,
-        file,
-    )
+    sent = SendReport()
+    try:
+        actions.bulk_upload(
+            ctx,
+            # parse_csv mints every row's refund_id (the file has no refund_id column).
+            lambda chosen, into: producer.send_many(
+                chosen, progress if show else None, minted_ids=True, into=into
+            ),
+            requests,
+            file,
+            into=sent,
+        )
+    except (AwsError, KeyboardInterrupt):
+        if sent.sent:  # run again, the file gets new refund_ids: say how far this run got
+            if show:
+                _eprint("")
+            _eprint(
+                f"queued {len(sent.sent)} of {len(requests)} refund(s) before it stopped (their refund_ids "
+                "are in the audit log); the others were not sent"
+            )
+        raise
     if show:
         _eprint("")
     for request, why in sent.failed:

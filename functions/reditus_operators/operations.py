@@ -129,8 +129,10 @@ def requeue(
     *,
     requested_by: str | None,
     source: str,
+    into: SendReport | None = None,
 ) -> tuple[SendReport, list[tuple[HistoryRecord, str]]]:
-    """Queue each requeueable record again under a new refund_id that points at the old one."""
+    """Queue each requeueable record again under a new refund_id that points at the old one
+    (`into`: the report to fill in, as RefundProducer.send_many)."""
     requests: list[RefundRequest] = []
     refused: list[tuple[HistoryRecord, str]] = []
     for record in records:
@@ -150,4 +152,4 @@ def requeue(
                 requeue_of=record.refund_id,
             )
         )
-    return producer.send_many(requests, minted_ids=True), refused  # build_request mints each id
+    return producer.send_many(requests, minted_ids=True, into=into), refused  # build_request mints each id

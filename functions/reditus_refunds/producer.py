@@ -128,6 +128,7 @@ class RefundProducer:
         progress: Callable[[int, int], None] | None = None,
         *,
         minted_ids: bool = False,
+        into: SendReport | None = None,
     ) -> SendReport:
         """Queue many requests, ten per SQS call, each recorded pending before it is sent.
 
@@ -135,6 +136,11 @@ class RefundProducer:
         (contract.new_refund_id: a CSV row, a requeue): none can exist yet, so the read that keeps
         a record from replacing an existing item is left out (half a read unit per request, and a
         BatchGetItem per group). Requests with ids someone supplied go without it.
+
+        `into`: the report to fill in (returned), as each SQS answer is taken. Its holder still
+        knows what was queued when this raises: a caller that resumes a stopped send (the console's
+        bulk upload after a rerun or a failure) must not send those again, since a second send of
+        a minted refund_id would be a second message and would record it pending over its item.
 
         The requests go in groups of PENDING_GROUP: a group's pending records are written (one
         BatchGetItem, then BatchWriteItem Puts: HistoryWriter.record_pending) before any of it is
@@ -151,7 +157,7 @@ class RefundProducer:
         recorded but not sent) are forgotten: the records this call leaves are exactly the
         requests SQS accepted.
         """
-        report = SendReport()
+        report = SendReport() if into is None else into
         store = self.store
         groups = [requests[start : start + PENDING_GROUP] for start in range(0, len(requests), PENDING_GROUP)]
         chunks = [

@@ -17,7 +17,6 @@ from reditus_operators.csv_import import (
     CsvError,
     read_header,
 )
-from reditus_refunds.producer import SendReport
 from ui import access, data, view
 from ui.bulk import SAMPLE_CSV, BulkUpload, digest, guess_column, problems_csv, queued_csv, start_upload
 
@@ -269,13 +268,28 @@ if upload.remaining() and (upload.sending or not upload.finished):
         upload.sending = False
         st.error(str(err), icon=":material/block:")
         st.stop()
+    file = {
+        "file_name": uploaded.name,
+        "size": len(content),
+        "sha256": upload.file_digest,
+        "rows": report.rows,
+        "invalid": len(report.invalid),
+        "duplicates": len(report.duplicates),
+    }
     try:
         upload.send(
-            lambda requests, chunk_progress: data.send_batch(services, requests, chunk_progress), _sent
+            lambda requests, chunk_progress, into: data.send_batch(services, requests, chunk_progress, into),
+            _sent,
         )
     except data.AWS_ERRORS as err:
         upload.sending = False
         data.clear_query_caches()
+        # What was queued before the failure exists now: audited at once (the operator may never retry).
+        stopped = upload.unaudited()
+        if (stopped.sent or stopped.failed) and actions.record_bulk(
+            data.acting(identity), stopped, file, err
+        ):
+            upload.mark_audited(stopped)  # else the entry at the end accounts for them
         view.show_problem(err)
         st.caption(
             f"{len(upload.queued):,} of {total:,} were queued before the failure; the rest were not sent."
@@ -284,22 +298,9 @@ if upload.remaining() and (upload.sending or not upload.finished):
         st.stop()
     bar.empty()
     data.clear_query_caches()
-    report_sent = SendReport(
-        sent=[request for _, request in upload.queued.values()],
-        failed=[(request, reason) for _, request, reason in upload.failed.values()],
-    )
-    actions.record_bulk(
-        data.acting(identity),
-        report_sent,
-        {
-            "file_name": uploaded.name,
-            "size": len(content),
-            "sha256": upload.file_digest,
-            "rows": report.rows,
-            "invalid": len(report.invalid),
-            "duplicates": len(report.duplicates),
-        },
-    )
+    finished = upload.unaudited()
+    actions.record_bulk(data.acting(identity), finished, file)
+    upload.mark_audited(finished)
 elif upload.started and not upload.finished:
     upload.finished_at = upload.started_at
 

@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from botocore.exceptions import ClientError
+from botocore.exceptions import ClientError, ReadTimeoutError
 
 from reditus_operators import actions
 from reditus_operators.access import Actor, Role
@@ -80,7 +80,9 @@ def producer(aws: AwsFixture, sqs: Any = None) -> RefundProducer:
 
 
 def sender(p: RefundProducer) -> Any:
-    return lambda requests, progress, into: p.send_many(requests, progress, minted_ids=True, into=into)
+    return lambda requests, progress, into, minted: p.send_many(
+        requests, progress, minted_ids=minted, into=into
+    )
 
 
 def settle(aws: AwsFixture, refund_id: str) -> None:
@@ -222,3 +224,32 @@ def test_the_cli_says_how_many_it_queued_before_the_queue_failed(
     [entry] = AuditReader(system.table, system.dynamodb).list(limit=10).entries
     assert (entry.action, entry.result, entry.channel) == ("bulk_upload", STOPPED, "cli")
     assert set(entry.refund_ids) == sent
+
+
+class LostAnswerSqs(FailingSqs):
+    """Its `fail_at`-th SendMessageBatch reaches SQS, but the answer is lost (a read timeout)."""
+
+    def send_message_batch(self, **kwargs: Any) -> Any:
+        answer = self._client.send_message_batch(**kwargs)
+        self.calls += 1
+        if self.calls == self.fail_at:
+            raise ReadTimeoutError(endpoint_url="https://sqs.us-east-1.amazonaws.com/")
+        return answer
+
+
+def test_what_sqs_took_without_answering_is_not_recorded_pending_over_the_lambda_s_item(
+    aws: AwsFixture,
+) -> None:
+    upload = csv_upload()
+    with pytest.raises(QueueError):
+        upload.send(sender(producer(aws, LostAnswerSqs(aws.sqs, fail_at=2))))
+    taken = {b["refund_id"] for b in queued_bodies(aws)} - set(upload.queued)
+    assert len(taken) == 10  # in the queue, but the upload cannot know
+    for refund_id in taken:  # the Lambda took them up and settled them meanwhile
+        settle(aws, refund_id)
+    upload.send(sender(producer(aws)))
+    assert len(upload.queued) == ROWS
+    for refund_id in taken:
+        item = aws.dynamodb.get_item(TableName=aws.table, Key={"refund_id": {"S": refund_id}})["Item"]
+        assert item["outcome"]["S"] == Outcome.REFUNDED.value
+    assert not upload.unsure

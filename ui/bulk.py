@@ -59,6 +59,7 @@ class BulkUpload:
     started_at: float | None = None
     finished_at: float | None = None
     audited: set[str] = field(default_factory=set)  # refund_ids an audit entry already accounts for
+    unsure: set[str] = field(default_factory=set)  # a stopped chunk's rest: SQS may have some of them
     dry_run_shown: bool = False
 
     # ---- the preview ----------------------------------------------------------------------
@@ -125,15 +126,18 @@ class BulkUpload:
 
     def send(
         self,
-        send_many: Callable[[Sequence[RefundRequest], Progress, SendReport], SendReport],
+        send_many: Callable[[Sequence[RefundRequest], Progress, SendReport, bool], SendReport],
         progress: Progress | None = None,
     ) -> None:
         """Queue what remains, a chunk at a time, remembering each chunk's result (resumable).
 
-        `send_many(requests, progress, into)` fills in `into` as SQS answers (RefundProducer.send_many).
-        What SQS accepted is remembered even when a chunk stops part way (a rerun raises inside
-        `progress`, an AWS failure): resumed, the chunk sends only the rest, since a refund_id sent
-        twice would be a second message, and its pending record written again over its item."""
+        `send_many(requests, progress, into, minted)` fills in `into` as SQS answers
+        (RefundProducer.send_many; `minted`: its minted_ids). What SQS accepted is remembered even
+        when a chunk stops part way (a rerun raises inside `progress`, an AWS failure): resumed, the
+        chunk sends only the rest, since a refund_id sent twice would be a second message, and its
+        pending record written again over its item. The rest of a stopped chunk may still hold a
+        request SQS took without its answer coming back (a timeout): those go with minted=False, so
+        an item the Lambda made of it meanwhile is not recorded pending over."""
         if self.started_at is None:
             self.start_sending()
         self.sending = True
@@ -147,13 +151,15 @@ class BulkUpload:
                     progress(before + done, total)
 
             report = SendReport()
+            minted = self.unsure.isdisjoint(lines)
             try:
-                send_many([request for _, request in chunk], within_chunk, report)
+                send_many([request for _, request in chunk], within_chunk, report, minted)
             finally:
                 for request in report.sent:
                     self.queued[request.refund_id] = (lines[request.refund_id], request)
                 for request, reason in report.failed:
                     self.failed[request.refund_id] = (lines[request.refund_id], request, reason)
+                self.unsure = (self.unsure | set(lines)) - set(self.queued) - set(self.failed)
             if progress:
                 progress(len(self.queued) + len(self.failed), total)
         self.sending = False

@@ -405,11 +405,13 @@ def send_batch(
     requests: Sequence[RefundRequest],
     progress: Callable[[int, int], None] | None = None,
     into: SendReport | None = None,
+    minted: bool = True,
 ) -> SendReport:
     """One chunk of a bulk upload (the page clears the query caches once, when all are sent);
-    `into` is filled in as SQS answers, so what was queued is known when this raises."""
-    # parse_csv mints every row's refund_id (the file has no refund_id column).
-    return services.producer.send_many(requests, progress=progress, minted_ids=True, into=into)
+    `into` is filled in as SQS answers, so what was queued is known when this raises. parse_csv
+    mints every row's refund_id (the file has no refund_id column): `minted=False` only for the
+    rest of a chunk that stopped (ui.bulk.BulkUpload.send)."""
+    return services.producer.send_many(requests, progress=progress, minted_ids=minted, into=into)
 
 
 # ---- dead letters -----------------------------------------------------------------------------

@@ -278,7 +278,9 @@ if upload.remaining() and (upload.sending or not upload.finished):
     }
     try:
         upload.send(
-            lambda requests, chunk_progress, into: data.send_batch(services, requests, chunk_progress, into),
+            lambda requests, chunk_progress, into, minted: data.send_batch(
+                services, requests, chunk_progress, into, minted
+            ),
             _sent,
         )
     except data.AWS_ERRORS as err:

@@ -24,13 +24,20 @@ from tests.conftest import AwsFixture
 from tests.test_access import signed_in
 from tests.test_cli import System
 from tests.test_console import BULK_PAGE, audit_entries, click, upload
+from ui import bulk
 from ui.bulk import BulkUpload, start_upload
 
 # The fixtures these tests share with the access and CLI tests.
 accounts = test_access.accounts
 system = test_cli.system
 
-ROWS = 250  # three of the console's chunks (ui.bulk.SEND_CHUNK)
+ROWS = 250  # three chunks of 100 (see chunks_of_100)
+
+
+@pytest.fixture(autouse=True)
+def chunks_of_100(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Chunks small enough that an upload of ROWS crosses two of their boundaries."""
+    monkeypatch.setattr(bulk, "SEND_CHUNK", 100)
 
 
 class Rerun(BaseException):

@@ -10,8 +10,9 @@ UV_VENV := .tools/uv
 STAMP := $(VENV)/.installed
 BROWSER_STAMP := .tools/.browser-installed
 DEV_LOCK := requirements/dev.lock
+CHECKOV_LOCK := requirements/checkov.lock
 LAMBDA_LOCK := functions/requirements.lock
-# Both locks: no release below a published advisory; the header of each says to run `make lock`.
+# The locks: no release below a published advisory; the header of each says to run `make lock`.
 UV_COMPILE = $(UV_VENV)/bin/uv pip compile --quiet --generate-hashes -c requirements/advisory-floors.txt \
 	--custom-compile-command "make lock"
 NO_PYTHON := make: no Python 3.11 or newer on the PATH (python3.11, python3.12, python3.13 or python3); \
@@ -36,11 +37,10 @@ $(STAMP): pyproject.toml infra/pyproject.toml $(DEV_LOCK)
 	$(BIN)/python -m pip install --quiet --no-deps --no-build-isolation -e '.[console,dev]' -e ./infra
 	@touch $(STAMP)
 
-$(CHECKOV_VENV)/.installed: infra/checkov-requirements.txt
+$(CHECKOV_VENV)/.installed: $(CHECKOV_LOCK)
 	@test -n "$(PYTHON)" || { echo "$(NO_PYTHON)" >&2; exit 1; }
 	@test -x $(CHECKOV_VENV)/bin/python || $(PYTHON) -m venv $(CHECKOV_VENV)
-	$(CHECKOV_VENV)/bin/python -m pip install --quiet --upgrade pip
-	$(CHECKOV_VENV)/bin/python -m pip install --quiet -r infra/checkov-requirements.txt
+	$(CHECKOV_VENV)/bin/python -m pip install --quiet --require-hashes -r $(CHECKOV_LOCK)
 	@touch $@
 
 $(UV_VENV)/.installed: requirements/tools.lock
@@ -57,6 +57,7 @@ lock: $(UV_VENV)/.installed
 		--python-platform aarch64-manylinux2014 -o $(LAMBDA_LOCK)
 	$(UV_COMPILE) $(LOCK_ARGS) requirements/dev.in --universal --python-version 3.11 \
 		--no-emit-package reditus-refunds --no-emit-package reditus-refunds-local -o $(DEV_LOCK)
+	$(UV_COMPILE) $(LOCK_ARGS) requirements/checkov.in --universal --python-version 3.11 -o $(CHECKOV_LOCK)
 
 lock-upgrade:
 	$(MAKE) --no-print-directory lock LOCK_ARGS=--upgrade

@@ -235,6 +235,7 @@ def _script(path: Path, body: str) -> None:
 
 LAMBDA_LOCK = FUNCTIONS / "requirements.lock"
 DEV_LOCK = ROOT / "requirements" / "dev.lock"
+CHECKOV_LOCK = ROOT / "requirements" / "checkov.lock"
 ADVISORY_FLOORS = ROOT / "requirements" / "advisory-floors.txt"
 # Below these, a release has a published advisory (the floors file may only raise them).
 KNOWN_ADVISORIES = {
@@ -374,7 +375,7 @@ def test_no_locked_release_has_a_known_advisory() -> None:
     for name, version in KNOWN_ADVISORIES.items():
         below = (*Version(version).release[:-1], Version(version).release[-1] - 1)
         assert not floors[name].contains(".".join(map(str, below))), f"the floor of {name} is below {version}"
-    for lock, envs in ((LAMBDA_LOCK, [LAMBDA_ENV]), (DEV_LOCK, DEV_ENVS)):
+    for lock, envs in ((LAMBDA_LOCK, [LAMBDA_ENV]), (DEV_LOCK, DEV_ENVS), (CHECKOV_LOCK, DEV_ENVS)):
         for env in envs:
             for name, version in pinned(read_lock(lock), env).items():
                 if name in floors:
@@ -395,6 +396,22 @@ def test_make_install_installs_the_lock_and_nothing_else() -> None:
         ".venv/bin/python -m pip install --quiet --no-deps --no-build-isolation"
         " -e '.[console,dev]' -e ./infra",
     ]
+
+
+def test_checkov_s_venv_installs_its_lock_and_nothing_else() -> None:
+    done = subprocess.run(
+        ["make", "--no-print-directory", "-C", str(ROOT), "-n", "-B", ".tools/checkov/.installed"],
+        capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    installs = [line for line in done.stdout.splitlines() if "pip install" in line]
+    assert installs == [
+        ".tools/checkov/bin/python -m pip install --quiet --require-hashes -r requirements/checkov.lock"
+    ]
+    pins = read_lock(CHECKOV_LOCK)
+    assert pins and all(pin.hashes for pin in pins)
+    for env in DEV_ENVS:
+        assert pinned(pins, env)["pip"] >= Version("25.3")  # the floor: it installs the rest
 
 
 def test_make_unit_is_make_test_without_the_slow_and_packaging_tests() -> None:

@@ -683,8 +683,13 @@ def test_checkov_skips_have_reasons(template: dict[str, Any]) -> None:
             assert len(skip.get("comment", "").split()) >= 5, f"{name}: skip {skip['id']} needs a reason"
             seen.add(skip["id"])
     assert seen == ALLOWED_CHECKOV_SKIPS
-    requirements = (ROOT / "infra" / "checkov-requirements.txt").read_text(encoding="utf-8")
-    assert re.search(r"^checkov==\d+\.\d+\.\d+$", requirements, re.MULTILINE), "pin checkov exactly"
+    requirements = (ROOT / "requirements" / "checkov.in").read_text(encoding="utf-8")
+    pin = re.search(r"^checkov==\d+\.\d+\.\d+$", requirements, re.MULTILINE)
+    assert pin, "pin checkov exactly"
+    lock = (ROOT / "requirements" / "checkov.lock").read_text(encoding="utf-8")
+    assert re.search(rf"^{re.escape(pin.group())} \\$", lock, re.MULTILINE), (
+        "make lock: checkov.lock is behind"
+    )
 
 
 @pytest.fixture(scope="module")

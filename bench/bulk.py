@@ -23,9 +23,10 @@ Each path has its own fresh queue (and the product its own table); the paths tak
 thousand rows at a time, and only their own calls are timed.
 
 Runs in a process of its own, as the CLI's ``enqueue --csv`` does (bench/run.py starts it once the
-figures before it are done, so nothing else runs beside it): measured inside the bench's process,
-the paths also paid for what the earlier figures left there (the handler, Powertools, the log
-sink, their objects and threads), and the product, which allocates more per row, paid more.
+figures before it are done, so nothing else runs beside it), not inside the bench's process, which
+by then holds what the earlier figures left (the handler, Powertools, the log sink, their objects
+and threads). On the same code the ratio came out 1.55 and 1.71 in there and 1.32-1.53 in fresh
+processes (2026-11-30); why exactly was not established (a test with a large heap was inconclusive).
 
     python -m bench.bulk ENDPOINT   # ENDPOINT: the bench's moto server; prints one JSON object
 """

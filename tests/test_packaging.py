@@ -384,14 +384,18 @@ def test_no_locked_release_has_a_known_advisory() -> None:
                     )
 
 
-def test_make_install_installs_the_lock_and_nothing_else() -> None:
+def pip_installs(target: str) -> list[str]:
+    """The pip commands `make` would run to build `target` from nothing."""
     done = subprocess.run(
-        ["make", "--no-print-directory", "-C", str(ROOT), "-n", "-B", ".venv/.installed"],
+        ["make", "--no-print-directory", "-C", str(ROOT), "-n", "-B", target],
         capture_output=True, text=True, timeout=60,
     )  # fmt: skip
     assert done.returncode == 0, done.stderr
-    installs = [line for line in done.stdout.splitlines() if "pip install" in line]
-    assert installs == [
+    return [line for line in done.stdout.splitlines() if "pip install" in line]
+
+
+def test_make_install_installs_the_lock_and_nothing_else() -> None:
+    assert pip_installs(".venv/.installed") == [
         ".venv/bin/python -m pip install --quiet --require-hashes -r requirements/dev.lock",
         ".venv/bin/python -m pip install --quiet --no-deps --no-build-isolation"
         " -e '.[console,dev]' -e ./infra",
@@ -399,13 +403,7 @@ def test_make_install_installs_the_lock_and_nothing_else() -> None:
 
 
 def test_checkov_s_venv_installs_its_lock_and_nothing_else() -> None:
-    done = subprocess.run(
-        ["make", "--no-print-directory", "-C", str(ROOT), "-n", "-B", ".tools/checkov/.installed"],
-        capture_output=True, text=True, timeout=60,
-    )  # fmt: skip
-    assert done.returncode == 0, done.stderr
-    installs = [line for line in done.stdout.splitlines() if "pip install" in line]
-    assert installs == [
+    assert pip_installs(".tools/checkov/.installed") == [
         ".tools/checkov/bin/python -m pip install --quiet --require-hashes -r requirements/checkov.lock"
     ]
     pins = read_lock(CHECKOV_LOCK)

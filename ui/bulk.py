@@ -164,7 +164,8 @@ class BulkUpload:
                     self.queued[request.refund_id] = (lines[request.refund_id], request)
                 for request, reason in report.failed:
                     self.failed[request.refund_id] = (lines[request.refund_id], request, reason)
-                self.unsure = (self.unsure | set(lines)) - set(self.queued) - set(self.failed)
+                answered = {r.refund_id for r in report.sent} | {r.refund_id for r, _ in report.failed}
+                self.unsure = (self.unsure | lines.keys()) - answered
             if progress:
                 progress(len(self.queued) + len(self.failed), total)
         self.sending = False
